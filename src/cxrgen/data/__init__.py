@@ -1,0 +1,1 @@
+"""Datasets: the phantom generator, adapters to one table schema, preprocessing, sampling, prompts."""
