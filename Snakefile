@@ -1,0 +1,19 @@
+# cxrgen: adapting text-to-image latent diffusion models to chest X-rays, end to end.
+# This file is a table of contents; the rules live in rules/, the logic in src/cxrgen/.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,34 @@
+# Helpers shared by every rule file: config validation, result paths, resource functions.
+
+from pathlib import Path
+
+from snakemake.utils import validate
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+DATASET = config["data"]["name"]
+DATA_DIR = f"results/data/{DATASET}"
+SAMPLES = sorted(config["samples"])
+
+
+wildcard_constraints:
+    dataset=DATASET,
+    sample="|".join(SAMPLES),
+
+
+def dataset_root_input(wildcards):
+    """The phantom root is a workflow output; a real dataset root must already exist."""
+    root = config["data"]["root"]
+    if config["data"]["source"] != "phantom" and not Path(root).exists():
+        raise WorkflowError(
+            f"config data.root={root!r} does not exist; expected the {config['data']['source']} dataset root"
+        )
+    return root
+
+
+def all_targets():
+    return [
+        f"{DATA_DIR}/summary/label_counts.csv",
+        f"{DATA_DIR}/summary/phantom_grid.png",
+        *[f"{DATA_DIR}/samples/{s}" for s in SAMPLES],
+    ]

@@ -1,0 +1,151 @@
+"""Reproducible samples of a dataset table: random frontal sets, few-shot sets, patient-disjoint splits,
+and their materialisation as preprocessed image folders with a manifest CSV."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from cxrgen.data.preprocess import load_grayscale, preprocess
+from cxrgen.data.prompts import chambon_prompt, zafar_prompt
+from cxrgen.data.schema import CHEXPERT_LABELS, FRONTAL_VIEWS, label_names_to_columns
+from cxrgen.errors import InputError
+from cxrgen.io import atomic_path
+
+PATHOLOGIES = tuple(l for l in CHEXPERT_LABELS if l not in ("No Finding", "Support Devices"))
+
+
+def frontal(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["view"].isin(FRONTAL_VIEWS)]
+
+
+def _take(df: pd.DataFrame, n: int, seed: int, what: str, strict: bool = True) -> pd.DataFrame:
+    if len(df) < n:
+        if strict:
+            raise InputError(f"{what}: only {len(df)} eligible images, {n} requested")
+        n = len(df)
+    return df.sample(n=n, random_state=seed).sort_values("image_id").reset_index(drop=True)
+
+
+def sample_frontal_with_reports(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """Chambon et al. 2.1: N random frontal (AP/PA) images with a report (1000 per dataset in the paper)."""
+    eligible = frontal(df)
+    eligible = eligible[(eligible["impression"].fillna("") != "") | (eligible["findings"].fillna("") != "")]
+    return _take(eligible, n, seed, f"random frontal sample of {n}")
+
+
+def sole_finding(df: pd.DataFrame, label: str) -> pd.Series:
+    """Rows whose only positive pathology is ``label`` ("No Finding" means no pathology at all)."""
+    label_names_to_columns([label])
+    positives = (df[list(PATHOLOGIES)] == 1.0).sum(axis=1)
+    if label == "No Finding":
+        return (df["No Finding"] == 1.0) & (positives == 0)
+    return (df[label] == 1.0) & (positives == 1)
+
+
+def few_shot(df: pd.DataFrame, classes: list[str], n_per_class: int, seed: int, views=FRONTAL_VIEWS) -> pd.DataFrame:
+    """Few-shot fine-tuning sets: ``n_per_class`` frontal images per class with that class as sole finding.
+
+    Chambon et al.: 5 No Finding + 5 Pleural Effusion; de Wilde et al.: 100 AP images per single-label class.
+    """
+    base = df[df["view"].isin(views)]
+    parts = []
+    for i, label in enumerate(classes):
+        part = _take(base[sole_finding(base, label)], n_per_class, seed + i, f"few-shot class {label!r}")
+        parts.append(part.assign(class_label=label))
+    return pd.concat(parts, ignore_index=True)
+
+
+def patient_split(df: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.Series:
+    """Assign each row a split by hashing its patient id, so no patient lands in two splits.
+
+    Hashing (not shuffling) keeps a patient's split stable when rows are added or removed.
+    """
+    total = sum(fractions.values())
+    if not np.isclose(total, 1.0) or any(v < 0 for v in fractions.values()):
+        raise InputError(f"split fractions {fractions} must be non-negative and sum to 1")
+    edges = np.cumsum(list(fractions.values()))
+    names = list(fractions)
+
+    def bucket(pid: str) -> str:
+        h = hashlib.sha256(f"{seed}:{pid}".encode()).digest()
+        u = int.from_bytes(h[:8], "big") / 2**64
+        return names[int(np.searchsorted(edges, u, side="right").clip(max=len(names) - 1))]
+
+    return df["patient_id"].astype(str).map(bucket).rename("split")
+
+
+def check_patient_disjoint(df: pd.DataFrame, split_col: str = "split") -> None:
+    per_patient = df.groupby("patient_id")[split_col].nunique()
+    leaking = per_patient[per_patient > 1]
+    if len(leaking):
+        raise InputError(f"patients in more than one split: {list(leaking.index[:5])}; expected patient-disjoint splits")
+
+
+def materialise(
+    df: pd.DataFrame,
+    out_dir: str | Path,
+    preprocessing: str,
+    size: int,
+    on_bad_image: str = "error",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Write preprocessed PNGs and ``manifest.csv`` (rows + file, prompts) atomically into ``out_dir``.
+
+    ``on_bad_image="skip"`` drops undecodable images and records them in ``skipped.csv``; "error" stops.
+    """
+    if on_bad_image not in ("error", "skip"):
+        raise InputError(f"on_bad_image={on_bad_image!r}; expected 'error' or 'skip'")
+    rows, skipped = [], []
+    with atomic_path(out_dir) as tmp:
+        (tmp / "images").mkdir(parents=True)
+        for _, row in tqdm(df.iterrows(), total=len(df), disable=not progress, desc=f"write {Path(out_dir).name}"):
+            try:
+                arr = preprocess(load_grayscale(row["image_path"]), preprocessing, size)
+            except InputError as exc:
+                if on_bad_image == "error":
+                    raise
+                skipped.append({"image_id": row["image_id"], "image_path": row["image_path"], "error": str(exc)})
+                continue
+            name = f"images/{row['image_id']}.png"
+            Image.fromarray(arr).save(tmp / name)
+            rows.append({**row.to_dict(), "file": name, "prompt": chambon_prompt(row), "structured_prompt": zafar_prompt(row)})
+        manifest = pd.DataFrame(rows)
+        manifest.to_csv(tmp / "manifest.csv", index=False)
+        pd.DataFrame(skipped, columns=["image_id", "image_path", "error"]).to_csv(tmp / "skipped.csv", index=False)
+    return manifest
+
+
+def load_images(folder: str | Path) -> tuple[np.ndarray, pd.DataFrame]:
+    """Read a materialised folder back: (N,H,W) uint8 array and its manifest."""
+    folder = Path(folder)
+    manifest_path = folder / "manifest.csv"
+    if not manifest_path.is_file():
+        raise InputError(f"{manifest_path} missing; expected a folder written by cxrgen.data.sampling.materialise")
+    manifest = pd.read_csv(manifest_path, keep_default_na=False, na_values=[""])
+    images = np.stack([load_grayscale(folder / f) for f in manifest["file"]]) if len(manifest) else np.zeros((0, 0, 0), np.uint8)
+    return images, manifest
+
+
+SELECTORS = ("frontal_with_reports", "few_shot", "split")
+
+
+def select_sample(table: pd.DataFrame, spec: dict, seed: int) -> pd.DataFrame:
+    """Pick the rows of one configured sample (``samples.<name>`` in config.yaml)."""
+    kind = spec.get("select")
+    if kind == "frontal_with_reports":
+        return sample_frontal_with_reports(table, int(spec["n"]), seed)
+    if kind == "few_shot":
+        return few_shot(table, list(spec["classes"]), int(spec["n_per_class"]), seed, tuple(spec.get("views", FRONTAL_VIEWS)))
+    if kind == "split":
+        rows = frontal(table)
+        rows = rows[rows["split"] == spec["split"]]
+        if "n" in spec:
+            rows = _take(rows, int(spec["n"]), seed, f"split {spec['split']!r}", strict=False)
+        return rows.sort_values("image_id").reset_index(drop=True)
+    raise InputError(f"sample selector {kind!r}; expected one of {list(SELECTORS)}")

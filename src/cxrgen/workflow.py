@@ -1,0 +1,51 @@
+"""Glue between Snakemake scripts and the package: logging, threads, seeds."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from contextlib import contextmanager
+
+import numpy as np
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # torch is optional for data-only rules
+        pass
+
+
+@contextmanager
+def script_context(snakemake):
+    """Redirect stdout/stderr into the rule's log, cap torch threads to the rule's, seed from config."""
+    log_path = snakemake.log[0] if len(snakemake.log) else None
+    stream = open(log_path, "w", buffering=1) if log_path else None
+    old_out, old_err = sys.stdout, sys.stderr
+    if stream:
+        sys.stdout = sys.stderr = stream
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
+    try:
+        threads = max(1, int(getattr(snakemake, "threads", 1)))
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        try:
+            import torch
+
+            torch.set_num_threads(threads)
+        except ImportError:
+            pass
+        seed_everything(int(snakemake.config.get("seed", 0)))
+        yield logging.getLogger(f"cxrgen.{snakemake.rule}")
+    except BaseException:
+        logging.getLogger("cxrgen").exception("rule %s failed", snakemake.rule)
+        raise
+    finally:
+        sys.stdout, sys.stderr = old_out, old_err
+        if stream:
+            stream.close()
