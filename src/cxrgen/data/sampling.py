@@ -40,9 +40,12 @@ def sample_frontal_with_reports(df: pd.DataFrame, n: int, seed: int) -> pd.DataF
 
 
 def sole_finding(df: pd.DataFrame, label: str) -> pd.Series:
-    """Rows whose only positive pathology is ``label`` ("No Finding" means no pathology at all)."""
+    """Rows whose only positive pathology is ``label`` ("No Finding" means no pathology at all).
+
+    Other pathologies marked uncertain (-1) disqualify a row too: it is not a clear sole finding.
+    """
     label_names_to_columns([label])
-    positives = (df[list(PATHOLOGIES)] == 1.0).sum(axis=1)
+    positives = df[list(PATHOLOGIES)].isin([1.0, -1.0]).sum(axis=1)
     if label == "No Finding":
         return (df["No Finding"] == 1.0) & (positives == 0)
     return (df[label] == 1.0) & (positives == 1)
