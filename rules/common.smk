@@ -1,4 +1,4 @@
-# Helpers shared by every rule file: config validation, result paths, resource functions.
+# Helpers shared by the workflow: config validation, result paths, input functions.
 
 from pathlib import Path
 
@@ -10,10 +10,6 @@ DATASET = config["data"]["name"]
 DATA_DIR = f"results/data/{DATASET}"
 SAMPLES = sorted(config["samples"])
 
-
-wildcard_constraints:
-    dataset=DATASET,
-    sample="|".join(SAMPLES),
 
 
 def dataset_root_input(wildcards):

@@ -1,6 +1,10 @@
 # Data: the embedded phantom dataset, the unified table, the papers' samples, a data summary.
 
 
+wildcard_constraints:
+    sample="|".join(SAMPLES),
+
+
 if config["data"]["source"] == "phantom":
 
     rule phantom_dataset:
@@ -18,6 +22,8 @@ if config["data"]["source"] == "phantom":
         resources:
             mem_mb=2000,
             runtime=30,
+        conda:
+            "../envs/cxrgen.yaml"
         script:
             "../scripts/phantom_dataset.py"
 
@@ -38,6 +44,8 @@ rule dataset_table:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        "../envs/cxrgen.yaml"
     script:
         "../scripts/dataset_table.py"
 
@@ -59,6 +67,8 @@ rule sample:
     resources:
         mem_mb=2000,
         runtime=30,
+    conda:
+        "../envs/cxrgen.yaml"
     script:
         "../scripts/sample.py"
 
@@ -84,5 +94,7 @@ rule data_summary:
     log:
         f"logs/data/{DATASET}/data_summary.log",
     localrule: True
+    conda:
+        "../envs/cxrgen.yaml"
     script:
         "../scripts/data_summary.py"
