@@ -35,9 +35,12 @@ NOT_INDEXED = "no indexing"
 
 
 def default_tgz_path() -> Path:
-    import torchxrayvision  # noqa: PLC0415  (heavy import only when needed)
+    import importlib.util  # noqa: PLC0415
 
-    return Path(torchxrayvision.__file__).resolve().parent / "data" / "NLMCXR_reports.tgz"
+    spec = importlib.util.find_spec("torchxrayvision")  # locate without importing torch
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError("torchxrayvision is not installed; pass tgz_path= to an NLMCXR_reports.tgz")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "NLMCXR_reports.tgz"
 
 
 @dataclass(frozen=True)
