@@ -217,9 +217,14 @@ def embed(texts, encoder: TextEncoder, method: str, batch_size: int = 64, progre
     """(N, D) float32 embeddings of ``texts`` by ``method``, or None when the model lacks that method."""
     if not method_available(encoder, method):
         return None
-    texts = [str(t) for t in texts]
+    all_texts = [str(t) for t in texts]
     if batch_size < 1:
         raise InputError(f"batch_size={batch_size}; expected >= 1")
+    # Report impressions repeat a lot ("No acute cardiopulmonary abnormality."): embed each distinct text once,
+    # in length order so batches carry little padding, then scatter back to the input order.
+    texts, inverse = np.unique(np.array(all_texts, dtype=object), return_inverse=True)
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    texts = [texts[i] for i in order]
     device = next(encoder.model.parameters()).device
     chunks = []
     starts = range(0, len(texts), batch_size)
@@ -243,7 +248,9 @@ def embed(texts, encoder: TextEncoder, method: str, batch_size: int = 64, progre
             chunks.append(emb.float().cpu().numpy())
     if not chunks:
         return np.zeros((0, 0), dtype="float32")
-    return np.concatenate(chunks).astype("float32")
+    unique_emb = np.empty_like(np.concatenate(chunks).astype("float32"))
+    unique_emb[order] = np.concatenate(chunks)
+    return unique_emb[inverse.reshape(-1)]
 
 
 def _accepted_inputs(model) -> set[str]:

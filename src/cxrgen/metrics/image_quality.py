@@ -1,0 +1,105 @@
+"""Per-image reconstruction quality on the 0-255 scale (Chambon et al. 2022, sec. 2.3 / 3.2).
+
+RMSE, PSNR (``data_range=255``) and SSIM (Gaussian window, sigma 1.5, 11x11 (truncate 3.5), population covariance,
+K1=0.01, K2=0.03, i.e. skimage's ``structural_similarity(..., gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False, data_range=255)``) are computed batched in float64 with torchmetrics' functional
+implementations.  SSIM averages over the valid (un-padded) interior and over channels, as skimage does.
+
+Identical images: RMSE is 0, SSIM is 1 and PSNR is ``+inf`` (10*log10(255^2/0)).  The value ``inf`` is kept
+in the per-image table; :func:`cxrgen.metrics.summary.describe` leaves non-finite values out of the
+statistics and counts them in ``n_nonfinite``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from cxrgen.errors import InputError
+
+DATA_RANGE = 255.0
+
+
+def _to_nchw(images, name: str) -> torch.Tensor:
+    """uint8 (or any real) array (N,H,W) / (N,H,W,C) -> float64 tensor (N,C,H,W)."""
+    if isinstance(images, torch.Tensor):
+        arr = images.detach().cpu()
+    else:
+        arr = torch.from_numpy(np.asarray(images))
+    if arr.ndim == 2:
+        raise InputError(f"{name}: got one image of shape {tuple(arr.shape)}; expected a batch (N,H,W) or (N,H,W,C)")
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    elif arr.ndim == 4:
+        arr = arr.permute(0, 3, 1, 2)
+    else:
+        raise InputError(f"{name}: shape {tuple(arr.shape)}; expected (N,H,W) or (N,H,W,C) uint8 images")
+    return arr.to(torch.float64)
+
+
+def _pair(originals, reconstructions) -> tuple[torch.Tensor, torch.Tensor]:
+    a = _to_nchw(originals, "originals")
+    b = _to_nchw(reconstructions, "reconstructions")
+    if a.shape != b.shape:
+        raise InputError(
+            f"originals have shape {tuple(a.shape)} (N,C,H,W) but reconstructions {tuple(b.shape)}; expected equal shapes"
+        )
+    return a, b
+
+
+def rmse(originals, reconstructions) -> np.ndarray:
+    """Root-mean-square error per image on the 0-255 scale, shape (N,)."""
+    a, b = _pair(originals, reconstructions)
+    return torch.sqrt(((a - b) ** 2).mean(dim=(1, 2, 3))).numpy()
+
+
+def psnr(originals, reconstructions, data_range: float = DATA_RANGE) -> np.ndarray:
+    """Peak signal-to-noise ratio (dB) per image, shape (N,); ``inf`` for identical images."""
+    a, b = _pair(originals, reconstructions)
+    out = peak_signal_noise_ratio(b, a, data_range=data_range, reduction="none", dim=(1, 2, 3))
+    return out.reshape(-1).numpy()
+
+
+def ssim(originals, reconstructions, data_range: float = DATA_RANGE, sigma: float = 1.5, batch_size: int = 16) -> np.ndarray:
+    """Structural similarity per image, shape (N,), matching skimage's Gaussian-weighted SSIM (see module doc)."""
+    a, b = _pair(originals, reconstructions)
+    # torchmetrics reflect-pads and averages the whole map; skimage averages only the interior that the
+    # 11x11 window covers without padding, so take torchmetrics' full SSIM map and crop it like skimage.
+    pad = int(3.5 * sigma + 0.5)
+    if min(a.shape[-2:]) <= 2 * pad:
+        raise InputError(f"SSIM needs images larger than {2 * pad}x{2 * pad} pixels; got {tuple(a.shape[-2:])}")
+    out = []
+    for i in range(0, a.shape[0], batch_size):
+        _, full = structural_similarity_index_measure(
+            b[i : i + batch_size],
+            a[i : i + batch_size],
+            gaussian_kernel=True,
+            sigma=sigma,
+            kernel_size=11,
+            data_range=data_range,
+            reduction="none",
+            k1=0.01,
+            k2=0.03,
+            return_full_image=True,
+        )
+        out.append(full[..., pad:-pad, pad:-pad].mean(dim=(1, 2, 3)))
+    return torch.cat(out).numpy()
+
+
+def reconstruction_metrics(originals, reconstructions, ids=None) -> pd.DataFrame:
+    """One row per image-reconstruction pair: ``rmse``, ``psnr``, ``ssim`` (plus ``image_id`` if ``ids`` given)."""
+    df = pd.DataFrame(
+        {
+            "rmse": rmse(originals, reconstructions),
+            "psnr": psnr(originals, reconstructions),
+            "ssim": ssim(originals, reconstructions),
+        }
+    )
+    if ids is not None:
+        ids = list(ids)
+        if len(ids) != len(df):
+            raise InputError(f"got {len(ids)} ids for {len(df)} images; expected one id per image")
+        df.insert(0, "image_id", ids)
+    return df

@@ -1,0 +1,499 @@
+"""Build the miniature text-to-image foundation model (a tiny Stable Diffusion) from scratch.
+
+tokenizer (CLIP-format BPE on the corpus captions) -> AutoencoderKL (f=4) -> per-channel latent
+standardisation folded into the VAE's quant convs -> cached latents -> CLIPTextModel trained jointly
+with UNet2DConditionModel (v-prediction, zero-terminal-SNR, 10% caption dropout) -> a standard
+``StableDiffusionPipeline`` folder (DDIM sampler, trailing spacing) plus ``training_log.csv`` and
+``loss_curve.png``. Resumable: checkpoints go to ``<out_dir>.ckpt`` and are removed on success.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cxrgen.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from cxrgen.diffusion import diffusion_loss, make_sampling_scheduler, make_train_scheduler
+from cxrgen.io import atomic_path
+from cxrgen.models.corpus import corpus_text, make_corpus
+from cxrgen.models.tokenizer import train_clip_tokenizer
+
+LOG_FILE = "training_log.csv"
+CURVE_FILE = "loss_curve.png"
+CONFIG_FILE = "foundation_config.json"
+PREVIEW_FILE = "preview.png"
+
+
+@dataclass
+class FoundationConfig:
+    # corpus / images
+    image_size: int = 64
+    n_images: int = 3000
+    xray_share: float = 0.08
+    # tokenizer / text encoder
+    vocab_size: int = 1024
+    max_length: int = 32
+    text_hidden: int = 64
+    text_layers: int = 2
+    text_heads: int = 2
+    # VAE (len(blocks)-1 downsamplings: 3 blocks -> f=4)
+    vae_block_out_channels: tuple[int, ...] = (32, 64, 64)
+    vae_layers_per_block: int = 1
+    vae_norm_groups: int = 16
+    latent_channels: int = 4
+    vae_steps: int = 400
+    vae_batch: int = 16
+    vae_crop: int = 32  # train on random crops (fully convolutional); last vae_full_frac at full size
+    vae_full_frac: float = 0.25
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    # U-Net + joint text-encoder training
+    unet_block_out_channels: tuple[int, ...] = (32, 64)
+    unet_layers_per_block: int = 1
+    unet_norm_groups: int = 8
+    cross_attention_dim: int = 64
+    attention_head_dim: int = 8
+    unet_steps: int = 1500
+    unet_batch: int = 16
+    unet_lr: float = 1e-3
+    text_lr: float = 5e-4
+    warmup_steps: int = 50
+    caption_dropout: float = 0.1
+    snr_gamma: float | None = 5.0
+    # diffusion
+    prediction_type: str = "v_prediction"
+    zero_terminal_snr: bool = True
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"
+    # run
+    seed: int = 0
+    checkpoint_every: int = 250
+    time_budget_s: float | None = None  # optional cap on the U-Net phase (makes the result time-dependent)
+    num_threads: int | None = None
+    preview_prompts: tuple[str, ...] = (
+        "a photo of a lung xray",
+        "a photo of a red circle",
+        "a photo of a blue square",
+        "a photo of a house",
+    )
+    preview_per_prompt: int = 4
+    preview_steps: int = 20
+    preview_guidance: float = 4.0
+
+    @classmethod
+    def preset(cls, name: str = "default", **overrides) -> "FoundationConfig":
+        presets = {
+            "default": {},
+            "smoke": dict(
+                n_images=200, vocab_size=600, vae_block_out_channels=(8, 16, 16), vae_norm_groups=8,
+                vae_steps=20, vae_batch=8, unet_block_out_channels=(16, 32), unet_norm_groups=8,
+                cross_attention_dim=32, attention_head_dim=8, text_hidden=32, text_layers=1,
+                unet_steps=30, unet_batch=8, checkpoint_every=10, warmup_steps=5,
+                preview_per_prompt=1, preview_steps=4, preview_prompts=("a photo of a lung xray",),
+            ),
+        }
+        if name not in presets:
+            raise ValueError(f"unknown foundation preset {name!r}; expected one of {sorted(presets)}")
+        return cls(**{**presets[name], **overrides})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FoundationConfig":
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ValueError(f"unknown foundation config keys {unknown}; expected some of {sorted(names)}")
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+        return cls(**kw)
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# model constructors
+
+
+def make_vae(cfg: FoundationConfig):
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.vae_block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.vae_block_out_channels),
+        layers_per_block=cfg.vae_layers_per_block,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=cfg.vae_norm_groups,
+        sample_size=cfg.image_size,
+        scaling_factor=1.0,
+        mid_block_add_attention=False,
+        force_upcast=False,
+    )
+
+
+def make_text_encoder(cfg: FoundationConfig, tokenizer):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tc = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.text_hidden,
+        intermediate_size=cfg.text_hidden * 4,
+        num_hidden_layers=cfg.text_layers,
+        num_attention_heads=cfg.text_heads,
+        max_position_embeddings=cfg.max_length,
+        projection_dim=cfg.text_hidden,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(tc)
+
+
+def make_unet(cfg: FoundationConfig):
+    from diffusers import UNet2DConditionModel
+
+    n = len(cfg.unet_block_out_channels)
+    f = 2 ** (len(cfg.vae_block_out_channels) - 1)
+    return UNet2DConditionModel(
+        sample_size=cfg.image_size // f,
+        in_channels=cfg.latent_channels,
+        out_channels=cfg.latent_channels,
+        down_block_types=("CrossAttnDownBlock2D",) * n,
+        up_block_types=("CrossAttnUpBlock2D",) * n,
+        block_out_channels=tuple(cfg.unet_block_out_channels),
+        layers_per_block=cfg.unet_layers_per_block,
+        norm_num_groups=cfg.unet_norm_groups,
+        cross_attention_dim=cfg.text_hidden,
+        attention_head_dim=cfg.attention_head_dim,
+    )
+
+
+def count_params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+@torch.no_grad()
+def standardise_latents_in_vae(vae, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Reparametrise the VAE so that its latents are per-channel standardised: z' = (z - mean) / std.
+
+    Exact: quant_conv's mean half is rescaled/shifted (and its log-variance half shifted by
+    -2 log std); post_quant_conv absorbs the inverse, so ``decode(encode(x))`` is unchanged.
+    """
+    c = mean.numel()
+    qc, pqc = vae.quant_conv, vae.post_quant_conv
+    if qc is None or pqc is None or qc.kernel_size != (1, 1) or pqc.kernel_size != (1, 1):
+        raise ValueError("latent standardisation needs 1x1 quant_conv and post_quant_conv")
+    qc.weight[:c] /= std.view(c, 1, 1, 1)
+    qc.bias[:c] = (qc.bias[:c] - mean) / std
+    qc.bias[c:] -= 2.0 * torch.log(std)
+    w = pqc.weight[:, :, 0, 0].clone()  # (out, in)
+    pqc.bias += w @ mean
+    pqc.weight *= std.view(1, c, 1, 1)
+
+
+class _Log:
+    def __init__(self, rows=None, progress=True):
+        self.rows = list(rows or [])
+        self.progress = progress
+        self.t0 = time.perf_counter() - (self.rows[-1][3] if self.rows else 0.0)
+
+    def add(self, phase, step, loss, every=1, total=None):
+        sec = time.perf_counter() - self.t0
+        self.rows.append([phase, int(step), float(loss), float(sec)])
+        if self.progress and (step % every == 0 or step == total):
+            print(f"[foundation] {phase} step {step}/{total} loss {loss:.4f} ({sec:.0f}s)", file=sys.stderr,
+                  flush=True)
+
+
+def _write_log(rows, folder: Path) -> None:
+    import pandas as pd
+
+    df = pd.DataFrame(rows, columns=["phase", "step", "loss", "seconds"])
+    df.to_csv(folder / LOG_FILE, index=False)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phases = list(dict.fromkeys(df["phase"]))
+    fig, axes = plt.subplots(1, max(1, len(phases)), figsize=(4.5 * max(1, len(phases)), 3.2))
+    axes = np.atleast_1d(axes)
+    for ax, ph in zip(axes, phases):
+        d = df[df.phase == ph]
+        ax.plot(d.step, d.loss, lw=0.5, alpha=0.4, color="C0")
+        if len(d) >= 10:
+            k = max(5, len(d) // 30)
+            ax.plot(d.step, d.loss.rolling(k, min_periods=1).mean(), color="C1", lw=1.5, label=f"mean of {k}")
+            ax.legend()
+        ax.set_title(ph)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(folder / CURVE_FILE, dpi=100)
+    plt.close(fig)
+
+
+def _budget_hit(cfg, t_start) -> bool:
+    return cfg.time_budget_s is not None and time.perf_counter() - t_start > cfg.time_budget_s
+
+
+# ----------------------------------------------------------------------------------------------
+# phases
+
+
+def _train_vae(cfg, vae, x_all, ckpt, log, progress):
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 20) * (0.5 * (1 + math.cos(math.pi * min(s, cfg.vae_steps) / cfg.vae_steps)) * 0.9 + 0.1)
+    )
+    start = 0
+    if has_checkpoint(ckpt):
+        st = load_checkpoint(ckpt, {"vae": vae}, opt, sched, {"data": gen})
+        start = st["step"]
+        log.rows = st["extra"]["log"]
+    n = x_all.shape[0]
+    full_from = int(cfg.vae_steps * (1 - cfg.vae_full_frac))
+    vae.train()
+    for step in range(start + 1, cfg.vae_steps + 1):
+        idx = torch.randint(0, n, (cfg.vae_batch,), generator=gen)
+        x = x_all[idx]
+        c = cfg.vae_crop
+        if c and c < cfg.image_size and step <= full_from:
+            oy, ox = torch.randint(0, cfg.image_size - c + 1, (2,), generator=gen).tolist()
+            x = x[:, :, oy:oy + c, ox:ox + c]
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        rec_loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+        kl = post.kl().mean() / (z[0].numel())
+        loss = rec_loss + cfg.vae_kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        log.add("vae", step, rec_loss.item(), every=50, total=cfg.vae_steps)
+        if step % cfg.checkpoint_every == 0 and step < cfg.vae_steps:
+            save_checkpoint(ckpt, {"vae": vae}, opt, sched, step, {"data": gen}, extra={"log": log.rows})
+    vae.eval()
+
+
+@torch.no_grad()
+def _encode_latents(vae, x_all, batch=128) -> torch.Tensor:
+    return torch.cat([vae.encode(x_all[i:i + batch]).latent_dist.mean for i in range(0, len(x_all), batch)])
+
+
+@torch.no_grad()
+def _psnr(vae, x, batch=128) -> float:
+    rec = torch.cat([vae.decode(vae.encode(x[i:i + batch]).latent_dist.mean).sample for i in range(0, len(x), batch)])
+    mse = F.mse_loss(rec.clamp(-1, 1), x).item() / 4.0  # in [0,1] units
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def _train_unet(cfg, unet, text_encoder, latents, ids, uncond_ids, ckpt, log, progress, t_start):
+    from diffusers.optimization import get_scheduler
+
+    scheduler = make_train_scheduler(
+        cfg.prediction_type, cfg.zero_terminal_snr, cfg.num_train_timesteps, cfg.beta_schedule
+    )
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    opt = torch.optim.AdamW(
+        [
+            {"params": list(unet.parameters()), "lr": cfg.unet_lr},
+            {"params": list(text_encoder.parameters()), "lr": cfg.text_lr},
+        ],
+        weight_decay=1e-4,
+    )
+    lr_sched = get_scheduler("cosine", opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.unet_steps)
+    start = 0
+    models = {"unet": unet, "text_encoder": text_encoder}
+    if has_checkpoint(ckpt):
+        st = load_checkpoint(ckpt, models, opt, lr_sched, {"data": gen})
+        start = st["step"]
+        log.rows = st["extra"]["log"]
+    unet.train()
+    text_encoder.train()
+    n = latents.shape[0]
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for step in range(start + 1, cfg.unet_steps + 1):
+        idx = torch.randint(0, n, (cfg.unet_batch,), generator=gen)
+        lat = latents[idx]
+        tok = ids[idx].clone()
+        drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout
+        tok[drop] = uncond_ids
+        emb = text_encoder(tok)[0]
+        loss = diffusion_loss(unet, scheduler, lat, emb, gen, snr_gamma=cfg.snr_gamma)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        lr_sched.step()
+        log.add("unet", step, loss.item(), every=100, total=cfg.unet_steps)
+        if step % cfg.checkpoint_every == 0 and step < cfg.unet_steps:
+            save_checkpoint(ckpt, models, opt, lr_sched, step, {"data": gen}, extra={"log": log.rows})
+        if _budget_hit(cfg, t_start):
+            if progress:
+                print(f"[foundation] time budget reached at U-Net step {step}", file=sys.stderr)
+            break
+    unet.eval()
+    text_encoder.eval()
+    return scheduler
+
+
+def build_foundation(
+    cfg: FoundationConfig | None = None,
+    out_dir: str | os.PathLike = "foundation",
+    log_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    checkpoint_dir: str | os.PathLike | None = None,
+) -> dict:
+    """Pretrain the miniature foundation model and save it as a ``StableDiffusionPipeline`` folder.
+
+    ``out_dir`` is written atomically. ``training_log.csv``, ``loss_curve.png``, ``preview.png`` and
+    ``foundation_config.json`` go into ``out_dir`` (and are copied to ``log_dir`` if given).
+    Checkpoints go to ``checkpoint_dir`` (default ``<out_dir>.ckpt``); a killed build resumes from
+    them and they are removed once the folder is written. Returns a summary dict.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    cfg = cfg or FoundationConfig()
+    out_dir = Path(out_dir)
+    ckpt_root = Path(checkpoint_dir) if checkpoint_dir else out_dir.with_name(out_dir.name + ".ckpt")
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    # corpus + tokenizer (deterministic, cheap: regenerated on resume)
+    t = time.perf_counter()
+    images, captions = make_corpus(cfg.n_images, cfg.image_size, cfg.seed, cfg.xray_share)
+    tokenizer = train_clip_tokenizer(corpus_text(captions), cfg.vocab_size, cfg.max_length)
+    timings["corpus_tokenizer_s"] = time.perf_counter() - t
+    x_all = _images_to_tensor(images)
+    ids = tokenizer(captions, padding="max_length", max_length=cfg.max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    uncond_ids = tokenizer([""], padding="max_length", max_length=cfg.max_length, return_tensors="pt").input_ids[0]
+
+    torch.manual_seed(cfg.seed)
+    vae = make_vae(cfg)
+    text_encoder = make_text_encoder(cfg, tokenizer)
+    unet = make_unet(cfg)
+
+    log = _Log(progress=progress)
+    # --- VAE ----------------------------------------------------------------------------------
+    t = time.perf_counter()
+    vae_done = ckpt_root / "vae_final.safetensors"
+    if vae_done.is_file():
+        from safetensors.torch import load_file
+
+        vae.load_state_dict(load_file(str(vae_done)))
+        log.rows = json.loads((ckpt_root / "vae_log.json").read_text())
+        vae.eval()
+    else:
+        _train_vae(cfg, vae, x_all, ckpt_root / "vae", log, progress)
+        with torch.no_grad():
+            lat = _encode_latents(vae, x_all)
+            mean = lat.mean(dim=(0, 2, 3))
+            std = lat.std(dim=(0, 2, 3)).clamp_min(1e-4)
+        standardise_latents_in_vae(vae, mean, std)
+        from safetensors.torch import save_file
+
+        with atomic_path(ckpt_root / "vae_log.json") as p:
+            p.write_text(json.dumps(log.rows))
+        with atomic_path(vae_done) as p:
+            save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(p))
+        shutil.rmtree(ckpt_root / "vae", ignore_errors=True)
+    timings["vae_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    latents = _encode_latents(vae, x_all)
+    psnr = _psnr(vae, x_all[:256])
+    timings["latents_s"] = time.perf_counter() - t
+
+    # --- text encoder + U-Net --------------------------------------------------------------------
+    t = time.perf_counter()
+    train_sched = _train_unet(cfg, unet, text_encoder, latents, ids, uncond_ids, ckpt_root / "unet", log,
+                              progress, t_start)
+    timings["unet_s"] = time.perf_counter() - t
+
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=make_sampling_scheduler(train_sched), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    params = {"vae": count_params(vae), "text_encoder": count_params(text_encoder), "unet": count_params(unet)}
+    summary = {
+        "params": params,
+        "vocab_size": len(tokenizer),
+        "latent_shape": [cfg.latent_channels, cfg.image_size // 2 ** (len(cfg.vae_block_out_channels) - 1)] * 1
+        + [cfg.image_size // 2 ** (len(cfg.vae_block_out_channels) - 1)],
+        "vae_psnr_db": psnr,
+        "latent_mean_after": latents.mean(dim=(0, 2, 3)).tolist(),
+        "latent_std_after": latents.std(dim=(0, 2, 3)).tolist(),
+        "final_loss": {ph: float(np.mean([r[2] for r in log.rows if r[0] == ph][-50:]))
+                       for ph in dict.fromkeys(r[0] for r in log.rows)},
+        "timings": timings,
+        "config": cfg.to_dict(),
+    }
+    with atomic_path(out_dir) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        _write_log(log.rows, tmp)
+        t = time.perf_counter()
+        if cfg.preview_prompts and cfg.preview_per_prompt > 0:
+            grid = sample_grid(pipe, list(cfg.preview_prompts), cfg.preview_per_prompt, cfg.preview_steps,
+                               cfg.preview_guidance, seed=cfg.seed)
+            grid.save(tmp / PREVIEW_FILE)
+        timings["preview_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - t_start
+        (tmp / CONFIG_FILE).write_text(json.dumps(summary, indent=2))
+    if log_dir is not None:
+        log_dir = Path(log_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        for name in (LOG_FILE, CURVE_FILE, CONFIG_FILE, PREVIEW_FILE):
+            if (out_dir / name).is_file():
+                with atomic_path(log_dir / name) as p:
+                    shutil.copyfile(out_dir / name, p)
+    shutil.rmtree(ckpt_root, ignore_errors=True)
+    if progress:
+        print(f"[foundation] wrote {out_dir} in {timings['total_s']:.0f}s; params {params}", file=sys.stderr)
+    return summary
+
+
+@torch.no_grad()
+def sample_grid(pipe, prompts: list[str], per_prompt: int = 4, steps: int = 20, guidance: float = 4.0,
+                seed: int = 0, guidance_rescale: float = 0.0):
+    """Sample ``per_prompt`` images for each prompt (one batched call) and tile them: one row per prompt."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    all_prompts = [p for p in prompts for _ in range(per_prompt)]
+    out = pipe(all_prompts, num_inference_steps=steps, guidance_scale=guidance, generator=g,
+               output_type="np", guidance_rescale=guidance_rescale).images
+    out = (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
+    h, w = out.shape[1:3]
+    grid = out.reshape(len(prompts), per_prompt, h, w, 3).transpose(0, 2, 1, 3, 4).reshape(len(prompts) * h, per_prompt * w, 3)
+    return Image.fromarray(grid)

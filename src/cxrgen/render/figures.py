@@ -1,0 +1,210 @@
+"""Figures with one consistent style: labelled image grids, metric distributions, paper-vs-run bars.
+
+Every figure is saved as PNG (150 dpi) and PDF, atomically, without timestamps in the PDF metadata.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from cxrgen.errors import InputError  # noqa: E402
+from cxrgen.io import atomic_path  # noqa: E402
+
+DPI = 150
+PAPER_COLOR = "#9e9e9e"
+OURS_COLOR = "#1f77b4"
+
+
+def set_style() -> None:
+    """The project's figure style (seaborn whitegrid, paper context, colour-blind palette, fixed fonts)."""
+    sns.set_theme(
+        context="paper",
+        style="whitegrid",
+        palette="colorblind",
+        rc={
+            "figure.dpi": DPI,
+            "savefig.dpi": DPI,
+            "savefig.bbox": "tight",
+            "font.family": "DejaVu Sans",
+            "axes.titlesize": 10,
+            "axes.labelsize": 9,
+            "xtick.labelsize": 8,
+            "ytick.labelsize": 8,
+            "legend.fontsize": 8,
+            "pdf.fonttype": 42,
+            "svg.hashsalt": "cxrgen",
+        },
+    )
+
+
+def save_figure(fig, out_stem: str | os.PathLike, close: bool = True) -> dict[str, Path]:
+    """Write ``<stem>.png`` (150 dpi) and ``<stem>.pdf`` atomically; returns the paths keyed by format."""
+    stem = Path(out_stem)
+    paths = {fmt: stem.with_name(f"{stem.name}.{fmt}") for fmt in ("png", "pdf")}
+    metadata = {"png": {"Software": None}, "pdf": {"CreationDate": None, "ModDate": None, "Producer": None}}
+    try:
+        for fmt, path in paths.items():
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format=fmt, dpi=DPI, bbox_inches="tight", metadata=metadata[fmt])
+    finally:
+        if close:
+            plt.close(fig)
+    return paths
+
+
+def _check_image(img, where: str) -> np.ndarray:
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8:
+        raise InputError(f"image {where}: expected dtype uint8, got {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 3)):
+        raise InputError(f"image {where}: expected HxW grayscale or HxWx3 RGB, got shape {arr.shape}")
+    return arr
+
+
+def image_grid(
+    images,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    out_stem: str | os.PathLike,
+    title: str | None = None,
+    cell_inches: float = 1.6,
+) -> dict[str, Path]:
+    """A rows x cols grid of uint8 grayscale (HxW) or RGB (HxWx3) images with row and column labels.
+
+    ``images`` is a nested sequence ``[row][col]`` or a flat sequence of ``rows*cols`` images (row-major);
+    ``None`` leaves a cell blank.
+    """
+    n_rows, n_cols = len(row_labels), len(col_labels)
+    if n_rows == 0 or n_cols == 0:
+        raise InputError("image_grid needs at least one row label and one column label")
+    images = list(images)
+    if images and all(isinstance(row, (list, tuple)) for row in images):
+        grid = [list(row) for row in images]
+    elif len(images) == n_rows * n_cols:
+        grid = [images[r * n_cols:(r + 1) * n_cols] for r in range(n_rows)]
+    else:
+        raise InputError(f"image_grid: got {len(images)} images for {n_rows} rows x {n_cols} columns")
+    if len(grid) != n_rows or any(len(row) != n_cols for row in grid):
+        raise InputError(f"image_grid: expected {n_rows} rows x {n_cols} images to match the labels")
+    set_style()
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell_inches * n_cols + 0.6, cell_inches * n_rows + 0.4), squeeze=False)
+    for r in range(n_rows):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            img = grid[r][c]
+            if img is not None:
+                arr = _check_image(img, f"[{r}][{c}]")
+                if arr.ndim == 2:
+                    ax.imshow(arr, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+                else:
+                    ax.imshow(arr, interpolation="nearest")
+            if r == 0:
+                ax.set_title(str(col_labels[c]), fontsize=8)
+            if c == 0:
+                ax.set_ylabel(str(row_labels[r]), fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, out_stem)
+
+
+def distribution_plot(
+    df: pd.DataFrame,
+    columns: Sequence[str],
+    out_stem: str | os.PathLike,
+    kind: str = "violin",
+    group: str | None = None,
+    title: str | None = None,
+) -> dict[str, Path]:
+    """One panel per metric column (e.g. SSIM, PSNR): ``kind="violin"`` or ``"hist"``, optionally split by ``group``."""
+    if kind not in ("violin", "hist"):
+        raise InputError(f"distribution_plot: kind must be 'violin' or 'hist', got {kind!r}")
+    columns = list(columns)
+    missing = [c for c in columns + ([group] if group else []) if c not in df.columns]
+    if not columns or missing:
+        raise InputError(f"distribution_plot: columns {missing or columns} not usable; frame has {list(df.columns)}")
+    set_style()
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.0 * len(columns), 2.8), squeeze=False)
+    for ax, col in zip(axes[0], columns):
+        data = df[[col] + ([group] if group else [])].dropna()
+        if kind == "violin":
+            if group:
+                sns.violinplot(data=data, x=group, y=col, ax=ax, cut=0, inner="quartile")
+            else:
+                sns.violinplot(data=data, y=col, ax=ax, cut=0, inner="quartile")
+        else:
+            sns.histplot(data=data, x=col, hue=group, ax=ax, bins=20, element="step")
+        ax.set_title(col)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, out_stem)
+
+
+def bar_with_reference(
+    df_ours: pd.DataFrame,
+    df_paper: pd.DataFrame,
+    key: str,
+    value: str,
+    out_stem: str | os.PathLike,
+    ours_ci: tuple[str, str] | None = None,
+    title: str | None = None,
+    ylabel: str | None = None,
+    paper_label: str = "paper",
+    ours_label: str = "this run",
+) -> dict[str, Path]:
+    """Grouped bars per ``key`` category: the paper's ``value`` next to this run's (with CI whiskers if given).
+
+    Categories follow the paper's order, then any only this run has. ``ours_ci`` names (low, high) columns
+    of ``df_ours``; by default ``<value>_ci_low``/``<value>_ci_high`` or ``ci_low``/``ci_high`` if present.
+    """
+    for name, frame in (("paper", df_paper), ("this run", df_ours)):
+        if key not in frame.columns or value not in frame.columns:
+            raise InputError(f"bar_with_reference: {name} frame needs columns {key!r} and {value!r}; has {list(frame.columns)}")
+    if ours_ci is None:
+        for low, high in ((f"{value}_ci_low", f"{value}_ci_high"), ("ci_low", "ci_high")):
+            if low in df_ours.columns and high in df_ours.columns:
+                ours_ci = (low, high)
+                break
+    cats = list(dict.fromkeys(list(df_paper[key].astype(str)) + list(df_ours[key].astype(str))))
+    paper = df_paper.assign(_k=df_paper[key].astype(str)).set_index("_k")
+    ours = df_ours.assign(_k=df_ours[key].astype(str)).set_index("_k")
+    pv = np.array([paper[value].get(c, np.nan) for c in cats], dtype=float)
+    ov = np.array([ours[value].get(c, np.nan) for c in cats], dtype=float)
+    set_style()
+    fig, ax = plt.subplots(figsize=(max(3.0, 0.6 * len(cats) + 1.5), 3.0))
+    x = np.arange(len(cats))
+    width = 0.38
+    ax.bar(x - width / 2, pv, width, label=paper_label, color=PAPER_COLOR)
+    yerr = None
+    if ours_ci is not None:
+        lo = np.array([ours[ours_ci[0]].get(c, np.nan) for c in cats], dtype=float)
+        hi = np.array([ours[ours_ci[1]].get(c, np.nan) for c in cats], dtype=float)
+        yerr = np.vstack([np.clip(ov - lo, 0, None), np.clip(hi - ov, 0, None)])
+        yerr = np.nan_to_num(yerr)
+    ax.bar(x + width / 2, ov, width, label=ours_label, color=OURS_COLOR, yerr=yerr, capsize=2 if yerr is not None else 0)
+    ax.set_xticks(x)
+    ax.set_xticklabels(cats, rotation=45 if len(cats) > 4 else 0, ha="right" if len(cats) > 4 else "center")
+    ax.set_ylabel(ylabel or value)
+    ax.set_xlabel("")
+    ax.legend(frameon=False)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, out_stem)

@@ -1,0 +1,218 @@
+"""Text-encoder study: Tables 2 and 3 of Chambon et al. 2022 (section 3.3) on impression sections.
+
+Similarity between embeddings is the dot product, as in section 2.4 (``similarity="cosine"`` normalises first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from cxrgen.data.schema import CHEXPERT_LABELS, apply_label_policy
+from cxrgen.errors import InputError
+from cxrgen.io import atomic_path, write_text_atomic
+from cxrgen.text.chexpert_at_k import bag_of_words_similarity, bootstrap_macro_ci, chexpert_at_k, primary_classes
+from cxrgen.text.encoders import METHOD_TITLES, METHODS, embed, load_encoder
+
+log = logging.getLogger(__name__)
+BASE = "Base"
+
+
+class StudyResult(NamedTuple):
+    table2: pd.DataFrame  # index model; columns <method>, <method>_ci_low, <method>_ci_high (percent, NaN=None)
+    table3: pd.DataFrame  # index classes + "Macro"; columns "Base" + models (best method each), percent
+    n_dropped_empty: int  # reports with an empty impression
+    n_dropped_unlabelled: int  # reports with all labels blank (e.g. OpenI "No Indexing")
+    n_reports: int  # reports scored
+    seconds: dict  # wall time per model
+
+
+def corpus_hash(texts) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(str(t).encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _similarity(emb: np.ndarray, kind: str) -> np.ndarray:
+    emb = emb.astype("float64")
+    if kind == "cosine":
+        emb = emb / np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
+    elif kind != "dot":
+        raise InputError(f"similarity={kind!r}; expected 'dot' or 'cosine'")
+    return emb @ emb.T
+
+
+def cached_embeddings(texts, spec: dict, method: str, cache_dir, progress=False, _loaded={}):
+    """Embeddings for (encoder, method, corpus) from ``cache_dir`` or computed and cached (None if unavailable)."""
+    name = spec["name"]
+    key = f"{name}__{method}__{corpus_hash(texts)}__{hashlib.sha256(str(spec.get('path')).encode()).hexdigest()[:8]}"
+    npy = Path(cache_dir) / f"{key}.npy" if cache_dir else None
+    none_marker = Path(cache_dir) / f"{key}.none" if cache_dir else None
+    if npy is not None and npy.is_file():
+        return np.load(npy)
+    if none_marker is not None and none_marker.is_file():
+        return None
+    ident = (name, str(spec.get("path")), bool(spec.get("trust_remote_code", False)))
+    if ident not in _loaded:
+        _loaded.clear()  # keep one model in memory
+        _loaded[ident] = load_encoder(name, spec.get("path"), trust_remote_code=bool(spec.get("trust_remote_code", False)))
+    emb = embed(texts, _loaded[ident], method, batch_size=int(spec.get("batch_size", 64)), progress=progress)
+    if npy is not None:
+        if emb is None:
+            write_text_atomic(none_marker, "method unavailable for this model\n")
+        else:
+            with atomic_path(npy) as tmp:
+                np.save(tmp, emb)
+    return emb
+
+
+def prepare_reports(reports_df: pd.DataFrame):
+    """(texts, binary (N,14) labels, n_empty, n_unlabelled) from a unified-schema table."""
+    missing = [c for c in ("impression", *CHEXPERT_LABELS) if c not in reports_df.columns]
+    if missing:
+        raise InputError(f"reports table lacks columns {missing}")
+    imp = reports_df["impression"].fillna("").astype(str).str.strip()
+    empty = imp == ""
+    unlabelled = reports_df[list(CHEXPERT_LABELS)].isna().all(axis=1) & ~empty
+    keep = ~empty & ~unlabelled
+    labels = apply_label_policy(reports_df.loc[keep], uncertain="positive", blank="negative")
+    return imp[keep].tolist(), labels[list(CHEXPERT_LABELS)].to_numpy("float64"), int(empty.sum()), int(unlabelled.sum())
+
+
+def run_text_encoder_study(
+    reports_df: pd.DataFrame,
+    encoders: list[dict],
+    k: int = 10,
+    same_label: str = "exact",
+    cache_dir=None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    similarity: str = "dot",
+    tsne_dir=None,
+    progress: bool = False,
+) -> StudyResult:
+    """Tables 2 and 3. ``encoders``: [{"name": registry name, "path": local folder or None,
+    "methods": subset of METHODS (default all), "trust_remote_code": bool (optional)}].
+    The bag-of-words IoU baseline (no embeddings) is always computed and appears as Table 3's "Base" column."""
+    texts, labels, n_empty, n_unlab = prepare_reports(reports_df)
+    if len(texts) <= k:
+        raise InputError(f"{len(texts)} reports with an impression; need more than k={k}")
+    classes = list(CHEXPERT_LABELS)
+    seconds = {}
+
+    t0 = time.perf_counter()
+    base = chexpert_at_k(bag_of_words_similarity(texts), labels, k=k, same_label=same_label)
+    seconds[BASE] = time.perf_counter() - t0
+
+    rows, best = {}, {}
+    for spec in encoders:
+        name = spec.get("name")
+        if not name:
+            raise InputError(f"encoder spec {spec!r} lacks 'name'")
+        label = spec.get("label", name)
+        methods = spec.get("methods") or list(METHODS)
+        t0 = time.perf_counter()
+        row = {}
+        for method in methods:
+            if method not in METHODS:
+                raise InputError(f"{name}: unknown method {method!r}; expected {list(METHODS)}")
+            emb = cached_embeddings(texts, spec, method, cache_dir, progress=progress)
+            if emb is None:
+                row.update({method: np.nan, f"{method}_ci_low": np.nan, f"{method}_ci_high": np.nan})
+                continue
+            res = chexpert_at_k(_similarity(emb, similarity), labels, k=k, same_label=same_label)
+            lo, hi = bootstrap_macro_ci(res, n_boot=n_boot, seed=seed)
+            row.update({method: 100 * res.macro, f"{method}_ci_low": 100 * lo, f"{method}_ci_high": 100 * hi})
+            if label not in best or res.macro > best[label][1].macro:
+                best[label] = (method, res, emb)
+        rows[label] = row
+        seconds[label] = time.perf_counter() - t0
+    cols = [c for m in METHODS for c in (m, f"{m}_ci_low", f"{m}_ci_high")]
+    table2 = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=cols).astype("float64")
+    table2.index.name = "model"
+    table2.attrs.update({"k": k, "same_label": same_label, "n_reports": len(texts), "similarity": similarity})
+
+    t3 = {BASE: [100 * base.per_class[c] for c in classes] + [100 * base.macro]}
+    for label, (method, res, _) in best.items():
+        t3[label] = [100 * res.per_class[c] for c in classes] + [100 * res.macro]
+    table3 = pd.DataFrame(t3, index=classes + ["Macro"])
+    table3.index.name = "Abnormality"
+    table3.attrs.update({"best_method": {l: b[0] for l, b in best.items()}, "class_counts": base.class_counts, "k": k})
+
+    if tsne_dir is not None:
+        prim = primary_classes(labels)
+        for label, (method, _, emb) in best.items():
+            tsne_figure(emb, prim, Path(tsne_dir) / f"tsne_{label}_{method}.png", title=f"{label} ({METHOD_TITLES[method]})", seed=seed)
+    return StudyResult(table2, table3, n_empty, n_unlab, len(texts), seconds)
+
+
+def format_table2(table2: pd.DataFrame, ci: bool = True) -> pd.DataFrame:
+    """Paper-style strings: '61.1 [58.0, 64.2]' or 'None' where a model lacks the method."""
+    out = {}
+    for m in METHODS:
+        def fmt(r, m=m):
+            if pd.isna(r[m]):
+                return "None"
+            return f"{r[m]:.1f} [{r[m + '_ci_low']:.1f}, {r[m + '_ci_high']:.1f}]" if ci and not pd.isna(r[m + "_ci_low"]) else f"{r[m]:.1f}"
+        out[METHOD_TITLES[m]] = table2.apply(fmt, axis=1)
+    return pd.DataFrame(out, index=table2.index)
+
+
+def tsne_figure(embeddings, labels, out_png, title: str | None = None, seed: int = 0, perplexity: float = 30.0):
+    """2-D t-SNE of ``embeddings`` coloured by primary abnormality (``labels``: class names per report, or an
+    (N,14) binary matrix reduced with ``primary_classes``). Writes ``out_png`` and the same figure as PDF."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import seaborn as sns  # noqa: PLC0415
+    from sklearn.manifold import TSNE  # noqa: PLC0415
+
+    emb = np.asarray(embeddings, dtype="float64")
+    lab = np.asarray(labels, dtype=object)
+    if lab.ndim == 2:
+        lab = primary_classes(lab)
+    if len(lab) != len(emb) or len(emb) < 5:
+        raise InputError(f"t-SNE needs >= 5 embeddings with one label each; got {len(emb)} embeddings, {len(lab)} labels")
+    xy = TSNE(n_components=2, perplexity=min(perplexity, (len(emb) - 1) / 3), random_state=seed, init="pca").fit_transform(emb)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    sns.scatterplot(x=xy[:, 0], y=xy[:, 1], hue=lab, s=8, linewidth=0, ax=ax, palette="tab20")
+    ax.set(xticks=[], yticks=[], title=title or "t-SNE")
+    ax.legend(fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
+    fig.tight_layout()
+    out_png = Path(out_png)
+    for path in (out_png, out_png.with_suffix(".pdf")):
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=150, format=path.suffix.lstrip("."))
+    plt.close(fig)
+    return out_png
+
+
+def save_study(result: StudyResult, out_dir) -> None:
+    from cxrgen.io import write_csv_atomic  # noqa: PLC0415
+
+    out_dir = Path(out_dir)
+    write_csv_atomic(result.table2, out_dir / "table2.csv", index=True)
+    write_csv_atomic(result.table3, out_dir / "table3.csv", index=True)
+    write_text_atomic(
+        out_dir / "study_info.json",
+        json.dumps(
+            {
+                "n_reports": result.n_reports,
+                "n_dropped_empty": result.n_dropped_empty,
+                "n_dropped_unlabelled": result.n_dropped_unlabelled,
+                "seconds": result.seconds,
+                "best_method": result.table3.attrs.get("best_method"),
+            },
+            indent=2,
+        ),
+    )
