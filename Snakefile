@@ -11,6 +11,8 @@ configfile: "config.yaml"
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/foundation.smk"
+include: "rules/text_encoders.smk"
 
 
 rule all:

@@ -55,10 +55,10 @@ def _write_folder(folder, n, seed):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("refclf")
-    train = _write_folder(root / "train", 40, 0)
-    val = _write_folder(root / "validate", 24, 1)
-    test = _write_folder(root / "test", 24, 2)
-    cfg = ReferenceClassifierConfig(labels=LABELS, image_size=SIZE, epochs=2, batch_size=20, lr=3e-3, seed=0)
+    train = _write_folder(root / "train", 32, 0)
+    val = _write_folder(root / "validate", 16, 1)
+    test = _write_folder(root / "test", 16, 2)
+    cfg = ReferenceClassifierConfig(labels=LABELS, image_size=SIZE, epochs=2, batch_size=16, lr=3e-3, seed=0)
     summary = train_reference_classifier(train, val, cfg, root / "clf", progress=False)
     return root, summary, cfg, test
 
@@ -110,7 +110,8 @@ def test_evaluation_matches_sklearn(trained):
     images, manifest = load_images(test)
     clf = load_reference_classifier(root / "clf")
     table = evaluate_classifier(clf, images, manifest, list(LABELS), n_boot=50, seed=0)
-    for col in ("label", "prevalence", "auc", "accuracy", "f1", "precision", "recall", "ci_low", "ci_high", "n"):
+    for col in ("label", "n", "prevalence", "threshold", "auc", "auc_ci_low", "auc_ci_high", "accuracy", "f1",
+                "precision", "recall", "f1_ci_low"):
         assert col in table.columns
     assert list(table["label"]) == list(LABELS)
     probs = clf.predict_proba(images)
@@ -127,8 +128,9 @@ def test_evaluation_matches_sklearn(trained):
         assert row["f1"] == pytest.approx(f1_score(y, pred, zero_division=0))
         assert row["precision"] == pytest.approx(precision_score(y, pred, zero_division=0))
         assert row["recall"] == pytest.approx(recall_score(y, pred, zero_division=0))
-        if not np.isnan(row["ci_low"]):
-            assert row["ci_low"] <= row["ci_high"]
+        assert row["threshold"] == clf.thresholds[label]
+        if not np.isnan(row["auc_ci_low"]):
+            assert row["auc_ci_low"] <= row["auc"] <= row["auc_ci_high"]
 
 
 def test_resume_from_partial_checkpoint(trained, tmp_path, monkeypatch):

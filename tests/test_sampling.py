@@ -130,6 +130,9 @@ def test_zafar_prompt_levels_and_missing_fields():
     assert zafar_prompt(row, "age_sex") == "chest x-ray, age 47 male"
     sparse = pd.Series({"sex": "", "age": math.nan, "view": "AP"})
     assert zafar_prompt(sparse) == "chest x-ray, view AP, projection AP, modality DX, diagnosis normal"
+    padchest = row.copy()
+    padchest["labels_localizations"] = "[['calcified granuloma', 'loc right upper lobe'], ['normal'], ['normal']]"
+    assert zafar_prompt(padchest).endswith("diagnosis calcified granuloma, loc right upper lobe, normal")
     with pytest.raises(InputError, match="prompt level"):
         zafar_prompt(row, "expert")
     assert dewilde_token("Pleural Effusion") == "<pleural-effusion>"

@@ -35,13 +35,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
 from cxrgen.data.schema import CHAMBON_TABLE1_LABELS, label_names_to_columns
 from cxrgen.data.sampling import load_images
 from cxrgen.errors import InputError, WeightsUnavailableError
 from cxrgen.io import atomic_path
+from cxrgen.metrics.classification import binary_metrics, choose_threshold, per_label_table
 
 XRV_PREFIX = "xrv:"
 #: torchxrayvision output name -> CheXpert label name (others keep their xrv name).
@@ -93,84 +93,17 @@ class ReferenceClassifierConfig:
 
 
 # ----------------------------------------------------------------------------------------------- metrics
-def _metrics_module():
-    """cxrgen.metrics.classification when it exists (shared implementation), else None."""
-    try:
-        return importlib.import_module("cxrgen.metrics.classification")
-    except ImportError:
-        return None
+def _auc(y: np.ndarray, s: np.ndarray) -> float:
+    """ROC AUC on the non-NaN targets; NaN when a class is missing."""
+    return float(binary_metrics(y, s, 0.5)["auc"])
 
 
-def _sk_auc(y: np.ndarray, s: np.ndarray) -> float:
-    """ROC AUC on the non-NaN labels; NaN when a class is missing."""
+def _threshold(y: np.ndarray, s: np.ndarray, method: str) -> float:
+    """Operating point chosen on validation data; 0.5 when the validation data lack a class for this label."""
     keep = ~np.isnan(y)
-    y, s = y[keep], s[keep]
-    if len(np.unique(y)) < 2:
-        return math.nan
-    return float(roc_auc_score(y, s))
-
-
-def _sk_choose_threshold(y: np.ndarray, s: np.ndarray, method: str) -> float:
-    """Fallback threshold choice with scikit-learn (Youden's J or best F1); 0.5 when a class is missing."""
-    keep = ~np.isnan(y)
-    y, s = y[keep], s[keep]
-    if len(np.unique(y)) < 2:
+    if len(np.unique(y[keep])) < 2:
         return 0.5
-    if method == "youden":
-        fpr, tpr, thr = roc_curve(y, s)
-        thr = np.clip(thr, -np.inf, 1.0)  # roc_curve's first threshold is +inf
-        return float(thr[int(np.argmax(tpr - fpr))])
-    best, best_f1 = 0.5, -1.0
-    for t in np.unique(s):
-        pred = s >= t
-        tp = float((pred & (y == 1)).sum())
-        f1 = 2 * tp / max(pred.sum() + (y == 1).sum(), 1)
-        if f1 > best_f1:
-            best, best_f1 = float(t), f1
-    return best
-
-
-def _choose_threshold(y: np.ndarray, s: np.ndarray, method: str) -> float:
-    mod = _metrics_module()
-    keep = ~np.isnan(y)
-    if mod is not None and hasattr(mod, "choose_threshold") and len(np.unique(y[keep])) == 2:
-        return float(mod.choose_threshold(y[keep], s[keep], method=method))
-    return _sk_choose_threshold(y, s, method)
-
-
-def _sk_binary_metrics(y: np.ndarray, s: np.ndarray, threshold: float) -> dict:
-    """Fallback for cxrgen.metrics.classification.binary_metrics (scikit-learn based)."""
-    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
-
-    keep = ~np.isnan(y)
-    y, s = y[keep].astype(int), s[keep]
-    pred = (s >= threshold).astype(int)
-    return {
-        "n": int(len(y)),
-        "prevalence": float(y.mean()) if len(y) else math.nan,
-        "auc": _sk_auc(y.astype(float), s),
-        "accuracy": float(accuracy_score(y, pred)) if len(y) else math.nan,
-        "f1": float(f1_score(y, pred, zero_division=0)),
-        "precision": float(precision_score(y, pred, zero_division=0)),
-        "recall": float(recall_score(y, pred, zero_division=0)),
-    }
-
-
-def _sk_bootstrap_auc_ci(y: np.ndarray, s: np.ndarray, n_boot: int, seed: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap CI of the AUC (resampling images); NaN when too few valid resamples."""
-    keep = ~np.isnan(y)
-    y, s = y[keep], s[keep]
-    if n_boot <= 0 or len(np.unique(y)) < 2:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    aucs = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
-        if len(np.unique(y[idx])) == 2:
-            aucs.append(roc_auc_score(y[idx], s[idx]))
-    if len(aucs) < max(10, n_boot // 2):
-        return math.nan, math.nan
-    return float(np.quantile(aucs, alpha / 2)), float(np.quantile(aucs, 1 - alpha / 2))
+    return float(choose_threshold(y, s, method=method))
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -416,7 +349,7 @@ def _masked_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _mean_auc(y: np.ndarray, p: np.ndarray) -> tuple[float, list[float]]:
-    aucs = [_sk_auc(y[:, j], p[:, j]) for j in range(y.shape[1])]
+    aucs = [_auc(y[:, j], p[:, j]) for j in range(y.shape[1])]
     valid = [a for a in aucs if not math.isnan(a)]
     return (float(np.mean(valid)) if valid else math.nan), aucs
 
@@ -504,7 +437,7 @@ def train_reference_classifier(train_dir, val_dir, cfg: ReferenceClassifierConfi
     best_clf = ReferenceClassifier(best_model, labels, {l: 0.5 for l in labels}, cfg.image_size, "training")
     val_probs = best_clf.predict_proba(x_va)
     val_mean, val_aucs = _mean_auc(y_va, val_probs)
-    thresholds = {l: _choose_threshold(y_va[:, j], val_probs[:, j], cfg.threshold_method) for j, l in enumerate(labels)}
+    thresholds = {l: _threshold(y_va[:, j], val_probs[:, j], cfg.threshold_method) for j, l in enumerate(labels)}
     seconds = time.perf_counter() - t_start
     config = {
         "labels": labels,
@@ -536,12 +469,11 @@ def train_reference_classifier(train_dir, val_dir, cfg: ReferenceClassifierConfi
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
-EVAL_COLUMNS = ["label", "n", "prevalence", "auc", "ci_low", "ci_high", "accuracy", "f1", "precision", "recall", "threshold"]
-
-
 def evaluate_classifier(clf: ReferenceClassifier, images, manifest: pd.DataFrame, labels: Sequence[str] | None = None,
                         n_boot: int = 1000, seed: int = 0, probs: np.ndarray | None = None) -> pd.DataFrame:
-    """Per-label prevalence, AUC (bootstrap 95% CI), accuracy, F1, precision, recall at ``clf.thresholds``.
+    """Per-label n, prevalence, threshold, auc/accuracy/f1/precision/recall at ``clf.thresholds``, each with a
+    stratified percentile-bootstrap 95% CI in ``<metric>_ci_low`` / ``<metric>_ci_high``
+    (:func:`cxrgen.metrics.classification.per_label_table`; ``n_boot=0`` skips the CIs).
 
     ``manifest`` holds binarised label columns (blank rows are left out of that label's metrics).
     ``labels`` defaults to the classifier's labels that are manifest columns (Chambon: the 12 of Table 1).
@@ -557,18 +489,8 @@ def evaluate_classifier(clf: ReferenceClassifier, images, manifest: pd.DataFrame
     p = clf.predict_proba(images) if probs is None else np.asarray(probs, dtype=float)
     scores = p[:, cols]
     thr = [clf.thresholds[clf.labels[c]] for c in cols]
-    mod = _metrics_module()
-    if mod is not None and hasattr(mod, "per_label_table"):
-        table = mod.per_label_table(y, scores, labels, thr, n_boot=n_boot, seed=seed)
-        table = table.reset_index() if "label" not in table.columns else table
-        table["threshold"] = thr
-        return table[[c for c in EVAL_COLUMNS if c in table.columns] + [c for c in table.columns if c not in EVAL_COLUMNS]]
-    rows = []
-    for j, label in enumerate(labels):
-        m = _sk_binary_metrics(y[:, j], scores[:, j], thr[j])
-        lo, hi = _sk_bootstrap_auc_ci(y[:, j], scores[:, j], n_boot, seed + j)
-        rows.append({"label": label, **m, "ci_low": lo, "ci_high": hi, "threshold": thr[j]})
-    return pd.DataFrame(rows, columns=EVAL_COLUMNS)
+    table = per_label_table(y, scores, labels, thr, n_boot=n_boot, seed=seed)
+    return table
 
 
 def evaluate_folder(clf: ReferenceClassifier, folder, labels=None, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:

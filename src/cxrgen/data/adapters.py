@@ -25,7 +25,6 @@ Label conventions of the sources (documented per adapter below):
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import re
 from pathlib import Path
@@ -653,7 +652,8 @@ def load_padchest(
         image_root = root
     else:
         csv_path, image_root = _find_file(root, [PADCHEST_CSV], "PadChest"), root
-    raw = _read_csv(csv_path, PADCHEST_REQUIRED)
+    wanted = {*PADCHEST_REQUIRED, "Modality_DICOM", "LabelsLocalizationsBySentence"}
+    raw = _read_csv(csv_path, PADCHEST_REQUIRED, usecols=lambda c: c in wanted)
     ids = _str(raw["ImageID"])
     _check_unique(ids, csv_path)
     image_dir = _str(raw["ImageDir"]).str.replace(r"\.0$", "", regex=True)
@@ -661,7 +661,15 @@ def load_padchest(
     birth = pd.to_numeric(raw["PatientBirth"], errors="coerce")
     age = pd.to_numeric(date.str[:4], errors="coerce") - birth
     projection = _str(raw["Projection"])
-    labels = pd.DataFrame([padchest_labels(x) for x in raw["Labels"]], columns=list(CHEXPERT_LABELS))
+    col_of = {label: j for j, label in enumerate(CHEXPERT_LABELS)}
+    term_cols = {term: [col_of[c] for c in classes] for term, classes in PADCHEST_TO_CHEXPERT.items()}
+    matrix = np.full((len(raw), len(CHEXPERT_LABELS)), np.nan)
+    for i, field in enumerate(raw["Labels"]):
+        if isinstance(field, str):
+            for term in _QUOTED_RE.findall(field):
+                for j in term_cols.get(term.strip().lower(), ()):
+                    matrix[i, j] = 1.0
+    labels = pd.DataFrame(matrix, columns=list(CHEXPERT_LABELS))
     df = pd.DataFrame({
         "source": "padchest",
         "image_id": ids,

@@ -24,7 +24,7 @@ import dataclasses
 import datetime as _dt
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Mapping
@@ -126,8 +126,8 @@ class PhantomStudy:
     body_width: float = 0.9  # half-width of the torso
     lung_width: float = 0.68  # lateral extent of each lung from the midline
     lung_height: float = 1.0  # vertical scale of the lungs
-    diaphragm_left: float = 0.14  # dome bottom (v) at the left lung's lateral angle
-    diaphragm_right: float = 0.10
+    diaphragm_left: float = 0.3  # dome bottom (v) at the left lung's lateral angle
+    diaphragm_right: float = 0.26
     dome_height: float = 0.11
     ctr: float = 0.44  # cardiothoracic ratio (heart width / thoracic width) as projected
     mediastinum_width: float = 0.11  # half-width of the upper mediastinum
@@ -187,8 +187,6 @@ def _check_prevalences(prevalences: Mapping[str, float] | None) -> dict[str, flo
         if not 0.0 <= value <= 1.0:
             raise InputError(f"prevalences[{key!r}] = {value}; expected a number in [0, 1]")
         merged[key] = value
-    if merged["No Finding"] >= 1.0 and any(merged[f] > 0 for f in FINDINGS):
-        pass  # all studies normal: findings simply never occur
     return merged
 
 
@@ -266,8 +264,6 @@ def sample_study(
                 present[FINDINGS[int(rng.choice(len(FINDINGS), p=weights / weights.sum()))]] = True
             else:
                 normal = True
-        else:
-            rng.random()  # keep the stream aligned with the branch above
     implied_opacity = rng.random() < 0.6
     if not normal and implied_opacity and any(present[f] for f in ("Pneumonia", "Consolidation", "Edema", "Atelectasis")):
         present["Lung Opacity"] = True
@@ -309,7 +305,7 @@ def sample_study(
         ctr = rng.uniform(0.38, 0.46)
     ap_mag = rng.uniform(0.01, 0.03)
     ctr = float(ctr + (ap_mag if is_ap else 0.0))
-    diaphragm_left = float(rng.normal(0.14, 0.03) - (0.06 if is_ap else 0.0))
+    diaphragm_left = float(rng.normal(0.3, 0.03) - (0.06 if is_ap else 0.0))
     diaphragm_right = float(diaphragm_left - rng.uniform(0.02, 0.07))
     study = PhantomStudy(
         subject_id=int(subject_id) if subject_id is not None else 10_000_000 + int(rng.integers(0, 10_000_000)),
@@ -441,7 +437,7 @@ class _Lungs:
 
     def __init__(self, p: PhantomStudy, atel_lift: tuple[float, float]):
         self.lw = p.lung_width
-        self.top = -0.74 * p.lung_height - 0.04
+        self.top = -0.8 * p.lung_height
         # bottoms: index 0 = image left (patient right), 1 = image right (patient left)
         self.bot = (p.diaphragm_right * p.lung_height - atel_lift[0], p.diaphragm_left * p.lung_height - atel_lift[1])
         self.cx = (self.lw + self.medial) / 2
@@ -513,8 +509,6 @@ def render_phantom(study: PhantomStudy, size: int = 128) -> np.ndarray:
     A += 0.05 * body * np.clip(below * 8.0, 0.0, 1.0) * (v > -0.2)  # upper abdomen / liver
     if p.sex == "F":
         A += 0.07 * body * np.exp(-((au - 0.45 * p.body_width) ** 2 * 8.0 + (v - 0.38) ** 2 * 10.0))
-    # humeral heads
-    A += 0.2 * _ramp(np.sqrt((au - 0.98 * p.body_width) ** 2 + (v + 0.86) ** 2) - 0.13, w)
 
     # --- mediastinum and heart ---
     mw = p.mediastinum_width + p.ecm_extra * sev("Enlarged Cardiomediastinum")
@@ -524,7 +518,7 @@ def render_phantom(study: PhantomStudy, size: int = 128) -> np.ndarray:
         med_shift = 0.0
     thor_half = lungs.lw
     ha = p.ctr * thor_half
-    hb = 0.26 + 0.25 * (ha - 0.3)
+    hb = 0.27 + 0.3 * (ha - 0.3)
     hcx = 0.28 * ha + med_shift
     hcy = lungs.bot[1] - 0.1
     hu = (u - hcx) * (1.0 / ha)
@@ -573,10 +567,11 @@ def render_phantom(study: PhantomStudy, size: int = 128) -> np.ndarray:
         A += 0.14 * ptx * ptx_line
 
     # --- bones: spine, ribs, clavicles, scapulae ---
-    thorax = _ramp(((au / (lungs.lw + 0.06)) ** 2 + ((v + 0.25) / 0.72) ** 2 - 1.0) * 0.3, w)
+    thorax = _ramp(((au / (lungs.lw + 0.08)) ** 2 + ((v - 0.5 * (lungs.top + lungs.bot[1])) / (0.52 * (lungs.bot[1] - lungs.top))) ** 2 - 1.0) * 0.3, w)
+    thorax = thorax * (0.3 + 0.7 * lung_outer) * np.clip(1.0 - below * 4.0, 0.2, 1.0)
     spine = _ramp(au - 0.075, w)
-    A += spine * (0.1 + 0.035 * np.cos(v * (2 * math.pi / 0.11)))
-    t_post = v + 0.15 * au - 0.6 * u * u
+    A += spine * (0.05 + 0.03 * solid + 0.02 * np.cos(v * (2 * math.pi / 0.11)))
+    t_post = v + 0.2 * au - 0.85 * u * u
     fr = sev("Fracture")
     if fr:
         sgn = _side_sign(p.fracture_side)
@@ -592,12 +587,11 @@ def render_phantom(study: PhantomStudy, size: int = 128) -> np.ndarray:
     t_ant = v + 0.42 * au
     ribs_ant = np.clip((np.cos((t_ant * (1.0 / (p.rib_spacing * 1.15)) + 0.3) * (2 * math.pi)) - 0.6) * 2.5, 0.0, 1.0)
     lat = (au > 0.1).astype(np.float32)
-    A += thorax * lat * (0.13 * ribs_post + 0.045 * ribs_ant * (au > 0.2))
-    cl_v0 = -0.7 * lungs.lung_scale if hasattr(lungs, "lung_scale") else lungs.top + 0.02
-    cl_v0 -= 0.06 if is_ap else 0.0
-    cl_centre = cl_v0 - 0.2 * (au - 0.06) + (0.12 if not is_ap else 0.04) * (au - 0.3) ** 2 + (0.12 if not is_ap else 0.0) * (au - 0.06)
-    clav = _ramp(np.abs(v - cl_centre) - 0.028, w) * _ramp(np.abs(au - 0.34) - 0.28, w)
-    A += 0.17 * clav
+    A += thorax * lat * (1.0 - 0.7 * solid) * (0.13 * ribs_post + 0.045 * ribs_ant * (au > 0.2))
+    cl_v0 = lungs.top + (0.16 if not is_ap else 0.08)
+    cl_centre = cl_v0 - (0.18 if not is_ap else 0.08) * (au - 0.08) + 0.3 * (au - 0.3) ** 2
+    clav = _ramp(np.abs(v - cl_centre) - 0.022, w) * _ramp(np.abs(au - 0.36) - 0.28, w)
+    A += 0.12 * clav
     sc_x = 0.64 if is_ap else 0.84
     sc = _ramp((((au - sc_x * p.body_width) / 0.2) ** 2 + ((v + 0.45) / 0.34) ** 2 - 1.0) * 0.1, w)
     A += (0.07 if is_ap else 0.05) * sc * body
@@ -614,9 +608,7 @@ def render_phantom(study: PhantomStudy, size: int = 128) -> np.ndarray:
         top = bot - size_e - 0.16 * np.clip(du, 0.0, 1.0) ** 2 + 0.06 * np.clip(-du, 0.0, 1.0)
         depth = v - top
         fluid = np.clip(depth * (1.0 / 0.05) + 0.5, 0.0, 1.0) * (0.75 + 0.25 * np.clip(depth * 5.0, 0.0, 1.0))
-        A += (0.36 * min(1.0, eff + 0.2)) * fluid * lung_outer * side_ok * (1.0 - 0.7 * solid) * (
-            0.65 + 0.35 * np.clip(-below * 20.0, 0.0, 1.0)
-        )
+        A += (0.36 * min(1.0, eff + 0.25)) * fluid * air * side_ok
     for label, site, amp, sharp in (
         ("Lung Opacity", p.opacity_site, 0.17, 0.0),
         ("Pneumonia", p.pneumonia_site, 0.22, 0.5),
@@ -635,7 +627,7 @@ def render_phantom(study: PhantomStudy, size: int = 128) -> np.ndarray:
         A += amp * sv * blob * patchy * opaque
     if edema:
         haze = np.exp(-((hdx / 0.2) ** 2 + (hdy / 0.3) ** 2) * 0.5)
-        A += (0.15 * edema) * haze * lung + 0.03 * edema * lung
+        A += (0.16 * edema) * haze * opaque + 0.03 * edema * air
     if atel:
         sgn = _side_sign(p.atelectasis_side)
         ux, uy, ang, length = p.atelectasis_site
@@ -644,8 +636,8 @@ def render_phantom(study: PhantomStudy, size: int = 128) -> np.ndarray:
         ca, sa = math.cos(ang), math.sin(ang)
         along = (u - ax) * ca + (v - ay) * sa
         across = -(u - ax) * sa + (v - ay) * ca
-        band = _ramp(np.abs(across) - max(0.022, pix), w) * _ramp(np.abs(along) - length / 2, 0.06)
-        A += 0.22 * atel * band * opaque
+        band = _ramp(np.abs(across) - max(0.03, pix), w) * _ramp(np.abs(along) - length / 2, 0.06)
+        A += 0.3 * atel * band * opaque
     les = sev("Lung Lesion")
     if les:
         side, ux, uy, rad = p.nodule_site

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import math
 
 import pandas as pd
@@ -23,6 +24,23 @@ ZAFAR_LEVELS = ("modality", "sex", "age_sex", "view", "full")
 def _finding_list(row: pd.Series) -> list[str]:
     found = [l.lower() for l in CHEXPERT_LABELS if l != "No Finding" and row.get(l) == 1.0]
     return found or ["normal"]
+
+
+def flatten_localizations(value: str) -> str:
+    """PadChest's LabelsLocalizationsBySentence, e.g. ``[['calcified granuloma', 'loc right upper lobe'], ['normal']]``,
+    as Zafar et al. print it: ``calcified granuloma, loc right upper lobe, normal`` (order kept, repeats dropped)."""
+    try:
+        nested = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value.strip()
+    stack, flat = [nested], []
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (list, tuple)):
+            stack.extend(reversed(item))
+        elif str(item).strip() and str(item).strip() not in flat:
+            flat.append(str(item).strip())
+    return ", ".join(flat)
 
 
 def zafar_prompt(row: pd.Series, level: str = "full") -> str:
@@ -59,7 +77,8 @@ def zafar_prompt(row: pd.Series, level: str = "full") -> str:
     if modality != "nan":
         parts.append(f"modality {modality}")
     diagnosis = row.get("labels_localizations")
-    if not isinstance(diagnosis, str) or not diagnosis.strip():
+    diagnosis = flatten_localizations(diagnosis) if isinstance(diagnosis, str) else ""
+    if not diagnosis:
         diagnosis = ", ".join(_finding_list(row))
     parts.append(f"diagnosis {diagnosis}")
     return ", ".join(parts)

@@ -1,0 +1,26 @@
+# The foundation text-to-image model: pretrained here (miniature) or taken from a registry name / local folder.
+
+
+if config["foundation"]["model"] == "build":
+
+    rule foundation:
+        """Pretrain the miniature Stable-Diffusion-layout model on the generated general-domain corpus."""
+        output:
+            directory(FOUNDATION),
+        params:
+            preset=config["foundation"]["preset"],
+            overrides=config["foundation"]["overrides"],
+            seed=config["seed"],
+        log:
+            "logs/foundation.log",
+        benchmark:
+            "benchmarks/foundation.tsv"
+        threads: workflow.cores
+        resources:
+            gpu=1,
+            mem_mb=4000,
+            runtime=60,
+        conda:
+            "../envs/cxrgen.yaml"
+        script:
+            "../scripts/foundation.py"

@@ -1,0 +1,32 @@
+# Text-encoder study (Chambon et al. 2.4, 3.3): CheXpert@k over encoders x extraction methods.
+
+
+wildcard_constraints:
+    corpus="|".join(TEXT_CORPORA),
+
+
+rule text_encoder_study:
+    """Tables 2 and 3 and t-SNE figures for one report corpus (OpenI reports or the dataset's own)."""
+    input:
+        reports=text_corpus_input,
+        foundation=foundation_input,
+    output:
+        table2=f"{TEXT_DIR}/{{corpus}}/table2.csv",
+        table3=f"{TEXT_DIR}/{{corpus}}/table3.csv",
+        info=f"{TEXT_DIR}/{{corpus}}/study_info.json",
+        tsne=directory(f"{TEXT_DIR}/{{corpus}}/tsne"),
+    params:
+        study=config["text_encoders"],
+        seed=config["seed"],
+    log:
+        f"logs/text_encoders/{{corpus}}.log",
+    benchmark:
+        f"benchmarks/text_encoders/{{corpus}}.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=6000,
+        runtime=60,
+    conda:
+        "../envs/cxrgen.yaml"
+    script:
+        "../scripts/text_encoder_study.py"
