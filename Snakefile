@@ -13,6 +13,9 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/foundation.smk"
 include: "rules/text_encoders.smk"
+include: "rules/reference_classifier.smk"
+include: "rules/vae.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -14,6 +14,18 @@ TEXT_DIR = "results/text_encoders"
 # the foundation pipeline folder: built here, or a registry name / local folder given in the config
 FOUNDATION = f"{MODELS_DIR}/foundation" if config["foundation"]["model"] == "build" else config["foundation"]["model"]
 TEXT_CORPORA = [DATASET if c == "dataset" else c for c in config["text_encoders"]["corpora"]]
+for _section, _key in [("vae_study", "sample"), *(("reference_classifier", k) for k in ("train_sample", "val_sample", "test_sample"))]:
+    if config[_section][_key] not in config["samples"]:
+        raise WorkflowError(
+            f"config {_section}.{_key}={config[_section][_key]!r} is not a configured sample; expected one of {SAMPLES}"
+        )
+CLASSIFIER_DIR = "results/reference_classifier"
+# the reference classifier: trained here, or torchxrayvision weights by name ("xrv:densenet121-res224-all")
+REFERENCE_CLASSIFIER = (
+    f"{MODELS_DIR}/reference_classifier"
+    if config["reference_classifier"]["model"] == "train"
+    else config["reference_classifier"]["model"]
+)
 
 
 def dataset_root_input(wildcards):
@@ -33,16 +45,49 @@ def foundation_input(wildcards):
     return []
 
 
+def reference_classifier_input(wildcards):
+    """A reference-classifier folder is a file dependency; an 'xrv:<weights>' name is not."""
+    return [] if str(REFERENCE_CLASSIFIER).startswith("xrv:") else REFERENCE_CLASSIFIER
+
+
 def text_corpus_input(wildcards):
     """OpenI reports ship with torchxrayvision; the dataset's own reports come from its table."""
     return [] if wildcards.corpus == "openi" else f"{DATA_DIR}/table.csv"
 
 
-def all_targets():
-    return [
-        f"{DATA_DIR}/summary/label_counts.csv",
-        f"{DATA_DIR}/summary/phantom_grid.png",
-        *[f"{DATA_DIR}/samples/{s}" for s in SAMPLES],
-        *([FOUNDATION] if config["foundation"]["model"] == "build" else []),
-        *[f"{TEXT_DIR}/{c}/table3.csv" for c in TEXT_CORPORA],
+def reported_outputs():
+    """The tables and figures of this run with the rule that makes each and what it shows (results/README.md)."""
+    items = [
+        (f"{DATA_DIR}/summary/label_counts.csv", "data_summary", "label counts per split"),
+        (f"{DATA_DIR}/summary/phantom_grid.png", "data_summary", "example images per finding"),
+        (f"{CLASSIFIER_DIR}/test_metrics.csv", "evaluate_reference_classifier", "reference classifier on the test sample"),
+        ("results/tables/chambon2022_table1.md", "render_vae_study", "VAE reconstruction: classifier on originals vs reconstructions (Chambon Table 1)"),
+        ("results/tables/chambon2022_vae_summary.md", "render_vae_study", "VAE reconstruction: RMSE, PSNR, SSIM, FID, cosine similarity (Chambon 3.2)"),
+        ("results/figures/chambon2022_fig3.png", "render_vae_study", "original vs reconstruction examples (Chambon Fig. 3)"),
     ]
+    for corpus in TEXT_CORPORA:
+        for n, what in ((2, "macro CheXpert@k per encoder and method"), (3, "CheXpert@k per abnormality")):
+            items.append(
+                (f"results/tables/chambon2022_table{n}_{corpus}.md", "render_text_encoder_study", f"{what} on {corpus} (Chambon Table {n})")
+            )
+    if config["foundation"]["model"] == "build":
+        items.append((f"{FOUNDATION}/preview.png", "foundation", "samples of the miniature foundation model"))
+    return [{"path": path, "rule": rule, "description": what} for path, rule, what in items]
+
+
+def gpu_rules():
+    """Rules that ask for a GPU: the results index charges their wall time to one."""
+    return sorted(r.name for r in workflow.rules if r.resources.get("gpu"))
+
+
+def final_outputs():
+    """Everything the run makes except the index itself (the foundation is a folder, so the folder stands in)."""
+    return [
+        *[f"{DATA_DIR}/samples/{s}" for s in SAMPLES],
+        *[item["path"] for item in reported_outputs() if item["rule"] != "foundation"],
+        *([FOUNDATION] if config["foundation"]["model"] == "build" else []),
+    ]
+
+
+def all_targets():
+    return [*final_outputs(), "results/README.md"]

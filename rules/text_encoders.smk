@@ -30,3 +30,31 @@ rule text_encoder_study:
         "../envs/cxrgen.yaml"
     script:
         "../scripts/text_encoder_study.py"
+
+
+rule render_text_encoder_study:
+    """Tables 2 and 3 of this run beside the paper's, for one corpus."""
+    input:
+        table2=rules.text_encoder_study.output.table2,
+        table3=rules.text_encoder_study.output.table3,
+        info=rules.text_encoder_study.output.info,
+    output:
+        **{
+            f"table{n}_{ext}": report(
+                f"results/tables/chambon2022_table{n}_{{corpus}}.{ext}",
+                caption=f"../report/text_encoders_table{n}.rst",
+                category="Text encoders (Chambon Tables 2, 3)",
+                subcategory="{corpus}",
+            )
+            for n in (2, 3)
+            for ext in ("csv", "md", "tex")
+        },
+    params:
+        scale=config["scale"],
+    log:
+        "logs/text_encoders/render_{corpus}.log",
+    localrule: True
+    conda:
+        "../envs/cxrgen.yaml"
+    script:
+        "../scripts/render_text_encoder_study.py"

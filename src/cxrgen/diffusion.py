@@ -43,7 +43,7 @@ def make_sampling_scheduler(train_scheduler):
         timestep_spacing="trailing",
         clip_sample=False,
         set_alpha_to_one=False,
-        steps_offset=0,
+        steps_offset=1,  # unused by "trailing" spacing; 1 silences a diffusers deprecation warning
     )
 
 

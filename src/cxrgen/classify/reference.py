@@ -26,7 +26,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -301,8 +301,9 @@ def load_reference_classifier(path_or_name: str | Path, cache_dir: str | Path | 
     cfg = json.loads((folder / CONFIG_FILE).read_text())
     if cfg.get("architecture", {}).get("name") != ARCHITECTURE:
         raise InputError(f"{folder / CONFIG_FILE}: architecture {cfg.get('architecture')!r}; expected {ARCHITECTURE}")
-    model = _build_densenet(len(cfg["labels"]), cfg["architecture"])
-    model.load_state_dict(load_file(str(folder / MODEL_FILE)), strict=True)
+    with torch.device("meta"):  # skip the random init: every tensor comes from the file
+        model = _build_densenet(len(cfg["labels"]), cfg["architecture"])
+    model.load_state_dict(load_file(str(folder / MODEL_FILE)), strict=True, assign=True)
     return ReferenceClassifier(model, cfg["labels"], cfg["thresholds"], cfg["image_size"], str(folder), info=cfg)
 
 
@@ -364,7 +365,7 @@ def train_reference_classifier(train_dir, val_dir, cfg: ReferenceClassifierConfi
     final folder (``model.safetensors``, ``config.json``, ``training_log.csv``) is written atomically.
     Returns a summary dict (out_dir, best_epoch, val_mean_auc, val_auc per label, thresholds, seconds).
     """
-    from cxrgen.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+    from cxrgen.checkpoint import STATE_FILE, has_checkpoint, load_checkpoint, save_checkpoint
 
     cfg = cfg or ReferenceClassifierConfig()
     if out_dir is None:
@@ -390,11 +391,12 @@ def train_reference_classifier(train_dir, val_dir, cfg: ReferenceClassifierConfi
     start_epoch = 0
     fingerprint = {"config": json.dumps(cfg.to_dict(), sort_keys=True), "n_train": len(x_tr), "n_val": len(x_va)}
     if has_checkpoint(ckpt_dir):
-        state = load_checkpoint(ckpt_dir, {"model": model, "best": best_model}, opt, sched, {"gen": gen})
-        extra = state["extra"]
-        if extra.get("fingerprint") != fingerprint:
+        previous = torch.load(ckpt_dir / STATE_FILE, map_location="cpu", weights_only=True)["extra"].get("fingerprint")
+        if previous != fingerprint:
             raise InputError(f"{ckpt_dir} holds a checkpoint of a different training run (config or data differ); "
                              "delete that folder to start afresh")
+        state = load_checkpoint(ckpt_dir, {"model": model, "best": best_model}, opt, sched, {"gen": gen})
+        extra = state["extra"]
         log, best, start_epoch = list(extra["log"]), dict(extra["best"]), int(state["step"])
 
     val_probs = None

@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -96,10 +96,10 @@ class FoundationConfig:
         presets = {
             "default": {},
             "smoke": dict(
-                n_images=200, vocab_size=600, vae_block_out_channels=(8, 16, 16), vae_norm_groups=8,
-                vae_steps=20, vae_batch=8, unet_block_out_channels=(16, 32), unet_norm_groups=8,
+                n_images=96, vocab_size=600, vae_block_out_channels=(8, 16, 16), vae_norm_groups=8,
+                vae_steps=8, vae_batch=8, unet_block_out_channels=(16, 32), unet_norm_groups=8,
                 cross_attention_dim=32, attention_head_dim=8, text_hidden=32, text_layers=1,
-                unet_steps=30, unet_batch=8, checkpoint_every=10, warmup_steps=5,
+                unet_steps=12, unet_batch=8, checkpoint_every=5, warmup_steps=2,
                 preview_per_prompt=1, preview_steps=4, preview_prompts=("a photo of a lung xray",),
             ),
         }
@@ -451,8 +451,7 @@ def build_foundation(
     summary = {
         "params": params,
         "vocab_size": len(tokenizer),
-        "latent_shape": [cfg.latent_channels, cfg.image_size // 2 ** (len(cfg.vae_block_out_channels) - 1)] * 1
-        + [cfg.image_size // 2 ** (len(cfg.vae_block_out_channels) - 1)],
+        "latent_shape": [cfg.latent_channels] + [cfg.image_size // 2 ** (len(cfg.vae_block_out_channels) - 1)] * 2,
         "vae_psnr_db": psnr,
         "latent_mean_after": latents.mean(dim=(0, 2, 3)).tolist(),
         "latent_std_after": latents.std(dim=(0, 2, 3)).tolist(),

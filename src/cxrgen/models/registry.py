@@ -78,7 +78,7 @@ def load_pipeline(name_or_path, torch_dtype=None, local_files_only: bool | None 
     kwargs.setdefault("requires_safety_checker", False)
     try:
         return StableDiffusionPipeline.from_pretrained(
-            target, torch_dtype=torch_dtype or torch.float32, local_files_only=local_files_only, **kwargs
+            target, dtype=torch_dtype or torch.float32, local_files_only=local_files_only, **kwargs
         )
     except (OSError, EnvironmentError, ValueError) as exc:
         if is_local:

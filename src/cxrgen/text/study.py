@@ -170,12 +170,11 @@ def format_table2(table2: pd.DataFrame, ci: bool = True) -> pd.DataFrame:
 def tsne_figure(embeddings, labels, out_png, title: str | None = None, seed: int = 0, perplexity: float = 30.0):
     """2-D t-SNE of ``embeddings`` coloured by primary abnormality (``labels``: class names per report, or an
     (N,14) binary matrix reduced with ``primary_classes``). Writes ``out_png`` and the same figure as PDF."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
     import seaborn as sns  # noqa: PLC0415
     from sklearn.manifold import TSNE  # noqa: PLC0415
+
+    from cxrgen.render.figures import save_figure  # noqa: PLC0415
 
     emb = np.asarray(embeddings, dtype="float64")
     lab = np.asarray(labels, dtype=object)
@@ -188,12 +187,8 @@ def tsne_figure(embeddings, labels, out_png, title: str | None = None, seed: int
     sns.scatterplot(x=xy[:, 0], y=xy[:, 1], hue=lab, s=8, linewidth=0, ax=ax, palette="tab20")
     ax.set(xticks=[], yticks=[], title=title or "t-SNE")
     ax.legend(fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
-    fig.tight_layout()
     out_png = Path(out_png)
-    for path in (out_png, out_png.with_suffix(".pdf")):
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=150, format=path.suffix.lstrip("."))
-    plt.close(fig)
+    save_figure(fig, out_png.with_suffix(""))
     return out_png
 
 
@@ -216,3 +211,45 @@ def save_study(result: StudyResult, out_dir) -> None:
             indent=2,
         ),
     )
+
+
+def render_study(study_dir, table2_stem, table3_stem, scale: str, corpus: str) -> dict:
+    """Tables 2 and 3 of this run beside Chambon et al.'s (``reference/chambon2022``), as CSV/Markdown/LaTeX.
+
+    Table 2 is joined on (model, method): the paper's encoders come first, then the ones this run used (the
+    miniature's encoders are not the paper's, so their rows stand apart). Table 3 puts the paper's columns
+    and this run's side by side per abnormality class.
+    """
+    from cxrgen.render.reference import load_reference, paper_table_label  # noqa: PLC0415
+    from cxrgen.render.tables import OURS, PAPER, side_by_side, write_table  # noqa: PLC0415
+
+    study_dir = Path(study_dir)
+    table2 = pd.read_csv(study_dir / "table2.csv", index_col="model")
+    table3 = pd.read_csv(study_dir / "table3.csv", index_col="Abnormality")
+    info = json.loads((study_dir / "study_info.json").read_text())
+    metric = "macro_chexpert_at_10"
+    ours2 = pd.DataFrame(
+        [
+            {"model": model, "method": METHOD_TITLES[m], metric: row[m], "ci_low": row[f"{m}_ci_low"], "ci_high": row[f"{m}_ci_high"]}
+            for model, row in table2.iterrows()
+            for m in METHODS
+        ]
+    )
+    paper2, meta2 = load_reference("chambon2022", "table2")
+    t2 = side_by_side(paper2, ours2, ["model", "method"], [metric], digits=1)
+    t2.columns = [c.replace(metric, "Macro CheXpert@k") for c in t2.columns]
+    where = f"{info['n_reports']} {corpus} impression sections"
+    paths = write_table(
+        t2, table2_stem, f"Macro CheXpert@k per text encoder and extraction method on {where}; empty = None "
+        f"(the model lacks the method), this run's 95% bootstrap CI in brackets", scale, paper_table_label(meta2),
+    )
+    paper3, meta3 = load_reference("chambon2022", "table3")
+    paper3 = paper3.drop(columns=["notes"], errors="ignore").set_index("abnormality")
+    t3 = pd.concat([paper3.add_suffix(f" {PAPER}"), table3.add_suffix(f" {OURS}")], axis=1)
+    t3.index.name = "Abnormality"
+    best = ", ".join(f"{m}: {METHOD_TITLES.get(b, b)}" for m, b in (info.get("best_method") or {}).items())
+    paths3 = write_table(
+        t3.reset_index(), table3_stem, f"CheXpert@k per abnormality class on {where}, best extraction method per "
+        f"model ({best}); Base = bag-of-words IoU", scale, paper_table_label(meta3),
+    )
+    return {"table2": paths, "table3": paths3}

@@ -1,0 +1,22 @@
+# The results index: every table and figure of this run, the rule behind it, and what the run cost.
+
+
+rule results_index:
+    """results/README.md: outputs, per-job wall time, CPU/GPU hours, energy and CO2eq (Zafar et al. V.C)."""
+    input:
+        final_outputs(),
+    output:
+        "results/README.md",
+    params:
+        outputs=reported_outputs(),
+        gpu_rules=gpu_rules(),
+        scale=config["scale"],
+        config_files=[str(f) for f in workflow.configfiles],
+        accounting=config["accounting"],
+    log:
+        "logs/results_index.log",
+    localrule: True
+    conda:
+        "../envs/cxrgen.yaml"
+    script:
+        "../scripts/results_index.py"

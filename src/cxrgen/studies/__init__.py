@@ -1,0 +1,1 @@
+"""Paper experiments assembled from the package's data, model and metric modules."""
