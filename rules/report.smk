@@ -20,3 +20,11 @@ rule results_index:
         "../envs/cxrgen.yaml"
     script:
         "../scripts/results_index.py"
+
+
+rule render:
+    """Target: (re)render every table and figure and the index; training reruns only if something upstream changed."""
+    input:
+        [item["path"] for item in reported_outputs() if item["rule"] != "foundation"],
+        "results/README.md",
+    localrule: True

@@ -136,3 +136,18 @@ def test_zafar_prompt_levels_and_missing_fields():
     with pytest.raises(InputError, match="prompt level"):
         zafar_prompt(row, "expert")
     assert dewilde_token("Pleural Effusion") == "<pleural-effusion>"
+
+
+def test_data_summary_counts_and_grid(tmp_path):
+    from cxrgen.data.summary import label_counts, write_data_summary
+
+    table = apply_label_policy(make_table(tmp_path), "positive", "negative")
+    table["split"] = ["train" if i % 4 else "test" for i in range(len(table))]
+    counts = label_counts(table).set_index("split")
+    assert counts.loc["all", "images"] == 60 and counts.loc["all", "patients"] == 20
+    assert counts.loc["all", "Pleural Effusion"] == 40 and counts.loc["all", "Cardiomegaly"] == 20
+    assert counts.loc["test", "images"] + counts.loc["train", "images"] == 60
+    write_data_summary(table, tmp_path / "counts.csv", tmp_path / "grid.png", "miniature", seed=0, per_finding=3, size=32)
+    assert pd.read_csv(tmp_path / "counts.csv").shape[0] == 3
+    # rows: No Finding and Pleural Effusion as sole finding (the third kind has Cardiomegaly too)
+    assert Image.open(tmp_path / "grid.png").size[0] > 100 and (tmp_path / "grid.pdf").is_file()

@@ -42,7 +42,7 @@ def write_data_summary(table: pd.DataFrame, counts_csv, grid_png, scale: str, se
         rows.append(images)
         labels.append(finding)
     image_grid(
-        np.array(rows),
+        rows,
         row_labels=labels,
         col_labels=[f"example {i + 1}" for i in range(per_finding)],
         out_stem=str(Path(grid_png).with_suffix("")),
