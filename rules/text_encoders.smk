@@ -14,7 +14,13 @@ rule text_encoder_study:
         table2=f"{TEXT_DIR}/{{corpus}}/table2.csv",
         table3=f"{TEXT_DIR}/{{corpus}}/table3.csv",
         info=f"{TEXT_DIR}/{{corpus}}/study_info.json",
-        tsne=directory(f"{TEXT_DIR}/{{corpus}}/tsne"),
+        tsne=report(
+            directory(f"{TEXT_DIR}/{{corpus}}/tsne"),
+            patterns=["{name}.png"],
+            caption="../report/text_encoders_tsne.rst",
+            category="Text encoders (Chambon Tables 2, 3)",
+            subcategory="{corpus}",
+        ),
     params:
         study=config["text_encoders"],
         seed=config["seed"],

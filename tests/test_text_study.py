@@ -232,3 +232,16 @@ def test_study_small(tmp_path):
     assert len(list(tmp_path.glob("*.npy"))) == 2
     again = run_text_encoder_study(df, [{"name": "minilm", "methods": ["cls", "pooler"]}], k=3, cache_dir=tmp_path, n_boot=50)
     pd.testing.assert_frame_equal(again.table2, res.table2)
+    # rendered beside the paper: its encoders first, this run's appended; Table 3 gets both column sets
+    from cxrgen.text.study import render_study, save_study
+
+    save_study(res, tmp_path / "study")
+    paths = render_study(tmp_path / "study", tmp_path / "t2", tmp_path / "t3", scale="miniature", corpus="toy")
+    t2 = pd.read_csv(paths["table2"]["csv"])
+    assert t2.iloc[0]["model"] == "PubMedBERT" and t2.iloc[0]["Macro CheXpert@k (paper)"] == pytest.approx(30.8)
+    ours = t2[t2["model"] == "minilm"].set_index("method")
+    assert ours.loc["CLS hidden state", "Macro CheXpert@k (this run)"].startswith(f"{res.table2.loc['minilm', 'cls']:.1f} [")
+    assert pd.isna(ours.loc["Mean hidden states", "Macro CheXpert@k (this run)"])
+    t3 = pd.read_csv(paths["table3"]["csv"]).set_index("Abnormality")
+    assert t3.loc["Macro", "Base (paper)"] == pytest.approx(41.5) and t3.loc["Macro", "Base (this run)"] == pytest.approx(100.0)
+    assert "miniature" in paths["table3"]["md"].read_text()

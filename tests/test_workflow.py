@@ -77,6 +77,21 @@ def test_smoke_run_completes_and_is_deterministic(workdir):
     for sample in ("frontal", "fewshot_chambon", "fewshot_dewilde", "cheff", "train", "validate", "test"):
         assert (data / "samples" / sample / "manifest.csv").is_file()
     assert (data / "summary" / "phantom_grid.png").is_file()
+    results = workdir / "results"
+    for table in ("chambon2022_table1", "chambon2022_vae_summary", "chambon2022_table2_smoke", "chambon2022_table3_smoke"):
+        md = (results / "tables" / f"{table}.md").read_text()
+        assert "(paper)" in md and "(this run)" in md and "miniature" in md
+    assert (results / "figures" / "chambon2022_fig3.png").is_file()
+    metrics = (results / "reference_classifier" / "test_metrics.csv").read_text().splitlines()
+    assert metrics[0].startswith("label,n,prevalence") and len(metrics) == 13  # header + 12 Chambon labels
+    index = (results / "README.md").read_text()
+    assert "chambon2022_table1.md" in index and "| `foundation` |" in index
+    # re-rendering after a finished run plans no training, only the renderer whose output went missing
+    (results / "tables" / "chambon2022_table1.md").unlink()
+    plan = run_snakemake("-n", "--configfile", "configs/smoke.yaml", "render", cwd=workdir).stdout
+    assert "render_vae_study" in plan
+    for training in ("foundation", "reference_classifier ", "vae_study ", "text_encoder_study "):
+        assert f"rule {training.strip()}:" not in plan, plan
     first = _hash_tree(data)
     # a second run from scratch gives byte-identical outputs
     shutil.rmtree(workdir / "results")

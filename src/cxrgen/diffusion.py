@@ -84,18 +84,30 @@ def diffusion_loss(
     snr_gamma: float | None = None,
     noise: torch.Tensor | None = None,
     timesteps: torch.Tensor | None = None,
+    noise_offset: float = 0.0,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """Mean diffusion training loss for one batch (optionally Min-SNR-gamma weighted).
 
     ``noise``/``timesteps`` are drawn from ``generator`` (a CPU ``torch.Generator``) unless given.
+    ``noise_offset`` > 0 adds ``noise_offset * N(0, 1)`` per sample and channel to drawn noise (the
+    diffusers ``--noise_offset`` trick); ``reduction="none"`` returns the per-sample (weighted) losses,
+    shape ``(B,)``, e.g. to split a concatenated instance + prior batch.
     """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction={reduction!r}; expected 'mean' or 'none'")
     if noise is None or timesteps is None:
         n, t = sample_noise_and_timesteps(scheduler, latents, generator)
+        if noise is None and noise_offset:
+            off = torch.randn(latents.shape[:2] + (1, 1), generator=generator, dtype=latents.dtype)
+            n = n + noise_offset * off.to(latents.device)
         noise = n if noise is None else noise
         timesteps = t if timesteps is None else timesteps
     noisy, target = add_noise_and_target(scheduler, latents, noise, timesteps)
     pred = unet(noisy, timesteps, encoder_hidden_states=text_emb).sample
     if snr_gamma is None:
+        if reduction == "none":
+            return F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(dim=1)
         return F.mse_loss(pred.float(), target.float())
     snr = compute_snr(scheduler, timesteps)
     w = torch.minimum(snr, torch.full_like(snr, float(snr_gamma)))
@@ -104,4 +116,4 @@ def diffusion_loss(
     elif scheduler.config.prediction_type == "epsilon":
         w = w / snr.clamp_min(1e-12)
     per = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    return (per * w).mean()
+    return per * w if reduction == "none" else (per * w).mean()

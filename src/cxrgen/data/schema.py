@@ -28,20 +28,7 @@ CHEXPERT_LABELS: tuple[str, ...] = (
 )
 
 #: The 12 findings Chambon et al. Table 1 scores with the DenseNet-121 (no "No Finding", no "Support Devices").
-CHAMBON_TABLE1_LABELS: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Enlarged Cardiomediastinum",
-    "Fracture",
-    "Lung Lesion",
-    "Lung Opacity",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pneumonia",
-    "Pneumothorax",
-)
+CHAMBON_TABLE1_LABELS: tuple[str, ...] = tuple(l for l in CHEXPERT_LABELS if l not in ("No Finding", "Support Devices"))
 
 FRONTAL_VIEWS: tuple[str, ...] = ("AP", "PA")
 

@@ -242,6 +242,7 @@ def render_study(study_dir, table2_stem, table3_stem, scale: str, corpus: str) -
     paths = write_table(
         t2, table2_stem, f"Macro CheXpert@k per text encoder and extraction method on {where}; empty = None "
         f"(the model lacks the method), this run's 95% bootstrap CI in brackets", scale, paper_table_label(meta2),
+        float_format=".1f",
     )
     paper3, meta3 = load_reference("chambon2022", "table3")
     paper3 = paper3.drop(columns=["notes"], errors="ignore").set_index("abnormality")
@@ -250,6 +251,6 @@ def render_study(study_dir, table2_stem, table3_stem, scale: str, corpus: str) -
     best = ", ".join(f"{m}: {METHOD_TITLES.get(b, b)}" for m, b in (info.get("best_method") or {}).items())
     paths3 = write_table(
         t3.reset_index(), table3_stem, f"CheXpert@k per abnormality class on {where}, best extraction method per "
-        f"model ({best}); Base = bag-of-words IoU", scale, paper_table_label(meta3),
+        f"model ({best}); Base = bag-of-words IoU", scale, paper_table_label(meta3), float_format=".1f",
     )
     return {"table2": paths, "table3": paths3}

@@ -1,0 +1,442 @@
+"""The training loop shared by the adaptation methods (textual inversion, U-Net fine-tuning, ...).
+
+A method supplies a :class:`TrainTask` (what is optimised, what is checkpointed, and a function that
+returns the loss of one micro-batch); :func:`run_training` does the rest with ``accelerate``: optimizer
+(AdamW), diffusers LR schedule with warm-up, gradient accumulation, gradient clipping, mixed precision
+(autocast), optional EMA of the trained parameters, a tqdm progress bar, a per-step log, and resumable
+checkpoints (model state, optimizer, LR scheduler, step, RNG, EMA, log) written with
+:mod:`cxrgen.checkpoint` every ``checkpoint_every`` steps into ``<out_dir>.partial/checkpoint``.
+
+Data helpers: grayscale uint8 images -> 3-channel [-1, 1] tensors at the training resolution, VAE latents
+encoded once and cached (posterior mean and std; a fresh posterior sample is drawn per step, as diffusers'
+cached-latent trainers do), and a stateless batch stream (epoch permutations keyed by seed and epoch), so a
+resumed run draws exactly the batches an uninterrupted one would.
+
+Images are not flipped or cropped at random: a horizontal flip mirrors the anatomy (heart side) of a chest
+X-ray, and fixed inputs are what make the latent cache valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cxrgen.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from cxrgen.errors import InputError
+from cxrgen.io import atomic_path
+
+LOG_FILE = "training_log.csv"
+CURVE_STEM = "loss_curve"
+CONFIG_FILE = "train_config.json"
+ADAPTER_FILE = "adapter.json"
+MIXED_PRECISION = ("no", "fp16", "bf16")
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+# keys that may change between an interrupted run and its resumption without invalidating the checkpoint
+_RESUME_FREE = {"stop_after", "num_threads", "checkpoint_every"}
+
+
+@dataclass
+class TrainConfig:
+    """Settings of the shared loop (method configs subclass this and add their own fields).
+
+    steps: optimizer steps. batch_size: images per micro-batch; gradient_accumulation_steps micro-batches
+    make one step. lr: AdamW learning rate, multiplied by ``batch_size * gradient_accumulation_steps`` when
+    ``scale_lr`` (diffusers' ``--scale_lr``). lr_scheduler: a diffusers ``get_scheduler`` name; warmup: its
+    warm-up steps. mixed_precision: "no" | "fp16" | "bf16" (accelerate autocast). gradient_checkpointing:
+    trade compute for memory in the U-Net (and text encoder). use_ema: keep an EMA (diffusers ``EMAModel``,
+    ``ema_decay``) of the trained parameters and save it instead of the raw weights. snr_gamma: Min-SNR-gamma
+    loss weighting (None = plain MSE). noise_offset: diffusers' noise offset. resolution: training image
+    side in pixels (images are resized, shortest side, and centre-cropped). checkpoint_every: steps between
+    checkpoints. stop_after: end the run after this many steps, leaving the checkpoint (simulates a
+    preempted job; the output folder is not written). num_threads: torch CPU threads (None = leave as is).
+    """
+
+    steps: int = 400
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    lr: float = 1e-4
+    scale_lr: bool = False
+    lr_scheduler: str = "constant"
+    warmup: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    use_ema: bool = False
+    ema_decay: float = 0.9999
+    snr_gamma: float | None = None
+    noise_offset: float = 0.0
+    seed: int = 0
+    checkpoint_every: int = 100
+    resolution: int = 64
+    stop_after: int | None = None
+    num_threads: int | None = None
+
+    # -- construction / validation ---------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "TrainConfig":
+        d = dict(d or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise InputError(f"unknown {cls.__name__} keys {unknown}; expected some of {sorted(names)}")
+        cfg = cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    def validate(self) -> None:
+        def need(ok: bool, key: str, expected: str) -> None:
+            if not ok:
+                raise InputError(f"{type(self).__name__}.{key}={getattr(self, key)!r}; expected {expected}")
+
+        for key in ("steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every", "resolution"):
+            need(isinstance(getattr(self, key), int) and getattr(self, key) >= 1, key, "an integer >= 1")
+        need(isinstance(self.warmup, int) and self.warmup >= 0, "warmup", "an integer >= 0")
+        need(float(self.lr) > 0, "lr", "a positive learning rate")
+        need(self.lr_scheduler in LR_SCHEDULERS, "lr_scheduler", f"one of {list(LR_SCHEDULERS)}")
+        need(self.mixed_precision in MIXED_PRECISION, "mixed_precision", f"one of {list(MIXED_PRECISION)}")
+        need(self.snr_gamma is None or float(self.snr_gamma) > 0, "snr_gamma", "None or a positive number")
+        need(float(self.noise_offset) >= 0, "noise_offset", "a number >= 0")
+        need(0.0 < float(self.ema_decay) < 1.0, "ema_decay", "a number in (0, 1)")
+        need(self.max_grad_norm is None or float(self.max_grad_norm) > 0, "max_grad_norm", "None or > 0")
+        need(self.stop_after is None or (isinstance(self.stop_after, int) and self.stop_after >= 1),
+             "stop_after", "None or an integer >= 1")
+
+    @property
+    def effective_lr(self) -> float:
+        scale = self.batch_size * self.gradient_accumulation_steps if self.scale_lr else 1
+        return float(self.lr) * scale
+
+
+# ------------------------------------------------------------------------------------------------
+# data helpers
+
+
+def images_to_tensor(images, resolution: int, what: str = "images") -> torch.Tensor:
+    """uint8 (N,H,W) grayscale or (N,H,W,3) RGB -> float (N,3,R,R) in [-1, 1].
+
+    Resized (bilinear, antialiased) so the shortest side is ``resolution``, then centre-cropped.
+    """
+    arr = np.asarray(images)
+    if arr.dtype != np.uint8:
+        raise InputError(f"{what} have dtype {arr.dtype}; expected uint8 pixel values 0-255")
+    if arr.ndim == 3:
+        arr = np.repeat(arr[..., None], 3, axis=-1)  # grayscale -> the 3 channels the VAE expects
+    elif not (arr.ndim == 4 and arr.shape[-1] == 3):
+        raise InputError(f"{what} have shape {arr.shape}; expected (N, H, W) grayscale or (N, H, W, 3) RGB")
+    if arr.shape[0] == 0 or min(arr.shape[1:3]) == 0:
+        raise InputError(f"{what} are empty (shape {arr.shape}); expected at least one image")
+    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    h, w = x.shape[-2:]
+    if (h, w) != (resolution, resolution):
+        s = resolution / min(h, w)
+        nh, nw = max(resolution, round(h * s)), max(resolution, round(w * s))
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+        top, left = (nh - resolution) // 2, (nw - resolution) // 2
+        x = x[..., top:top + resolution, left:left + resolution]
+    return x.clamp(-1.0, 1.0).contiguous()
+
+
+def check_resolution(pipe, resolution: int) -> None:
+    """The latent side must survive every U-Net downsampling."""
+    vae_f = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    unet_f = 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+    if resolution % (vae_f * unet_f):
+        raise InputError(
+            f"resolution={resolution} is not a multiple of {vae_f * unet_f} (VAE factor {vae_f} x U-Net "
+            f"downsampling {unet_f}); expected e.g. {max(1, round(resolution / (vae_f * unet_f))) * vae_f * unet_f}"
+        )
+
+
+class LatentCache:
+    """VAE posterior (mean, std) of every training image, encoded once; ``sample`` draws scaled latents."""
+
+    def __init__(self, vae, pixels: torch.Tensor, device, batch: int = 32, progress: bool = False):
+        from tqdm import tqdm
+
+        means, stds = [], []
+        dtype = next(vae.parameters()).dtype
+        with torch.no_grad():
+            for i in tqdm(range(0, len(pixels), batch), disable=not progress, desc="encode latents", leave=False):
+                dist = vae.encode(pixels[i:i + batch].to(device, dtype)).latent_dist
+                means.append(dist.mean.float())
+                stds.append(dist.std.float())
+        self.mean = torch.cat(means)
+        self.std = torch.cat(stds)
+        self.scaling_factor = float(vae.config.scaling_factor)
+        shift = getattr(vae.config, "shift_factor", None)
+        self.shift_factor = float(shift) if shift is not None else 0.0
+
+    def __len__(self) -> int:
+        return self.mean.shape[0]
+
+    def sample(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        m, s = self.mean[idx], self.std[idx]
+        eps = torch.randn(m.shape, generator=generator).to(m.device)
+        return (m + s * eps - self.shift_factor) * self.scaling_factor
+
+
+class BatchStream:
+    """Batches of indices into ``n`` items: consecutive slices of per-epoch permutations.
+
+    Stateless (the permutation of epoch e depends only on ``seed`` and e), so batch ``k`` is the same in an
+    uninterrupted and a resumed run, and every item is seen once per epoch.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = int(n), int(batch_size), int(seed)
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._cache:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._cache = {epoch: torch.randperm(self.n, generator=g)}
+        return self._cache[epoch]
+
+    def batch(self, k: int) -> torch.Tensor:
+        start = k * self.batch_size
+        out = []
+        for pos in range(start, start + self.batch_size):
+            out.append(int(self._perm(pos // self.n)[pos % self.n]))
+        return torch.tensor(out, dtype=torch.long)
+
+
+def train_scheduler_from(pipe):
+    """A DDPM training scheduler with the pipeline's noise schedule and prediction type (as diffusers'
+    trainers do with ``DDPMScheduler.from_pretrained(model, subfolder="scheduler")``)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(pipe.scheduler.config)
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: list[str], device) -> torch.Tensor:
+    ids = tokenize(tokenizer, prompts)
+    return text_encoder(ids.to(device))[0].float()
+
+
+def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
+    return tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids
+
+
+def make_accelerator(mixed_precision: str):
+    """A fresh ``Accelerator`` (accelerate keeps a process-wide state; reset it so each run can pick its own
+    mixed-precision mode)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# the loop
+
+
+@dataclass
+class TrainTask:
+    """What a method trains.
+
+    params: the optimised parameters. state_modules: modules whose ``state_dict`` is checkpointed (keep it
+    small: e.g. only the token-embedding module for textual inversion). loss_fn(micro_index, generator)
+    returns (loss, {name: float}) for one micro-batch; ``micro_index`` counts micro-batches from 0 over the
+    whole run. after_step: called after each optimizer step (e.g. restore frozen embedding rows).
+    """
+
+    params: list
+    state_modules: dict
+    loss_fn: Callable[[int, torch.Generator], tuple[torch.Tensor, dict]]
+    after_step: Callable[[], None] | None = None
+    desc: str = "train"
+
+
+@dataclass
+class TrainResult:
+    rows: list[dict] = field(default_factory=list)
+    finished: bool = False
+    step: int = 0
+    resumed_from: int = 0
+    seconds: float = 0.0
+
+
+def _comparable(cfg_dict: dict) -> dict:
+    return {k: v for k, v in cfg_dict.items() if k not in _RESUME_FREE}
+
+
+def run_training(cfg: TrainConfig, task: TrainTask, checkpoint_dir: str | os.PathLike, accelerator,
+                 progress: bool = True) -> TrainResult:
+    """Run (or resume) ``cfg.steps`` optimizer steps of ``task``; checkpoints go to ``checkpoint_dir``."""
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+    from tqdm import tqdm
+
+    ckpt = Path(checkpoint_dir)
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    optimizer = torch.optim.AdamW(task.params, lr=cfg.effective_lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+    lr_sched = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup,
+                             num_training_steps=cfg.steps)
+    optimizer, lr_sched = accelerator.prepare(optimizer, lr_sched)
+    ema = EMAModel(task.params, decay=cfg.ema_decay) if cfg.use_ema else None
+
+    result = TrainResult()
+    cfg_now = _comparable(cfg.to_dict())
+    if has_checkpoint(ckpt):
+        st = load_checkpoint(ckpt, task.state_modules, optimizer, lr_sched, {"data": gen})
+        saved = st["extra"].get("config", {})
+        if saved != cfg_now:
+            diff = sorted(k for k in set(saved) | set(cfg_now) if saved.get(k) != cfg_now.get(k))
+            raise InputError(f"checkpoint {ckpt} was written with different settings ({diff}); expected the "
+                             f"same config to resume, or delete {ckpt} to start over")
+        result.step = result.resumed_from = int(st["step"])
+        result.rows = list(st["extra"]["log"])
+        if ema is not None:
+            ema.load_state_dict(st["extra"]["ema"])
+        if accelerator.scaler is not None and st["extra"].get("scaler"):
+            accelerator.scaler.load_state_dict(st["extra"]["scaler"])
+        if progress:
+            print(f"[{task.desc}] resumed from step {result.step} ({ckpt})", file=sys.stderr, flush=True)
+
+    def checkpoint(step: int) -> None:
+        extra: dict[str, Any] = {"log": result.rows, "config": cfg_now}
+        if ema is not None:
+            extra["ema"] = ema.state_dict()
+        if accelerator.scaler is not None:
+            extra["scaler"] = accelerator.scaler.state_dict()
+        save_checkpoint(ckpt, task.state_modules, optimizer, lr_sched, step, {"data": gen}, extra=extra)
+
+    t0 = time.perf_counter() - (result.rows[-1]["seconds"] if result.rows else 0.0)
+    ga = cfg.gradient_accumulation_steps
+    bar = tqdm(total=cfg.steps, initial=result.step, disable=not progress, desc=task.desc, file=sys.stderr)
+    for step in range(result.step + 1, cfg.steps + 1):
+        optimizer.zero_grad(set_to_none=True)
+        total, parts = 0.0, {}
+        for micro in range(ga):
+            with accelerator.autocast():
+                loss, logs = task.loss_fn((step - 1) * ga + micro, gen)
+            accelerator.backward(loss / ga)
+            total += float(loss.detach()) / ga
+            for k, v in logs.items():
+                parts[k] = parts.get(k, 0.0) + float(v) / ga
+        if not math.isfinite(total):
+            raise FloatingPointError(f"[{task.desc}] loss became {total} at step {step}; lower the lr")
+        if cfg.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(task.params, float(cfg.max_grad_norm))
+        lr_now = float(lr_sched.get_last_lr()[0])
+        optimizer.step()
+        lr_sched.step()
+        if task.after_step is not None:
+            task.after_step()
+        if ema is not None:
+            ema.step(task.params)
+        result.rows.append({"step": step, "loss": total, **parts, "lr": lr_now,
+                            "seconds": time.perf_counter() - t0})
+        result.step = step
+        bar.update(1)
+        bar.set_postfix(loss=f"{total:.4f}")
+        stopping = cfg.stop_after is not None and step >= cfg.stop_after and step < cfg.steps
+        if stopping or (step % cfg.checkpoint_every == 0 and step < cfg.steps):
+            checkpoint(step)
+        if stopping:
+            bar.close()
+            result.seconds = result.rows[-1]["seconds"]
+            if progress:
+                print(f"[{task.desc}] stopped after step {step} (stop_after); checkpoint in {ckpt}",
+                      file=sys.stderr, flush=True)
+            return result
+    bar.close()
+    if ema is not None:
+        ema.copy_to(task.params)  # the saved model is the EMA model
+    result.finished = True
+    result.seconds = result.rows[-1]["seconds"] if result.rows else 0.0
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# outputs
+
+
+def partial_dir(out_dir: str | os.PathLike) -> Path:
+    """``<out_dir>.partial``: checkpoints (and default caches) of an unfinished run."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + ".partial")
+
+
+def write_training_outputs(folder: Path, rows: list[dict], train_config: dict, adapter: dict) -> None:
+    """``training_log.csv``, ``loss_curve.png/.pdf``, ``train_config.json`` and ``adapter.json``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from cxrgen.render.figures import save_figure, set_style
+
+    df = pd.DataFrame(rows)
+    df.to_csv(folder / LOG_FILE, index=False)
+    set_style()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    loss_cols = [c for c in df.columns if c == "loss" or c.endswith("_loss")]
+    for i, col in enumerate(loss_cols):
+        ax.plot(df["step"], df[col], lw=0.6, alpha=0.35, color=f"C{i}")
+        k = max(1, len(df) // 25)
+        ax.plot(df["step"], df[col].rolling(k, min_periods=1).mean(), lw=1.5, color=f"C{i}",
+                label=f"{col} (mean of {k})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("diffusion loss")
+    if len(df) and (df[loss_cols] > 0).all().all():
+        ax.set_yscale("log")
+    ax.set_title(f"{adapter.get('method', 'training')} loss")
+    ax.legend()
+    save_figure(fig, folder / CURVE_STEM)
+    (folder / CONFIG_FILE).write_text(json.dumps(train_config, indent=2, default=str))
+    (folder / ADAPTER_FILE).write_text(json.dumps(adapter, indent=2, default=str))
+
+
+def finish_output(out_dir: str | os.PathLike, write_artefacts: Callable[[Path], None], rows: list[dict],
+                  train_config: dict, adapter: dict) -> Path:
+    """Build the output folder in a temp sibling, rename it onto ``out_dir``, then drop the checkpoints."""
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        write_artefacts(tmp)
+        write_training_outputs(tmp, rows, train_config, adapter)
+    shutil.rmtree(partial_dir(out_dir), ignore_errors=True)
+    return out_dir
+
+
+def summarise(result: TrainResult, out_dir, method: str, extra: dict | None = None) -> dict:
+    losses = [r["loss"] for r in result.rows]
+    tail = losses[-max(1, len(losses) // 10):] if losses else [float("nan")]
+    return {
+        "method": method,
+        "out_dir": str(out_dir),
+        "finished": result.finished,
+        "step": result.step,
+        "resumed_from": result.resumed_from,
+        "seconds": result.seconds,
+        "first_loss": losses[0] if losses else float("nan"),
+        "final_loss": float(np.mean(tail)),
+        **(extra or {}),
+    }
