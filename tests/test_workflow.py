@@ -88,7 +88,7 @@ def test_smoke_run_completes_and_is_deterministic(workdir):
     assert "chambon2022_table1.md" in index and "| `foundation` |" in index
     # re-rendering after a finished run plans no training, only the renderer whose output went missing
     (results / "tables" / "chambon2022_table1.md").unlink()
-    plan = run_snakemake("-n", "--configfile", "configs/smoke.yaml", "render", cwd=workdir).stdout
+    plan = run_snakemake("-n", "render", "--configfile", "configs/smoke.yaml", cwd=workdir).stdout
     assert "render_vae_study" in plan
     for training in ("foundation", "reference_classifier ", "vae_study ", "text_encoder_study "):
         assert f"rule {training.strip()}:" not in plan, plan
