@@ -119,6 +119,10 @@ class TrainConfig:
         need(self.max_grad_norm is None or float(self.max_grad_norm) > 0, "max_grad_norm", "None or > 0")
         need(self.stop_after is None or (isinstance(self.stop_after, int) and self.stop_after >= 1),
              "stop_after", "None or an integer >= 1")
+        classes = getattr(self, "classes", None)  # method configs that filter a few-shot sample
+        need(classes is None or (isinstance(classes, (list, tuple)) and len(classes) > 0
+                                 and all(isinstance(c, str) for c in classes)),
+             "classes", "None or a non-empty list of class labels such as ['No Finding', 'Pleural Effusion']")
 
     @property
     def effective_lr(self) -> float:
@@ -440,3 +444,54 @@ def summarise(result: TrainResult, out_dir, method: str, extra: dict | None = No
         "final_loss": float(np.mean(tail)),
         **(extra or {}),
     }
+
+
+# ------------------------------------------------------------------------------------------------
+# workflow entry point
+
+METHODS = ("textual_inversion", "unet")
+
+
+def train_from_sample(method: str, foundation, sample_dir, cfg_dict: dict | None, out_dir, seed: int,
+                      class_images_dir=None, progress: bool = True) -> dict:
+    """Train ``method`` ("textual_inversion" | "unet") on a materialised sample folder.
+
+    The folder is read with ``cxrgen.data.sampling.load_images``; rows are restricted to ``classes``
+    (manifest column ``class_label``) when the config names them. U-Net fine-tuning uses the manifest's
+    ``prompt`` column (Chambon's prompts); textual inversion uses its templates. ``seed`` overrides the
+    config's seed. Returns the method's summary dict.
+    """
+    from cxrgen.data.sampling import load_images
+
+    if method not in METHODS:
+        raise InputError(f"adaptation method {method!r}; expected one of {list(METHODS)}")
+    cfg_dict = {**(cfg_dict or {}), "seed": int(seed)}
+    images, manifest = load_images(sample_dir)
+    if method == "textual_inversion":
+        from cxrgen.adapt.textual_inversion import TextualInversionConfig as Cfg
+    else:
+        from cxrgen.adapt.unet_finetune import UNetFinetuneConfig as Cfg
+    cfg = Cfg.from_dict(cfg_dict)
+    labels = manifest["class_label"].astype(str).tolist() if "class_label" in manifest.columns else None
+    if cfg.classes:
+        if labels is None:
+            raise InputError(f"{sample_dir}/manifest.csv has no class_label column; expected a few-shot sample "
+                             f"when classes={list(cfg.classes)} is set")
+        unknown = sorted(set(cfg.classes) - set(labels))
+        if unknown:
+            raise InputError(f"classes {unknown} not in {sample_dir} (it holds {sorted(set(labels))}); expected "
+                             f"labels of that sample")
+        keep = np.isin(np.asarray(labels), list(cfg.classes))
+        images, manifest = images[keep], manifest[keep].reset_index(drop=True)
+        labels = [l for l, k in zip(labels, keep) if k]
+    if method == "textual_inversion":
+        from cxrgen.adapt.textual_inversion import train_textual_inversion
+
+        return train_textual_inversion(foundation, images, None, cfg, out_dir, progress=progress)
+    from cxrgen.adapt.unet_finetune import train_unet
+
+    if "prompt" not in manifest.columns:
+        raise InputError(f"{sample_dir}/manifest.csv has no prompt column; expected a folder written by "
+                         f"cxrgen.data.sampling.materialise")
+    return train_unet(foundation, images, manifest["prompt"].astype(str).tolist(), cfg, out_dir,
+                      class_images_dir=class_images_dir, progress=progress, labels=labels)

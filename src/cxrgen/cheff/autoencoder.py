@@ -51,13 +51,13 @@ class AutoencoderConfig:
     kl_weight: float = 1e-6
     perceptual: str = "random_features"
     perceptual_weight: float = 1.0
-    disc_start: int = 300
+    disc_start: int = 250
     disc_weight: float = 0.5
     disc_channels: int = 32
     disc_layers: int = 2
     lr: float = 4.5e-4  # miniature: the paper's 4.5e-6 is for 3 epochs over 650k images at batch 64
     batch_size: int = 16
-    steps: int = 600
+    steps: int = 500
     checkpoint_every: int = 200
 
     @classmethod
@@ -209,7 +209,7 @@ class AutoencoderLoss(nn.Module):
         nll = (rec / torch.exp(self.logvar) + self.logvar).sum() / x.shape[0]
         kl = posterior.kl().sum() / x.shape[0]
         loss = nll + self.cfg.kl_weight * kl
-        parts = {"rec_l1": float((x - x_hat).abs().mean()), "nll": float(nll), "kl": float(kl)}
+        parts = {"rec_l1": (x - x_hat).abs().mean().item(), "nll": nll.item(), "kl": kl.item()}
         if step >= self.cfg.disc_start:
             g = -self.discriminator(x_hat).mean()
             # LDM's adaptive weight balances the GAN gradient against the reconstruction gradient at the decoder output
@@ -217,7 +217,7 @@ class AutoencoderLoss(nn.Module):
             gg = torch.autograd.grad(g, last_layer, retain_graph=True)[0].norm()
             w = (gn / (gg + 1e-4)).clamp(0.0, 1e4).detach() * self.cfg.disc_weight
             loss = loss + w * g
-            parts["g_adv"] = float(g)
+            parts["g_adv"] = g.item()
         return loss, parts
 
     def discriminator_loss(self, x, x_hat) -> torch.Tensor:
@@ -259,8 +259,8 @@ def train_autoencoder(
             opt_d.zero_grad(set_to_none=True)
             d.backward()
             opt_d.step()
-            parts["d_loss"] = float(d)
-        return {"loss": float(loss), **parts}
+            parts["d_loss"] = d.item()
+        return {"loss": loss.item(), **parts}
 
     log_df = train_loop(step_fn, len(x_all), cfg.batch_size, cfg.steps, {"vae": vae, "loss": loss_mod},
                         StateBundle(g=opt_g, d=opt_d), checkpoint_dir, seed, fingerprint(cfg, seed),

@@ -1,0 +1,735 @@
+"""Textual projection (Chambon et al. 2022, section 2.5): swap the foundation's CLIP text encoder for a frozen
+in-domain encoder plus a trained projection into the CLIP text-embedding space.
+
+The projection is ``Linear -> ReLU -> LayerNorm -> Linear`` (the paper's ``Linear o ReLU o LayerNorm o Linear``
+read left to right, as in the brief; ``norm_first=True`` gives the strict right-to-left composition reading,
+``Linear -> LayerNorm -> ReLU -> Linear``). It is trained on a caption corpus (paper: 1M LAION-400M captions;
+default: the foundation corpus captions) put into object ("a photo of a {}") and style ("a photo in the style of
+a {}") prompt templates with lexical variants. The paper says only "MLE loss"; we use the Gaussian MLE, i.e. the
+mean squared error between the projected conditioning and the frozen CLIP text encoder's output for the same
+prompt. Only the projection trains: the in-domain encoder and CLIP are frozen.
+
+Variants (``L`` = the CLIP tokenizer's length, 77 for SD v1; ``D`` = the U-Net's ``cross_attention_dim``):
+
+* ``document``: the in-domain pooled embedding (``pooling``: cls / mean / pooler / model_specific, as in the
+  text-encoder study) is projected to one ``D`` vector, repeated at all ``L`` positions. The paper does not say
+  how a document vector conditions the U-Net; repetition is the simplest reading, and the loss compares the
+  repeated vector with CLIP's whole ``(L, D)`` sequence, i.e. exactly what the U-Net will see.
+* ``token``: the in-domain last hidden states, padded/truncated to ``L`` tokens, projected token by token and
+  matched position by position with CLIP's ``(L, D)`` hidden states (tokenizers differ, so positions align only
+  approximately -- as they must have in the paper).
+* ``none``: the in-domain last hidden states fed directly (paper's "No Projection" row). Where the hidden size
+  differs from ``D`` (the miniature: MiniLM 384 vs CLIP 64) a fixed, seeded, *untrained* semi-orthogonal linear
+  map matches the sizes (it keeps per-coordinate scale); with equal sizes it is the identity (paper: 768 -> 768).
+
+Artefact (a folder, written atomically)::
+
+    adapter.json              {"method": "textual_projection", "foundation", "encoder", "variant", ...}
+    projection.safetensors    projection weights
+    projection_config.json    how to rebuild the module (in/hidden/out dims, kind, layer order)
+    training_log.csv          phase (train/eval), step, loss, seconds
+    loss_curve.png / .pdf
+
+:func:`load_prompt_encoder` turns the folder into a :class:`PromptEncoder` whose ``encode(prompts)`` gives the
+``(B, L, D)`` ``prompt_embeds`` for ``StableDiffusionPipeline``; ``encode([""])`` is the unconditional embedding
+(the projection is trained on a share of empty prompts so that it lands near CLIP's own unconditional embedding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxrgen.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from cxrgen.errors import InputError
+from cxrgen.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+METHOD = "textual_projection"
+VARIANTS: tuple[str, ...] = ("document", "token", "none")
+ADAPTER_FILE = "adapter.json"
+WEIGHTS_FILE = "projection.safetensors"
+PROJ_CONFIG_FILE = "projection_config.json"
+LOG_FILE = "training_log.csv"
+CURVE_STEM = "loss_curve"
+
+#: Lexical variants of the paper's two base prompts (2.5); the first of each is the paper's own wording.
+TEMPLATE_FAMILIES: dict[str, tuple[str, ...]] = {
+    "object": (
+        "a photo of a {}",
+        "a picture of a {}",
+        "an image of a {}",
+        "the photo of a {}",
+        "a good photo of a {}",
+        "a close-up photo of a {}",
+    ),
+    "style": (
+        "a photo in the style of a {}",
+        "a picture in the style of a {}",
+        "an image in the style of a {}",
+        "a photo in the style of the {}",
+        "a rendering in the style of a {}",
+    ),
+    "caption": ("{}",),  # the caption as it is (LAION captions are not "a photo of ..." phrases)
+}
+
+#: Paper-scale values (Chambon et al. 2022). ``None`` / comments mark where the paper is silent.
+PAPER: dict = {
+    "encoder": "cxr-bert-specialized",  # 2.5 / end of 3.3: CXR-BERT-specialized
+    "trust_remote_code": True,
+    "pooling": "cls",  # silent; 768-d input (2.5) and CLS is CXR-BERT-specialized's best method (Table 2)
+    "hidden_size": 768,  # 2.5: "768-dimensional input ... 768-dimensional translated output"; width assumed 768
+    "steps": 10_000,  # 2.9: 10k steps (3 h document-level, 8 h token-level on one Quadro P5000)
+    "captions": "LAION-400M, a sample of 1M captions",  # 2.1
+    "max_captions": 1_000_000,
+    "templates": ["object", "style"],  # 2.5: object and style prompts with lexical variants
+    "loss": "mse",  # 2.5: "MLE loss" (Gaussian MLE == MSE)
+    "batch_size": None,  # silent
+    "lr": None,  # silent
+    "optimizer": None,  # silent (we use AdamW)
+}
+
+
+@dataclass
+class ProjectionConfig:
+    """Textual-projection training settings. Defaults: the 2-CPU miniature; see :data:`PAPER` for paper scale."""
+
+    variant: str = "token"
+    encoder: str = "minilm"  # a name in cxrgen.text.encoders.TEXT_ENCODER_REGISTRY
+    encoder_path: str | None = None  # local folder overriding the registry's hub id
+    trust_remote_code: bool = False
+    pooling: str = "mean"  # document variant: cls | mean | pooler | model_specific (paper scale: cls)
+    hidden_size: int | None = None  # None: the output size (CLIP's hidden size; 768 -> 768 -> 768 in the paper)
+    norm_first: bool = False  # False: Linear-ReLU-LayerNorm-Linear; True: Linear-LayerNorm-ReLU-Linear
+    steps: int = 400
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    lr_schedule: str = "cosine"  # cosine | constant (after warmup)
+    seed: int = 0
+    templates: tuple[str, ...] = ("object", "style")  # family names or literal templates with "{}"
+    uncond_share: float = 0.05  # share of empty prompts, so encode([""]) learns CLIP's unconditional embedding
+    max_length: int | None = None  # None: the foundation tokenizer's model_max_length (77 for SD v1)
+    max_captions: int | None = None  # deterministic subsample of the corpus (paper: 1M LAION captions)
+    eval_prompts: int = 64
+    eval_every: int = 50
+    checkpoint_every: int = 100
+    num_threads: int | None = None
+    device: str = "auto"  # auto: cuda when available
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "ProjectionConfig":
+        d = dict(d or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise InputError(f"textual_projection: unknown config keys {unknown}; expected some of {sorted(names)}")
+        if isinstance(d.get("templates"), (list, str)):
+            d["templates"] = (d["templates"],) if isinstance(d["templates"], str) else tuple(d["templates"])
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    def validate(self) -> None:
+        from cxrgen.text.encoders import METHODS, TEXT_ENCODER_REGISTRY  # noqa: PLC0415
+
+        if self.variant not in VARIANTS:
+            raise InputError(f"textual_projection.variant={self.variant!r}; expected one of {list(VARIANTS)}")
+        if self.encoder not in TEXT_ENCODER_REGISTRY:
+            raise InputError(
+                f"textual_projection.encoder={self.encoder!r}; expected one of {sorted(TEXT_ENCODER_REGISTRY)} "
+                f"(give a local folder as encoder_path)"
+            )
+        if self.pooling not in METHODS:
+            raise InputError(f"textual_projection.pooling={self.pooling!r}; expected one of {list(METHODS)}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise InputError(f"textual_projection.lr_schedule={self.lr_schedule!r}; expected 'cosine' or 'constant'")
+        for key in ("steps", "warmup_steps"):
+            if int(getattr(self, key)) < 0:
+                raise InputError(f"textual_projection.{key}={getattr(self, key)}; expected >= 0")
+        for key in ("batch_size", "eval_prompts", "eval_every", "checkpoint_every"):
+            if int(getattr(self, key)) < 1:
+                raise InputError(f"textual_projection.{key}={getattr(self, key)}; expected >= 1")
+        if self.hidden_size is not None and int(self.hidden_size) < 1:
+            raise InputError(f"textual_projection.hidden_size={self.hidden_size}; expected >= 1 or null")
+        if not 0.0 <= float(self.uncond_share) < 1.0:
+            raise InputError(f"textual_projection.uncond_share={self.uncond_share}; expected in [0, 1)")
+        if not self.lr > 0:
+            raise InputError(f"textual_projection.lr={self.lr}; expected > 0")
+        expand_templates(self.templates)
+
+
+def expand_templates(templates) -> list[str]:
+    """Family names (``object``, ``style``, ``caption``) and literal ``"...{}..."`` templates -> a flat list."""
+    if isinstance(templates, str):
+        templates = (templates,)
+    out: list[str] = []
+    for t in templates or ():
+        if t in TEMPLATE_FAMILIES:
+            out += TEMPLATE_FAMILIES[t]
+        elif isinstance(t, str) and t.count("{}") == 1:
+            out.append(t)
+        else:
+            raise InputError(
+                f"textual_projection.templates: {t!r} is neither a family ({sorted(TEMPLATE_FAMILIES)}) "
+                f"nor a template with one '{{}}'"
+            )
+    if not out:
+        raise InputError(f"textual_projection.templates is empty; expected some of {sorted(TEMPLATE_FAMILIES)}")
+    return list(dict.fromkeys(out))
+
+
+# ------------------------------------------------------------------------------------------------
+# captions
+
+_PREFIX = re.compile(r"^\s*(an?\s+)?(photo|picture|image)\s+of\s+(an?|the)\s+", re.IGNORECASE)
+CAPTION_COLUMNS = ("caption", "TEXT", "text")
+
+
+def caption_subject(caption: str) -> str:
+    """Strip a leading "a photo of a" so that templating does not give "a photo of a a photo of a ..."."""
+    return _PREFIX.sub("", str(caption).strip())
+
+
+def load_captions(path: str | os.PathLike, column: str | None = None) -> list[str]:
+    """Captions from a ``.txt`` (one per line) or a ``.parquet``/``.csv`` with a ``caption``/``TEXT`` column."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"captions file {p} does not exist; expected a .txt (one caption per line) or .parquet")
+    suffix = p.suffix.lower()
+    if suffix == ".txt":
+        caps = p.read_text(encoding="utf-8", errors="replace").splitlines()
+    elif suffix in (".parquet", ".csv"):
+        import pandas as pd  # noqa: PLC0415
+
+        try:
+            frame = pd.read_parquet(p) if suffix == ".parquet" else pd.read_csv(p)
+        except ImportError as exc:  # no parquet engine in this environment
+            raise InputError(f"captions file {p}: reading .parquet needs pyarrow or fastparquet ({exc}); "
+                             f"install one, or give the captions as .txt (one per line) or .csv") from exc
+        wanted = (column,) if column else CAPTION_COLUMNS
+        col = next((c for c in wanted if c in frame.columns), None)
+        if col is None:
+            raise InputError(
+                f"captions file {p} has no caption column; expected one of {list(wanted)}, found {list(frame.columns)}"
+            )
+        caps = frame[col].dropna().astype(str).tolist()
+    else:
+        raise InputError(f"captions file {p}: unknown format {suffix!r}; expected .txt, .parquet or .csv")
+    caps = [c.strip() for c in caps if c and c.strip()]
+    if not caps:
+        raise InputError(f"captions file {p} holds no non-empty caption; expected at least one")
+    return caps
+
+
+def foundation_captions(foundation: str | os.PathLike) -> list[str]:
+    """The captions of the miniature foundation's pretraining corpus, regenerated from its ``foundation_config.json``."""
+    from cxrgen.models.corpus import make_corpus  # noqa: PLC0415
+    from cxrgen.models.foundation import CONFIG_FILE, FoundationConfig  # noqa: PLC0415
+
+    cfg_file = Path(str(foundation)) / CONFIG_FILE
+    if not cfg_file.is_file():
+        raise InputError(
+            f"foundation {foundation!s} has no {CONFIG_FILE} (not a foundation built here); expected a captions "
+            f"file (.txt or .parquet with a 'caption'/'TEXT' column, e.g. LAION-400M) as captions_path"
+        )
+    summary = json.loads(cfg_file.read_text())
+    fc = FoundationConfig.from_dict(summary.get("config", summary))
+    _, caps = make_corpus(fc.n_images, fc.image_size, fc.seed, fc.xray_share)
+    return caps
+
+
+def _prepare_corpus(captions, max_captions: int | None, seed: int) -> list[str]:
+    if isinstance(captions, (str, bytes)):
+        raise InputError("captions: expected a list of strings, got one string (use load_captions for a file)")
+    subjects = [caption_subject(c) for c in (captions or []) if str(c).strip()]
+    subjects = list(dict.fromkeys(s for s in subjects if s))  # distinct, first-seen order (deterministic)
+    if not subjects:
+        raise InputError("textual projection: the caption corpus is empty; expected at least one non-empty caption")
+    if max_captions and len(subjects) > max_captions:
+        idx = np.sort(np.random.default_rng(seed).choice(len(subjects), int(max_captions), replace=False))
+        subjects = [subjects[i] for i in idx]
+    return subjects
+
+
+# ------------------------------------------------------------------------------------------------
+# the projection module
+
+
+class TextualProjection(nn.Module):
+    """In-domain features -> CLIP text-embedding space, for one variant.
+
+    ``kind``: ``mlp`` (document/token), ``linear`` (none, sizes differ; fixed), ``identity`` (none, same sizes).
+    """
+
+    def __init__(self, variant: str, in_dim: int, out_dim: int, hidden_dim: int | None = None,
+                 norm_first: bool = False, seed: int = 0):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise InputError(f"textual projection variant {variant!r}; expected one of {list(VARIANTS)}")
+        self.variant, self.in_dim, self.out_dim = variant, int(in_dim), int(out_dim)
+        self.norm_first = bool(norm_first)
+        if variant == "none":
+            self.hidden_dim = None
+            if self.in_dim == self.out_dim:
+                self.kind, self.net = "identity", nn.Identity()
+            else:
+                self.kind = "linear"
+                self.net = nn.Linear(self.in_dim, self.out_dim, bias=False)
+                g = torch.Generator().manual_seed(int(seed))
+                a = torch.randn(max(self.in_dim, self.out_dim), min(self.in_dim, self.out_dim), generator=g)
+                q, _ = torch.linalg.qr(a)  # orthonormal columns: a fixed map that keeps per-coordinate scale
+                with torch.no_grad():
+                    self.net.weight.copy_(q if self.out_dim > self.in_dim else q.T)
+                self.net.weight.requires_grad_(False)  # "no projection": never trained
+        else:
+            self.kind = "mlp"
+            self.hidden_dim = int(hidden_dim or out_dim)
+            h = self.hidden_dim
+            mid = [nn.LayerNorm(h), nn.ReLU()] if self.norm_first else [nn.ReLU(), nn.LayerNorm(h)]
+            self.net = nn.Sequential(nn.Linear(self.in_dim, h), *mid, nn.Linear(h, self.out_dim))
+
+    @property
+    def trainable(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())
+
+    def config(self) -> dict:
+        return {"variant": self.variant, "kind": self.kind, "in_dim": self.in_dim, "hidden_dim": self.hidden_dim,
+                "out_dim": self.out_dim, "norm_first": self.norm_first, "trained": self.trainable,
+                "layers": [m.__class__.__name__ for m in self.net] if isinstance(self.net, nn.Sequential)
+                else [self.net.__class__.__name__]}
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "TextualProjection":
+        return cls(cfg["variant"], cfg["in_dim"], cfg["out_dim"], cfg.get("hidden_dim"), cfg.get("norm_first", False))
+
+    def forward(self, features: torch.Tensor, seq_len: int | None = None) -> torch.Tensor:
+        """(B, Din) [document; repeated to (B, seq_len, D)] or (B, L, Din) -> (B, L, D)."""
+        out = self.net(features)
+        if out.dim() == 2:
+            if seq_len is None:
+                raise InputError("document-level projection needs seq_len to build the (B, L, D) sequence")
+            out = out.unsqueeze(1).expand(-1, int(seq_len), -1)
+        return out
+
+
+# ------------------------------------------------------------------------------------------------
+# features and targets
+
+
+def in_domain_features(encoder, prompts: list[str], variant: str, pooling: str, seq_len: int) -> torch.Tensor:
+    """Frozen in-domain features: (B, Din) pooled for ``document``, (B, seq_len, Din) hidden states otherwise."""
+    from cxrgen.text.encoders import _accepted_inputs, _extract, method_available  # noqa: PLC0415
+
+    model = encoder.model
+    device = next(model.parameters()).device
+    accepted = _accepted_inputs(model)
+    with torch.no_grad():
+        if variant == "document":
+            if not method_available(encoder, pooling):
+                raise InputError(f"encoder {encoder.name} has no {pooling!r} embedding; choose another pooling")
+            batch = encoder.tokenizer(list(prompts), padding=True, truncation=True, max_length=encoder.max_length,
+                                      return_tensors="pt")
+            batch = {k: v.to(device) for k, v in batch.items() if k in accepted}
+            return _extract(encoder, pooling, batch).float()
+        n = min(int(seq_len), int(encoder.max_length))
+        batch = encoder.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=n,
+                                  return_tensors="pt")
+        batch = {k: v.to(device) for k, v in batch.items() if k in accepted}
+        hidden = model(**batch).last_hidden_state.float()
+        if hidden.shape[1] < seq_len:  # encoder shorter than CLIP's length: repeat its last (padding) state
+            hidden = torch.cat([hidden, hidden[:, -1:].expand(-1, seq_len - hidden.shape[1], -1)], dim=1)
+        return hidden
+
+
+def clip_targets(tokenizer, text_encoder, prompts: list[str], seq_len: int) -> torch.Tensor:
+    """CLIP's (B, L, D) conditioning for ``prompts``, computed as ``StableDiffusionPipeline.encode_prompt`` does."""
+    device = next(text_encoder.parameters()).device
+    tok = tokenizer(list(prompts), padding="max_length", max_length=seq_len, truncation=True, return_tensors="pt")
+    mask = tok.attention_mask.to(device) if getattr(text_encoder.config, "use_attention_mask", False) else None
+    with torch.no_grad():
+        return text_encoder(tok.input_ids.to(device), attention_mask=mask)[0].float()
+
+
+@dataclass
+class PromptEncoder:
+    """In-domain encoder + projection: ``encode(prompts)`` -> ``(B, L, D)`` ``prompt_embeds`` for the pipeline."""
+
+    encoder: object  # cxrgen.text.encoders.TextEncoder
+    projection: TextualProjection
+    variant: str
+    pooling: str
+    seq_len: int
+    info: dict = field(default_factory=dict)
+
+    @property
+    def cross_attention_dim(self) -> int:
+        return self.projection.out_dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.encoder.model.parameters()).device
+
+    def encode(self, prompts: list[str] | str, grad: bool = False) -> torch.Tensor:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        feats = in_domain_features(self.encoder, list(prompts), self.variant, self.pooling, self.seq_len)
+        with torch.set_grad_enabled(grad):
+            return self.projection(feats, self.seq_len)
+
+    __call__ = encode
+
+    def encode_pair(self, prompts: list[str], negative_prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompt_embeds, negative_prompt_embeds) of matching batch size, for classifier-free guidance."""
+        pos = self.encode(prompts)
+        neg = self.encode([negative_prompt]).expand(pos.shape[0], -1, -1).contiguous()
+        return pos, neg
+
+
+# ------------------------------------------------------------------------------------------------
+# setup / training
+
+
+@dataclass
+class ProjectionSetup:
+    """Everything a training step needs: the frozen in-domain encoder and CLIP, and the projection."""
+
+    prompt_encoder: PromptEncoder
+    clip_tokenizer: object
+    clip_text_encoder: nn.Module
+    foundation: str
+    cross_attention_dim: int
+
+    @property
+    def projection(self) -> TextualProjection:
+        return self.prompt_encoder.projection
+
+    def loss(self, prompts: list[str], targets: torch.Tensor | None = None) -> torch.Tensor:
+        """MSE between the projected conditioning and CLIP's for the same prompts (paper: "MLE loss")."""
+        if targets is None:
+            targets = clip_targets(self.clip_tokenizer, self.clip_text_encoder, prompts, self.prompt_encoder.seq_len)
+        pred = self.prompt_encoder.encode(prompts, grad=True)
+        return torch.nn.functional.mse_loss(pred, targets)
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def prepare(foundation, cfg: ProjectionConfig, device: str = "cpu", pipe=None) -> ProjectionSetup:
+    """Load the foundation's CLIP text encoder (frozen) and the in-domain encoder (frozen); build the projection."""
+    from cxrgen.models.registry import load_pipeline  # noqa: PLC0415
+    from cxrgen.text.encoders import load_encoder  # noqa: PLC0415
+
+    cfg.validate()
+    pipe = pipe if pipe is not None else load_pipeline(foundation)
+    clip, tokenizer = pipe.text_encoder, pipe.tokenizer
+    d = int(pipe.unet.config.cross_attention_dim)
+    if int(clip.config.hidden_size) != d:
+        raise InputError(f"foundation {foundation}: CLIP hidden size {clip.config.hidden_size} != U-Net "
+                         f"cross_attention_dim {d}; expected a Stable-Diffusion-layout pipeline")
+    clip_max = int(clip.config.max_position_embeddings)
+    seq_len = int(cfg.max_length or min(int(getattr(tokenizer, "model_max_length", clip_max) or clip_max), clip_max))
+    if not 2 <= seq_len <= clip_max:
+        raise InputError(f"textual_projection.max_length={cfg.max_length}; expected 2..{clip_max} (CLIP positions)")
+    clip = clip.to(device).eval().requires_grad_(False)
+    enc = load_encoder(cfg.encoder, cfg.encoder_path, trust_remote_code=cfg.trust_remote_code, device=device)
+    enc.model.requires_grad_(False)
+    in_dim = int(enc.model.config.hidden_size)
+    if cfg.variant == "document":  # a model-specific head may change the size (CXR-BERT: 128)
+        in_dim = int(in_domain_features(enc, ["a"], "document", cfg.pooling, seq_len).shape[-1])
+    torch.manual_seed(cfg.seed)
+    proj = TextualProjection(cfg.variant, in_dim, d, cfg.hidden_size, cfg.norm_first, seed=cfg.seed).to(device)
+    pe = PromptEncoder(enc, proj, cfg.variant, cfg.pooling, seq_len)
+    return ProjectionSetup(pe, tokenizer, clip, str(foundation), d)
+
+
+class _PromptSampler:
+    """Draws templated prompts (and a share of empty ones) from the corpus with its own seeded generator."""
+
+    def __init__(self, subjects: list[str], templates: list[str], uncond_share: float, seed: int):
+        self.subjects, self.templates, self.uncond_share = subjects, templates, float(uncond_share)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def draw(self, n: int) -> list[str]:
+        g = self.generator
+        si = torch.randint(len(self.subjects), (n,), generator=g).tolist()
+        ti = torch.randint(len(self.templates), (n,), generator=g).tolist()
+        empty = (torch.rand(n, generator=g) < self.uncond_share).tolist()
+        return ["" if e else self.templates[t].format(self.subjects[s]) for s, t, e in zip(si, ti, empty)]
+
+
+def _lr_lambda(cfg: ProjectionConfig):
+    warm, total, kind = int(cfg.warmup_steps), max(int(cfg.steps), 1), cfg.lr_schedule
+
+    def f(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if kind == "constant":
+            return 1.0
+        t = min(1.0, (step - warm) / max(1, total - warm))
+        return 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+def _eval_loss(setup: ProjectionSetup, features: torch.Tensor, targets: torch.Tensor) -> float:
+    with torch.no_grad():  # features precomputed once: both encoders are frozen
+        pred = setup.projection(features, setup.prompt_encoder.seq_len)
+        return float(torch.nn.functional.mse_loss(pred, targets))
+
+
+def _probe(setup: ProjectionSetup) -> dict:
+    """Per-prompt MSE and mean token cosine vs CLIP on the paper's evaluation prompts (3.4)."""
+    from cxrgen.data.prompts import CHAMBON_PROMPTS  # noqa: PLC0415
+
+    prompts = list(CHAMBON_PROMPTS.values()) + [""]
+    tgt = clip_targets(setup.clip_tokenizer, setup.clip_text_encoder, prompts, setup.prompt_encoder.seq_len)
+    with torch.no_grad():
+        pred = setup.prompt_encoder.encode(prompts)
+    mse = ((pred - tgt) ** 2).mean(dim=(1, 2))
+    cos = torch.nn.functional.cosine_similarity(pred, tgt, dim=-1).mean(dim=1)
+    return {p: {"mse": float(m), "cosine": float(c)} for p, m, c in zip(prompts, mse, cos)}
+
+
+def _write_log(rows: list, folder: Path) -> None:
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import pandas as pd  # noqa: PLC0415
+
+    from cxrgen.render.figures import save_figure, set_style  # noqa: PLC0415
+
+    frame = pd.DataFrame(rows, columns=["phase", "step", "loss", "seconds"])
+    frame.to_csv(folder / LOG_FILE, index=False)
+    set_style()
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    tr = frame[frame.phase == "train"]
+    if len(tr):
+        ax.plot(tr.step, tr.loss, lw=0.6, alpha=0.4, label="train (batch)")
+        ax.plot(tr.step, tr.loss.rolling(max(1, len(tr) // 20), min_periods=1).mean(), lw=1.2, label="train (smoothed)")
+    ev = frame[frame.phase == "eval"]
+    if len(ev):
+        ax.plot(ev.step, ev.loss, "o-", ms=3, label="held-out prompts")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MSE to CLIP embeddings")
+    if (frame.loss > 0).all() and len(frame):
+        ax.set_yscale("log")
+    ax.set_title("Textual projection")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    save_figure(fig, folder / CURVE_STEM)
+
+
+def save_adapter(setup: ProjectionSetup, cfg: ProjectionConfig, out_dir: str | os.PathLike,
+                 rows: list | None = None, summary: dict | None = None) -> Path:
+    """Write the adapter folder (``adapter.json``, weights, projection config, log, loss curve) atomically."""
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    proj, pe = setup.projection, setup.prompt_encoder
+    adapter = {
+        "method": METHOD,
+        "foundation": setup.foundation,
+        "encoder": cfg.encoder_path or cfg.encoder,  # registry name, or the local folder when one was given
+        "encoder_name": cfg.encoder,
+        "encoder_path": cfg.encoder_path,
+        "encoder_source": pe.encoder.source,
+        "trust_remote_code": bool(cfg.trust_remote_code),
+        "variant": cfg.variant,
+        "pooling": cfg.pooling if cfg.variant == "document" else None,
+        "seq_len": pe.seq_len,
+        "cross_attention_dim": setup.cross_attention_dim,
+        "weights": WEIGHTS_FILE,
+        "projection_config": PROJ_CONFIG_FILE,
+        "config": cfg.to_dict(),
+        "training": summary or {},
+    }
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        save_file({k: v.detach().contiguous().cpu() for k, v in proj.state_dict().items()}, str(tmp / WEIGHTS_FILE))
+        (tmp / PROJ_CONFIG_FILE).write_text(json.dumps(proj.config(), indent=2))
+        _write_log(rows or [], tmp)
+        (tmp / ADAPTER_FILE).write_text(json.dumps(adapter, indent=2))
+    return out_dir
+
+
+def train_textual_projection(foundation, captions, cfg: ProjectionConfig | None = None,
+                             out_dir: str | os.PathLike = "textual_projection", progress: bool = True) -> dict:
+    """Train the projection for ``cfg.variant`` and write the adapter folder ``out_dir`` atomically.
+
+    ``foundation``: a diffusers folder or registry name; ``captions``: a list of caption strings.
+    Resumable: checkpoints (projection, optimizer, scheduler, step, RNG) go to ``<out_dir>.partial/``,
+    removed on success. Returns a summary dict (also stored under ``training`` in ``adapter.json``).
+    """
+    cfg = cfg or ProjectionConfig()
+    cfg.validate()
+    out_dir = Path(out_dir)
+    subjects = _prepare_corpus(captions, cfg.max_captions, cfg.seed)
+    templates = expand_templates(cfg.templates)
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
+    device = _device(cfg.device)
+    t_start = time.perf_counter()
+    setup = prepare(foundation, cfg, device)
+    proj = setup.projection
+    t_load = time.perf_counter() - t_start
+
+    # fixed held-out prompts from their own generator, so the eval curve is comparable across steps and runs
+    eval_prompts = _PromptSampler(subjects, templates, 0.0, cfg.seed + 1).draw(cfg.eval_prompts - 1) + [""]
+    pe = setup.prompt_encoder
+    eval_targets = clip_targets(setup.clip_tokenizer, setup.clip_text_encoder, eval_prompts, pe.seq_len)
+    eval_feats = in_domain_features(pe.encoder, eval_prompts, pe.variant, pe.pooling, pe.seq_len)
+    sampler = _PromptSampler(subjects, templates, cfg.uncond_share, cfg.seed)
+    steps = int(cfg.steps) if proj.trainable else 0  # "none": nothing to train
+    params = [p for p in proj.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg)) if optimizer else None
+
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    ckpt = partial / "checkpoint"
+    rows: list = []
+    step, t_offset = 0, 0.0
+    if has_checkpoint(ckpt):
+        state = torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
+        if state.get("extra", {}).get("config") == cfg.to_dict() and state["extra"].get("foundation") == str(foundation):
+            state = load_checkpoint(ckpt, {"projection": proj}, optimizer, scheduler, {"sampler": sampler.generator})
+            step, rows = int(state["step"]), [tuple(r) for r in json.loads(state["extra"]["rows"])]
+            t_offset = float(state["extra"].get("seconds", 0.0))
+            if progress:
+                print(f"[textual_projection] resuming from {ckpt} at step {step}", file=sys.stderr)
+        else:
+            log.warning("textual projection: checkpoint %s was written with another config; starting afresh", ckpt)
+            shutil.rmtree(ckpt, ignore_errors=True)
+
+    def elapsed() -> float:
+        return t_offset + time.perf_counter() - t_train
+
+    t_train = time.perf_counter()
+    if step == 0:
+        rows.append(("eval", 0, _eval_loss(setup, eval_feats, eval_targets), 0.0))
+    bar = None
+    if progress and steps > step:
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        bar = tqdm(total=steps, initial=step, desc=f"textual projection ({cfg.variant})", unit="step")
+    proj.train()
+    while step < steps:
+        prompts = sampler.draw(cfg.batch_size)
+        loss = setup.loss(prompts)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        loss_value = float(loss.detach())
+        rows.append(("train", step, loss_value, elapsed()))
+        if step % cfg.eval_every == 0 or step == steps:
+            proj.eval()
+            rows.append(("eval", step, _eval_loss(setup, eval_feats, eval_targets), elapsed()))
+            proj.train()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+        if step % cfg.checkpoint_every == 0 and step < steps:
+            save_checkpoint(ckpt, {"projection": proj}, optimizer, scheduler, step, {"sampler": sampler.generator},
+                            extra={"config": cfg.to_dict(), "foundation": str(foundation),
+                                   "rows": json.dumps(rows), "seconds": elapsed()})
+    if bar is not None:
+        bar.close()
+    proj.eval()
+    train_s = elapsed()
+
+    evals = [r for r in rows if r[0] == "eval"]
+    summary = {
+        "steps": steps,
+        "trained": proj.trainable,
+        "n_captions": len(subjects),
+        "n_templates": len(templates),
+        "seq_len": setup.prompt_encoder.seq_len,
+        "cross_attention_dim": setup.cross_attention_dim,
+        "in_dim": proj.in_dim,
+        "n_params": int(sum(p.numel() for p in proj.parameters())),
+        "n_trainable_params": int(sum(p.numel() for p in proj.parameters() if p.requires_grad)),
+        "eval_loss_initial": evals[0][2],
+        "eval_loss_final": evals[-1][2],
+        "train_loss_final": float(np.mean([r[2] for r in rows if r[0] == "train"][-20:])) if steps else None,
+        "probe": _probe(setup),
+        "load_s": t_load,
+        "train_s": train_s,
+        "device": device,
+    }
+    save_adapter(setup, cfg, out_dir, rows, summary)
+    shutil.rmtree(partial, ignore_errors=True)
+    summary["total_s"] = time.perf_counter() - t_start
+    if progress:
+        print(f"[textual_projection] {cfg.variant}: eval MSE {summary['eval_loss_initial']:.4g} -> "
+              f"{summary['eval_loss_final']:.4g} in {train_s:.0f}s; wrote {out_dir}", file=sys.stderr)
+    return summary
+
+
+def train_from_config(foundation, cfg_dict: dict | None, out_dir, seed: int | None = None,
+                      captions_path: str | os.PathLike | None = None, progress: bool = True,
+                      variant: str | None = None) -> dict:
+    """Snakemake entry point: the config block (+ the run seed) -> adapter folder.
+
+    ``captions_path``: a ``.txt`` (one caption per line) or ``.parquet`` with a ``caption``/``TEXT`` column
+    (paper: LAION-400M captions); None falls back to the block's ``captions`` key, then to the foundation
+    corpus captions (miniature). The block's workflow-level ``variants`` list is dropped; the variant of this run
+    comes from ``variant`` (e.g. a rule wildcard) or the block's ``variant``.
+    """
+    d = dict(cfg_dict or {})
+    captions_path = captions_path or d.pop("captions", None)
+    d.pop("captions", None)
+    listed = d.pop("variants", None)
+    if variant is not None:
+        d["variant"] = variant
+    if listed is not None and d.get("variant") is None:
+        raise InputError(f"textual_projection: which of variants {listed} to train? expected variant=... per run")
+    if seed is not None:
+        d["seed"] = int(seed)
+    cfg = ProjectionConfig.from_dict(d)
+    captions = load_captions(captions_path) if captions_path else foundation_captions(foundation)
+    return train_textual_projection(foundation, captions, cfg, out_dir, progress=progress)
+
+
+def load_prompt_encoder(adapter_dir: str | os.PathLike, device: str = "cpu") -> PromptEncoder:
+    """Rebuild the :class:`PromptEncoder` of a textual-projection adapter folder (in eval mode, frozen)."""
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    from cxrgen.text.encoders import load_encoder  # noqa: PLC0415
+
+    adapter_dir = Path(adapter_dir)
+    meta_file = adapter_dir / ADAPTER_FILE
+    if not meta_file.is_file():
+        raise InputError(f"{adapter_dir}: no {ADAPTER_FILE}; expected a folder written by train_textual_projection")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("method") != METHOD:
+        raise InputError(f"{meta_file}: method {meta.get('method')!r}; expected {METHOD!r}")
+    pcfg = json.loads((adapter_dir / meta.get("projection_config", PROJ_CONFIG_FILE)).read_text())
+    proj = TextualProjection.from_config(pcfg)
+    proj.load_state_dict(load_file(str(adapter_dir / meta.get("weights", WEIGHTS_FILE))))
+    proj.to(device).eval().requires_grad_(False)
+    enc = load_encoder(meta.get("encoder_name", meta["encoder"]), meta.get("encoder_path"),
+                       trust_remote_code=bool(meta.get("trust_remote_code")), device=device)
+    enc.model.requires_grad_(False)
+    return PromptEncoder(enc, proj, meta["variant"], meta.get("pooling") or "mean", int(meta["seq_len"]),
+                         info={"foundation": meta.get("foundation"), "adapter_dir": str(adapter_dir)})

@@ -1,0 +1,204 @@
+"""One function per workflow stage of the Cheff study: read the previous stage's files, call the library, write
+the outputs atomically.  The Snakemake scripts ``scripts/cheff_*.py`` only call these."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxrgen.cheff import evaluate as ev
+from cxrgen.cheff import machex
+from cxrgen.cheff.autoencoder import load_autoencoder, train_autoencoder
+from cxrgen.cheff.cascade import sample_cascade
+from cxrgen.cheff.config import CheffConfig
+from cxrgen.cheff.diffusion import SDM, train_sdm
+from cxrgen.cheff.inpainting import diversity, inpaint, outpaint, preservation, rect_mask
+from cxrgen.cheff.super_resolution import SuperResolution, downsample, train_sr
+from cxrgen.errors import InputError
+from cxrgen.io import atomic_path, write_csv_atomic
+
+log = logging.getLogger(__name__)
+IMAGES = "images.npz"
+
+
+# ------------------------------------------------------------------------------------------------ data
+def run_machex(sources, frontal_only: bool, hr_size: int, out_dir, table1_stem, scale: str, seed: int = 0,
+               max_train: int | None = None, max_test: int | None = None) -> pd.DataFrame:
+    """MaCheX table, Table 1 (paper vs this run) and the train/test images at ``hr_size`` (``images.npz``)."""
+    from cxrgen.render.reference import load_reference, paper_table_label
+    from cxrgen.render.tables import write_table
+
+    table = machex.build_machex(sources, frontal_only=frontal_only, seed=seed)
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    parts = {}
+    for subset, col, cap in (("train", "in_machex", max_train), ("test", "in_test", max_test)):
+        rows = table[table[col]].reset_index(drop=True)
+        if cap is not None and len(rows) > cap:  # a seeded subset keeps the miniature's cost bounded
+            rows = rows.iloc[np.sort(rng.choice(len(rows), cap, replace=False))].reset_index(drop=True)
+        if len(rows) == 0:
+            raise InputError(f"MaCheX has no {subset} images (frontal_only={frontal_only}); expected at least one")
+        parts[subset] = rows
+    write_csv_atomic(table, out_dir / "table.csv")
+    for subset, rows in parts.items():
+        write_csv_atomic(rows, out_dir / f"{subset}.csv")
+    arrays = {s: machex.load_images(r, hr_size) for s, r in parts.items()}
+    with atomic_path(out_dir / IMAGES) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+    ours = machex.table1(table)
+    paper, meta = load_reference("weber2023", "table1")
+    both = pd.concat([paper.assign(run="paper")[["run", *machex.TABLE1_COLUMNS]], ours.assign(run="this run")],
+                     ignore_index=True)
+    write_table(both, table1_stem, "MaCheX components: patients, train/test images (all views), frontal train "
+                "images in the collection and their share. 'this run' rows are this run's sources", scale,
+                paper_table_label(meta))
+    return ours
+
+
+def load_split(machex_dir, subset: str, size: int | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+    machex_dir = Path(machex_dir)
+    if not (machex_dir / IMAGES).is_file():
+        raise InputError(f"{machex_dir / IMAGES} missing; expected the output of the cheff_machex rule")
+    with np.load(machex_dir / IMAGES) as z:
+        images = z[subset]
+    rows = pd.read_csv(machex_dir / f"{subset}.csv", keep_default_na=False, na_values=[""])
+    if size is not None and images.shape[-1] != size:
+        images = downsample(images, size)
+    return images, rows
+
+
+def _timed(what: str, fn, *a, **kw):
+    t0 = time.perf_counter()
+    out = fn(*a, **kw)
+    log.info("%s: %.1f s wall", what, time.perf_counter() - t0)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ training
+def run_autoencoder(machex_dir, cfg: CheffConfig, out_dir, checkpoint_dir, seed: int = 0):
+    images, _ = load_split(machex_dir, "train", cfg.autoencoder.image_size)
+    return _timed("autoencoder", train_autoencoder, images, cfg.autoencoder, out_dir, checkpoint_dir, seed)
+
+
+def run_sdm(machex_dir, ae_dir, cfg: CheffConfig, variant: str, out_dir, checkpoint_dir, seed: int = 0):
+    vae = load_autoencoder(ae_dir)
+    images, rows = load_split(machex_dir, "train", vae.config.sample_size)
+    sdm_cfg = cfg.sdm_for(variant)
+    reports = None
+    if sdm_cfg.conditioning == "report":
+        keep = rows["report"].fillna("").str.strip() != ""
+        if not keep.any():
+            raise InputError("the report-conditioned SDM needs training images with reports; MaCheX has none")
+        images, reports = images[keep.to_numpy()], rows.loc[keep, "report"].tolist()
+    return _timed(f"SDM {variant}", train_sdm, vae, images, sdm_cfg, out_dir, reports, checkpoint_dir, seed)
+
+
+def run_sr(machex_dir, cfg: CheffConfig, out_dir, checkpoint_dir, seed: int = 0, ae_dir=None, init_from=None):
+    images, _ = load_split(machex_dir, "train", cfg.sr.hr_size)
+    if init_from is None:
+        return _timed("SR base", train_sr, images, cfg.sr, out_dir, "bicubic", None, None, checkpoint_dir, seed)
+    return _timed("SR fine", train_sr, images, cfg.sr, out_dir, "decoded", load_autoencoder(ae_dir), init_from,
+                  checkpoint_dir, seed)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def run_reconstruction(machex_dir, ae_dir, sr_base_dir, sr_fine_dir, cfg: CheffConfig, out_dir, table_stem,
+                       figure_stem, scale: str, seed: int = 0) -> pd.DataFrame:
+    hr, _ = load_split(machex_dir, "test", cfg.sr.hr_size)
+    hr = hr[: cfg.evaluation.n_test]
+    srs = {"base": SuperResolution.load(sr_base_dir), "fine": SuperResolution.load(sr_fine_dir)}
+    per_image, images = ev.reconstruction_workflows(hr, load_autoencoder(ae_dir), srs, cfg.sr.lr_size, seed=seed)
+    write_csv_atomic(per_image, Path(out_dir) / "per_image.csv")
+    summary = ev.table2(per_image)
+    write_csv_atomic(summary, Path(out_dir) / "table2.csv")
+    ev.write_table2(summary, table_stem, scale)
+    ev.write_grid(images, figure_stem, "Cheff reconstructions (Weber Fig. 3 / Table 2 workflows)")
+    return summary
+
+
+def run_synthesis(machex_dir, ae_dir, sdm_dir, sdm_report_dir, sr_dir, cfg: CheffConfig, out_dir, table_stem,
+                  grid_stem, report_grid_stem, scale: str, classifier=None, seed: int = 0) -> pd.DataFrame:
+    """Unconditional cascade samples -> FID/KID vs held-out real x_HR; report-conditioned samples per prompt."""
+    from cxrgen.studies.vae_reconstruction import make_fid_extractor
+
+    e = cfg.evaluation
+    vae, sr = load_autoencoder(ae_dir), SuperResolution.load(sr_dir)
+    lr, hr = sample_cascade(SDM.load(sdm_dir), vae, sr, e.n_samples, seed=seed)
+    real, _ = load_split(machex_dir, "test", cfg.sr.hr_size)
+    clf = None
+    if e.fid_extractor == "reference":
+        from cxrgen.classify.reference import load_reference_classifier
+
+        if classifier is None:
+            raise InputError("cheff.evaluation.fid_extractor='reference' needs the reference classifier folder")
+        clf = load_reference_classifier(classifier)
+    ext = make_fid_extractor(e.fid_extractor, classifier=clf)
+    ours = ev.synthesis_metrics(real, hr, ext, min(e.kid_subset_size, len(real), len(hr)), seed)
+    write_csv_atomic(ours, Path(out_dir) / "fid_kid.csv")
+    with atomic_path(Path(out_dir) / "samples.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, lr=lr, hr=hr)
+    ev.write_fid_kid(ours, table_stem, scale)
+    ev.write_grid({"real x_HR": real, "x_LR = D(z)": lr, "x_HR = SR(D(z))": hr}, grid_stem,
+                  "Unconditional Cheff samples (Weber Fig. 4e)", n=6)
+    rep = SDM.load(sdm_report_dir)
+    n_each = 4
+    prompts = list(e.prompts)
+    _, rhr = sample_cascade(rep, vae, sr, n_each * len(prompts), [p for p in prompts for _ in range(n_each)], seed=seed)
+    from cxrgen.render.figures import image_grid
+
+    image_grid([list(rhr[i * n_each:(i + 1) * n_each]) for i in range(len(prompts))], [p[:28] for p in prompts],
+               [f"seed {j + 1}" for j in range(n_each)], report_grid_stem,
+               title="Report-conditioned Cheff samples (Weber Fig. 8)")
+    return ours
+
+
+def run_inpainting(machex_dir, ae_dir, sdm_dir, cfg: CheffConfig, out_dir, inpaint_stem, outpaint_stem,
+                   seed: int = 0) -> pd.DataFrame:
+    """Fig. 5 (remove a region, refill) and Fig. 7 (several completions of one provided area) + preservation."""
+    from cxrgen.render.figures import image_grid
+
+    e = cfg.evaluation
+    vae, sdm = load_autoencoder(ae_dir), SDM.load(sdm_dir)
+    size = vae.config.sample_size
+    test, _ = load_split(machex_dir, "test", size)
+    imgs = test[: e.n_inpaint]
+    # a device-sized box over the right upper chest (the image's left side), where the phantoms draw devices
+    mask = rect_mask(size, 0.2, 0.1, 0.3, 0.3)
+    final, decoded = inpaint(sdm, vae, imgs, mask, generator=torch.Generator().manual_seed(seed))
+    pres = preservation(imgs, final, decoded, mask).assign(task="inpainting")
+    holed = np.where(mask, 0, imgs).astype(np.uint8)
+    image_grid([[imgs[i], holed[i], final[i]] for i in range(len(imgs))], [str(i + 1) for i in range(len(imgs))],
+               ["original", "region removed", "inpainted"], inpaint_stem, title="Inpainting (Weber Fig. 5)")
+    keep = rect_mask(size, 0.0, 0.0, 0.5, 0.5)  # the provided area: the upper-left quarter
+    outs, out_dec = outpaint(sdm, vae, test[0], keep, n=e.n_outpaint, seed=seed)
+    pres_o = preservation(np.repeat(test[:1], len(outs), 0), outs, out_dec, ~keep).assign(task="outpainting")
+    div = diversity(outs, ~keep)
+    image_grid([[np.where(keep, test[0], 0).astype(np.uint8), *outs]], ["provided area"],
+               ["provided", *[f"completion {j + 1}" for j in range(len(outs))]], outpaint_stem,
+               title=f"Outpainting (Weber Fig. 7); diversity (pixel sd in generated area) {div:.1f}")
+    df = pd.concat([pres, pres_o], ignore_index=True)
+    df["outpainting_diversity"] = div
+    write_csv_atomic(df, Path(out_dir) / "preservation.csv")
+    return df
+
+
+def run_beta_check(machex_dir, ae_dir, sdm_dir, cfg: CheffConfig, out_csv, figure_stem, seed: int = 0) -> pd.DataFrame:
+    """Fig. 13: decoded z_T for max beta 0.0195 vs 0.0295 and corr(z_T, z_0)."""
+    vae = load_autoencoder(ae_dir)
+    meta = json.loads((Path(sdm_dir) / "cheff_sdm.json").read_text())
+    test, _ = load_split(machex_dir, "test", vae.config.sample_size)
+    s = cfg.sdm
+    df, images = ev.beta_check(vae, test[:64], beta_schedule=s.beta_schedule, beta_start=s.beta_start,
+                               num_train_timesteps=s.num_train_timesteps, latent_scale=meta["latent_scale"], seed=seed)
+    write_csv_atomic(df, out_csv)
+    ev.write_grid(images, figure_stem, "Forward process check (Weber Fig. 13): decoded z_T", n=4)
+    return df

@@ -1,0 +1,209 @@
+"""Cheff's super-resolution diffusion model (Weber et al. 2023, sec. 3 eq. 3 and 7.3.3), SR3-style: a diffusers
+``UNet2DModel`` that sees the noisy high-resolution image concatenated on the channel axis with the low-resolution
+image upsampled (bicubic) to the same size, epsilon prediction, cosine schedule with 2000 steps, DDIM sampling.
+
+Trained first on bicubic downsamples x_LR of x_HR ("SR_base"), then fine-tuned on decoded latents D(E(x_LR))
+("SR_fine"), which carry the autoencoder's blur and artefacts that the cascade feeds it at sampling time.
+Paper: base 16 channels x (1,2,4,8,16,32,32,32), 2 residual layers, attention in the lowest 5 levels, lr 5e-5
+(fine-tuning 2e-5), batch 32, 1M steps + 500k fine-tuning steps, 256 -> 1024 px.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from cxrgen.cheff.autoencoder import reconstruct
+from cxrgen.cheff.diffusion import ddim_sample
+from cxrgen.cheff.schedules import ddim_from, make_scheduler
+from cxrgen.cheff.training import (
+    finish_checkpoint, fingerprint, save_pretrained_atomic, to_uint8, to_unit, train_loop, write_training_log,
+)
+from cxrgen.errors import InputError
+from cxrgen.io import atomic_path
+
+log = logging.getLogger(__name__)
+LR_SOURCES = ("bicubic", "decoded")
+META_FILE = "cheff_sr.json"
+
+
+@dataclass
+class SRConfig:
+    lr_size: int = 32
+    hr_size: int = 64
+    channels: int = 1
+    block_out_channels: tuple[int, ...] = (16, 32, 32)
+    # per level, highest resolution first; the miniature drops SR attention (it doubles the step cost on a CPU)
+    attention: tuple[bool, ...] = (False, False, False)
+    layers_per_block: int = 1
+    head_channels: int = 16
+    num_train_timesteps: int = 2000
+    beta_schedule: str = "squaredcos_cap_v2"  # 7.3.3: cosine
+    lr: float = 3e-4
+    finetune_lr: float = 1.2e-4  # paper ratio 2e-5 / 5e-5
+    batch_size: int = 8
+    steps: int = 400
+    finetune_steps: int = 150
+    checkpoint_every: int = 200
+    ddim_steps: int = 25
+
+    @classmethod
+    def preset(cls, name: str = "default", **overrides) -> "SRConfig":
+        presets = {
+            "default": {},
+            "smoke": dict(lr_size=16, hr_size=32, block_out_channels=(8, 16), attention=(False, True), head_channels=8,
+                          batch_size=4, steps=4, finetune_steps=2, checkpoint_every=2, ddim_steps=3),
+            "paper": dict(lr_size=256, hr_size=1024, channels=3,
+                          block_out_channels=tuple(16 * m for m in (1, 2, 4, 8, 16, 32, 32, 32)),
+                          attention=(False, False, False, True, True, True, True, True), layers_per_block=2,
+                          head_channels=32, lr=5e-5, finetune_lr=2e-5, batch_size=32, steps=1_000_000,
+                          finetune_steps=500_000, checkpoint_every=5000, ddim_steps=150),
+        }
+        if name not in presets:
+            raise InputError(f"SR preset {name!r}; expected one of {sorted(presets)}")
+        bad = [k for k in overrides if k not in cls.__dataclass_fields__]
+        if bad:
+            raise InputError(f"SRConfig: unknown setting(s) {bad}; expected some of {sorted(cls.__dataclass_fields__)}")
+        cfg = replace(replace(cls(), **presets[name]), **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+        if cfg.hr_size <= cfg.lr_size or cfg.hr_size % cfg.lr_size:
+            raise InputError(f"hr_size={cfg.hr_size}, lr_size={cfg.lr_size}; expected hr_size an integer multiple > 1 of lr_size")
+        if len(cfg.attention) != len(cfg.block_out_channels):
+            raise InputError(f"attention has {len(cfg.attention)} entries for {len(cfg.block_out_channels)} levels")
+        return cfg
+
+
+def build_sr_unet(cfg: SRConfig):
+    """The SR U-Net: 2C input channels (noisy x_HR ++ upsampled x_LR), C output channels (epsilon)."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(
+        sample_size=cfg.hr_size, in_channels=2 * cfg.channels, out_channels=cfg.channels,
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention)),
+        block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
+        attention_head_dim=cfg.head_channels, norm_num_groups=min(32, min(cfg.block_out_channels) // 2),
+    )
+
+
+def downsample(images_uint8: np.ndarray, size: int) -> np.ndarray:
+    """x_HR -> x_LR by antialiased bicubic resizing (uint8 in and out)."""
+    x = torch.from_numpy(np.ascontiguousarray(images_uint8)).float()[:, None]
+    y = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    return y.clamp(0, 255).round().to(torch.uint8)[:, 0].numpy()
+
+
+def upsample_condition(x_lr: torch.Tensor, hr_size: int) -> torch.Tensor:
+    """The conditioning image: x_LR in [-1, 1] upsampled (bicubic) to the HR grid."""
+    if x_lr.ndim != 4:
+        raise InputError(f"x_LR of shape {tuple(x_lr.shape)}; expected (N, C, H, W)")
+    return F.interpolate(x_lr, size=(hr_size, hr_size), mode="bicubic", align_corners=False).clamp(-1, 1)
+
+
+def sr_input(x_t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """Channel concatenation (7.3.3): (N, C, H, W) ++ (N, C, H, W) -> (N, 2C, H, W)."""
+    if x_t.shape != cond.shape:
+        raise InputError(f"noisy x_HR {tuple(x_t.shape)} and condition {tuple(cond.shape)} differ; expected equal shapes")
+    return torch.cat([x_t, cond], dim=1)
+
+
+def train_sr(
+    hr_images: np.ndarray,
+    cfg: SRConfig,
+    out_dir: str | os.PathLike,
+    lr_source: str = "bicubic",
+    vae=None,
+    init_from: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    keep_checkpoint: bool = False,
+    stop_after: int | None = None,
+):
+    """``lr_source="bicubic"``: SR_base from scratch; ``"decoded"``: fine-tune ``init_from`` on D(E(x_LR)) (needs
+    ``vae``).  Writes a ``save_pretrained`` folder (``unet/``, ``scheduler/``) + log; returns the U-Net."""
+    from diffusers import UNet2DModel
+
+    if lr_source not in LR_SOURCES:
+        raise InputError(f"lr_source={lr_source!r}; expected one of {list(LR_SOURCES)}")
+    hr = np.asarray(hr_images)
+    if hr.dtype != np.uint8 or hr.ndim != 3 or hr.shape[1:] != (cfg.hr_size, cfg.hr_size):
+        raise InputError(f"SR: x_HR of dtype {hr.dtype}, shape {hr.shape}; expected uint8 (N, {cfg.hr_size}, {cfg.hr_size})")
+    torch.manual_seed(seed)
+    lr = downsample(hr, cfg.lr_size)
+    fine = lr_source == "decoded"
+    if fine:
+        if vae is None or init_from is None:
+            raise InputError("SR fine-tuning on D(z) needs vae= (the autoencoder) and init_from= (the SR_base folder)")
+        lr = reconstruct(vae, lr)  # 5: "we fine-tune SR on D(z)"
+        unet = UNet2DModel.from_pretrained(str(Path(init_from) / "unet"))
+    else:
+        unet = build_sr_unet(cfg)
+    x_hr = to_unit(hr).expand(-1, cfg.channels, -1, -1)
+    cond = upsample_condition(to_unit(lr).expand(-1, cfg.channels, -1, -1), cfg.hr_size)
+    ddpm = make_scheduler("ddpm", cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.finetune_lr if fine else cfg.lr, weight_decay=0.0)
+    steps = cfg.finetune_steps if fine else cfg.steps
+
+    def step_fn(step, idx):
+        x0, c = x_hr[idx], cond[idx]
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, cfg.num_train_timesteps, (len(idx),))
+        pred = unet(sr_input(ddpm.add_noise(x0, noise, t), c), t).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.item()}
+
+    name = "SR fine (D(z))" if fine else "SR base (bicubic)"
+    log_df = train_loop(step_fn, len(x_hr), cfg.batch_size, steps, {"unet": unet}, opt, checkpoint_dir, seed,
+                        fingerprint(cfg, seed, lr_source, len(hr)), cfg.checkpoint_every, name, progress, stop_after)
+    if stop_after is not None and len(log_df) < steps:
+        return unet
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        unet.save_pretrained(str(tmp / "unet"))
+        ddim_from(ddpm).save_pretrained(str(tmp / "scheduler"))
+        (tmp / META_FILE).write_text(json.dumps({"config": asdict(cfg), "lr_source": lr_source,
+                                                 "init_from": str(init_from) if init_from else None}, indent=2))
+    write_training_log(log_df, out_dir, f"Cheff {name}")
+    finish_checkpoint(checkpoint_dir, keep_checkpoint)
+    return unet
+
+
+class SuperResolution:
+    """A trained SR model: ``upscale(x_LR uint8) -> x_HR uint8``."""
+
+    def __init__(self, unet, scheduler, ddim_steps: int = 25):
+        self.unet, self.scheduler, self.ddim_steps = unet.eval(), scheduler, ddim_steps
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "SuperResolution":
+        from diffusers import DDIMScheduler, UNet2DModel
+
+        folder = Path(folder)
+        if not (folder / META_FILE).is_file():
+            raise InputError(f"{folder} holds no Cheff SR model ({META_FILE} missing); expected a train_sr output")
+        meta = json.loads((folder / META_FILE).read_text())
+        return cls(UNet2DModel.from_pretrained(str(folder / "unet")), DDIMScheduler.from_pretrained(str(folder / "scheduler")),
+                   meta["config"]["ddim_steps"])
+
+    @torch.no_grad()
+    def upscale(self, lr_images: np.ndarray, steps: int | None = None, generator: torch.Generator | None = None,
+                batch_size: int = 32, progress: bool = True) -> np.ndarray:
+        c, size = self.unet.config.out_channels, self.unet.config.sample_size
+        out = []
+        for i in tqdm(range(0, len(lr_images), batch_size), desc="SR", disable=not progress, leave=False):
+            cond = upsample_condition(to_unit(lr_images[i:i + batch_size]).expand(-1, c, -1, -1), size)
+            x = ddim_sample(lambda x, t: self.unet(sr_input(x, cond), t).sample, self.scheduler, tuple(cond.shape),
+                            steps or self.ddim_steps, generator)
+            out.append(to_uint8(x))
+        return np.concatenate(out)

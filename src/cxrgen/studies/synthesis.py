@@ -1,0 +1,515 @@
+"""Generation from adapted pipelines and the evaluation of synthetic images (Chambon et al. 2022, 2.8, 3.4, 3.5;
+Tables 4 and 5; Figs. 1, 4, 5).
+
+* :func:`generate_set` writes one *synthetic set* per adapted model: ``images/<prompt>_<i>.png`` + ``manifest.csv``
+  in the layout of a materialised sample (so :func:`cxrgen.data.sampling.load_images` reads it back), with the
+  prompt name and text, the text actually sent to the model, seed, method, steps, guidance and sampler per image,
+  and the CheXpert labels the prompt asks for (``normal`` -> No Finding, ``effusion`` -> Pleural Effusion).
+  Image ``i`` of *every* prompt uses seed ``seed + i``: prompts are compared on paired starting noise, so a model
+  that ignores the prompt draws identical normal/effusion pairs and scores an AUC of exactly 0.5 in Table 5.
+* Table 4 (:func:`fid_table`): FID of each (method, prompt) set against the real images of the matching class
+  (normal prompt vs real No Finding images, effusion prompt vs real Pleural Effusion images, style prompt vs all
+  real images); every number carries the extractor's name and both set sizes.
+* Table 5 (:func:`classification_table`): the reference classifier on the 2n images of the effusion (positive)
+  and normal (negative) prompts: prevalence, AUC, accuracy, F1, precision, recall at the classifier's stored
+  threshold, with stratified bootstrap 95% CIs.
+* Rendering (:func:`render_synthesis`): both tables beside the published numbers (this run's method names mapped
+  to the paper's rows by :func:`paper_rows`), sample grids per method x prompt (Figs. 1/4) and training images
+  beside synthetic ones (Fig. 5).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from cxrgen.data.prompts import CHAMBON_PROMPTS
+from cxrgen.data.sampling import load_images
+from cxrgen.errors import InputError
+from cxrgen.io import atomic_path, write_csv_atomic
+from cxrgen.metrics.classification import METRICS
+from cxrgen.metrics.fid import frechet_distance
+
+log = logging.getLogger(__name__)
+
+#: CheXpert labels written into a synthetic set's manifest per prompt name (blank for prompts not listed).
+PROMPT_LABELS: dict[str, dict[str, float]] = {
+    "normal": {"No Finding": 1.0, "Pleural Effusion": 0.0},
+    "effusion": {"No Finding": 0.0, "Pleural Effusion": 1.0},
+}
+#: Real images each prompt's FID is measured against: a label column that must be 1, or None for all real images.
+PROMPT_REAL_CLASS: dict[str, str | None] = {"normal": "No Finding", "effusion": "Pleural Effusion", "style": None}
+#: Prompt names -> the column headers of the paper's Table 4 (reference/chambon2022/table4.csv, ``prompt``).
+PAPER_PROMPTS = {
+    "normal": "A photo of a lung xray",
+    "effusion": "A photo of a lung xray with a visible pleural effusion",
+    "style": "A photo in the style of a lung xray",
+}
+MANIFEST_COLUMNS = ["image_id", "file", "prompt_name", "prompt", "prompt_used", "index", "seed", "method",
+                    "adaptation", "steps", "guidance", "guidance_rescale", "scheduler", "height", "width",
+                    "foundation", "adapter"]
+TABLE4_COLUMNS = ["method", "prompt_name", "prompt", "real_subset", "fid", "extractor", "dim", "n_real", "n_fake",
+                  "note"]
+TABLE5_METRICS = ("auc", "accuracy", "f1", "precision", "recall")
+TABLE5_COLUMNS = (["method", "label", "n", "n_positive", "prevalence", "threshold"]
+                  + [c for m in TABLE5_METRICS for c in (m, f"{m}_ci_low", f"{m}_ci_high")] + ["note"])
+OWN_GROUP = "(this run only)"
+RESULT_FILES = {"table4": "table4.csv", "table5": "table5.csv"}
+
+
+# ------------------------------------------------------------------------------------------------ generation
+def _check_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
+        raise InputError(f"{what} {name!r}; expected a non-empty name of letters, digits, '_', '-', '.', '+' "
+                         "(it becomes part of file names)")
+    return name
+
+
+def generate_set(
+    pipeline,
+    prompts: Mapping[str, str],
+    n_per_prompt: int,
+    seed: int,
+    out_dir,
+    steps: int = 20,
+    guidance: float = 4.0,
+    batch_size: int = 8,
+    height: int | None = None,
+    guidance_rescale: float = 0.0,
+    method: str | None = None,
+    prompt_labels: Mapping[str, Mapping[str, float]] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Generate ``n_per_prompt`` images per prompt with an :class:`~cxrgen.adapt.pipeline.AdaptedPipeline` and write
+    them with ``manifest.csv`` into ``out_dir`` atomically. Returns the manifest.
+
+    ``prompts`` maps a short name (file-name safe, e.g. ``normal``) to the prompt text (e.g.
+    :data:`cxrgen.data.prompts.CHAMBON_PROMPTS`). ``method`` is this run's name for the model (default: the
+    adapter's method). ``prompt_labels`` (default :data:`PROMPT_LABELS`) adds label columns per prompt name.
+    """
+    if not isinstance(prompts, Mapping) or not prompts:
+        raise InputError(f"prompts={prompts!r}; expected a non-empty mapping name -> prompt text")
+    for name, text in prompts.items():
+        _check_name(name, "prompt name")
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(f"prompt {name!r} has text {text!r}; expected a non-empty string")
+    if int(n_per_prompt) < 1:
+        raise InputError(f"n_per_prompt={n_per_prompt!r}; expected a positive integer")
+    method = _check_name(method or pipeline.method, "method name")
+    labels = PROMPT_LABELS if prompt_labels is None else prompt_labels
+    label_cols = list(dict.fromkeys(c for name in prompts for c in labels.get(name, {})))
+    rows = []
+    with atomic_path(out_dir) as tmp:
+        (tmp / "images").mkdir(parents=True)
+        for name, text in tqdm(prompts.items(), desc=f"synthesise {method}", disable=not progress):
+            images = pipeline.generate(text, int(n_per_prompt), int(seed), steps=steps, guidance=guidance,
+                                       batch_size=batch_size, height=height, progress=progress,
+                                       guidance_rescale=guidance_rescale)
+            for i, img in enumerate(images):
+                image_id = f"{name}_{i:04d}"
+                file = f"images/{image_id}.png"
+                Image.fromarray(img).save(tmp / file)
+                row = {
+                    "image_id": image_id, "file": file, "prompt_name": name, "prompt": text,
+                    "prompt_used": pipeline.prompt_text(text), "index": i, "seed": int(seed) + i, "method": method,
+                    "adaptation": pipeline.method, "steps": int(steps), "guidance": float(guidance),
+                    "guidance_rescale": float(guidance_rescale), "scheduler": pipeline.scheduler_name,
+                    "height": img.shape[0], "width": img.shape[1], "foundation": pipeline.foundation,
+                    "adapter": pipeline.adapter_dir or "",
+                }
+                row.update({c: labels.get(name, {}).get(c, np.nan) for c in label_cols})
+                rows.append(row)
+        manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS + label_cols)
+        manifest.to_csv(tmp / "manifest.csv", index=False)
+    return manifest
+
+
+def load_set(folder) -> tuple[np.ndarray, pd.DataFrame]:
+    """A synthetic set written by :func:`generate_set`: uint8 (N,H,W) images and the manifest."""
+    images, manifest = load_images(folder)
+    missing = [c for c in ("prompt_name", "method") if c not in manifest.columns]
+    if missing:
+        raise InputError(f"{Path(folder) / 'manifest.csv'} lacks columns {missing}; expected a synthetic set written "
+                         "by cxrgen.studies.synthesis.generate_set")
+    return images, manifest
+
+
+def _as_set(value, name: str) -> tuple[np.ndarray, pd.DataFrame]:
+    if isinstance(value, (str, Path)):
+        return load_set(value)
+    try:
+        images, manifest = value
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"set {name!r}: expected a folder or an (images, manifest) pair") from exc
+    if len(images) != len(manifest):
+        raise InputError(f"set {name!r}: {len(images)} images but {len(manifest)} manifest rows; expected one row each")
+    return np.asarray(images), manifest.reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------------ Table 4
+def real_subset_mask(real_manifest: pd.DataFrame, prompt_name: str,
+                     real_classes: Mapping[str, str | None] | None = None) -> tuple[np.ndarray, str]:
+    """Boolean mask of the real images a prompt is compared with, and a description (e.g. ``No Finding == 1``)."""
+    classes = PROMPT_REAL_CLASS if real_classes is None else real_classes
+    label = classes.get(prompt_name)
+    if label is None:
+        return np.ones(len(real_manifest), dtype=bool), "all"
+    if label not in real_manifest.columns:
+        raise InputError(f"real images' manifest has no column {label!r} (needed for prompt {prompt_name!r}); "
+                         f"columns: {list(real_manifest.columns)}")
+    return (real_manifest[label].astype("float64") == 1.0).to_numpy(), f"{label} == 1"
+
+
+def fid_table(
+    sets: Mapping[str, object],
+    real_images,
+    real_manifest: pd.DataFrame,
+    extractor="reference",
+    classifier=None,
+    real_classes: Mapping[str, str | None] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Chambon Table 4 as a long frame: one row per (method, prompt) with the FID against the matching real images.
+
+    ``sets`` maps this run's method name to a synthetic-set folder or an ``(images, manifest)`` pair.
+    ``extractor``: ``"reference"`` (the reference classifier's penultimate features; needs ``classifier``),
+    ``"inception"``, ``"xrv"`` or a :class:`~cxrgen.metrics.features.FeatureExtractor`. Real features are computed
+    once. A pair with fewer than 2 images on a side gets NaN and a ``note``.
+    """
+    from cxrgen.studies.vae_reconstruction import make_fid_extractor
+
+    if len(real_images) != len(real_manifest):
+        raise InputError(f"{len(real_images)} real images but {len(real_manifest)} manifest rows; expected one row each")
+    ext = make_fid_extractor(extractor, classifier)
+    f_real = ext(np.asarray(real_images)).double().numpy()
+    rows = []
+    for method, value in tqdm(sets.items(), desc="FID per method", disable=not progress):
+        images, manifest = _as_set(value, method)
+        f_fake = ext(images).double().numpy()
+        for prompt_name, grp in manifest.groupby("prompt_name", sort=False):
+            mask, desc = real_subset_mask(real_manifest, prompt_name, real_classes)
+            fr, ff = f_real[mask], f_fake[grp.index.to_numpy()]
+            row = {"method": method, "prompt_name": prompt_name, "prompt": str(grp["prompt"].iloc[0]),
+                   "real_subset": desc, "fid": np.nan, "extractor": ext.name, "dim": int(f_real.shape[1]),
+                   "n_real": int(fr.shape[0]), "n_fake": int(ff.shape[0]), "note": ""}
+            if fr.shape[0] < 2 or ff.shape[0] < 2:
+                row["note"] = f"FID needs >= 2 images per side (real {fr.shape[0]}, synthetic {ff.shape[0]})"
+            else:
+                row["fid"] = frechet_distance(fr, ff)
+            rows.append(row)
+    return pd.DataFrame(rows, columns=TABLE4_COLUMNS)
+
+
+# ------------------------------------------------------------------------------------------------ Table 5
+def classification_table(
+    sets: Mapping[str, object],
+    classifier,
+    label: str = "Pleural Effusion",
+    positive: str = "effusion",
+    negative: str = "normal",
+    n_boot: int = 200,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Chambon Table 5: per method, the reference classifier's ``label`` scores on the ``positive`` prompt's images
+    (target 1) and the ``negative`` prompt's (target 0), at the classifier's stored threshold, with CIs.
+
+    Targets come from the prompt name, not from the manifest's label columns, so any two prompts can be compared.
+    """
+    from cxrgen.classify.reference import evaluate_classifier
+
+    rows = []
+    for method, value in sets.items():
+        images, manifest = _as_set(value, method)
+        pos = (manifest["prompt_name"] == positive).to_numpy()
+        neg = (manifest["prompt_name"] == negative).to_numpy()
+        row = {c: np.nan for c in TABLE5_COLUMNS}
+        row.update(method=method, label=label, n=int(pos.sum() + neg.sum()), n_positive=int(pos.sum()), note="")
+        if not pos.any() or not neg.any():
+            row["note"] = (f"set has {int(pos.sum())} {positive!r} and {int(neg.sum())} {negative!r} images; "
+                           "expected both prompts")
+            rows.append(row)
+            continue
+        keep = pos | neg
+        targets = pd.DataFrame({label: pos[keep].astype(float)})
+        t = evaluate_classifier(classifier, images[keep], targets, [label], n_boot=n_boot, seed=seed).iloc[0]
+        row.update({c: t[c] for c in ("n", "prevalence", "threshold") + tuple(
+            x for m in TABLE5_METRICS for x in (m, f"{m}_ci_low", f"{m}_ci_high"))})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=TABLE5_COLUMNS)
+
+
+# ------------------------------------------------------------------------------------------------ workflow entry
+def run_synthesis_evaluation(
+    set_dirs: Mapping[str, object],
+    real_dir,
+    classifier_spec,
+    out_dir,
+    extractor: str = "reference",
+    n_boot: int = 200,
+    seed: int = 0,
+    label: str = "Pleural Effusion",
+    progress: bool = True,
+) -> dict[str, pd.DataFrame]:
+    """Tables 4 and 5 for synthetic-set folders (method name -> folder) against the real sample ``real_dir``;
+    writes ``table4.csv`` and ``table5.csv`` into ``out_dir``. ``classifier_spec``: a folder or ``xrv:<weights>``."""
+    from cxrgen.classify.reference import load_reference_classifier
+
+    if not set_dirs:
+        raise InputError("set_dirs is empty; expected at least one method -> synthetic-set folder")
+    classifier = load_reference_classifier(classifier_spec)
+    real_images, real_manifest = load_images(real_dir)
+    sets = {m: _as_set(v, m) for m, v in set_dirs.items()}
+    result = {
+        "table4": fid_table(sets, real_images, real_manifest, extractor, classifier, progress=progress),
+        "table5": classification_table(sets, classifier, label=label, n_boot=n_boot, seed=seed),
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for key, fname in RESULT_FILES.items():
+        write_csv_atomic(result[key], out / fname)
+    for _, r in result["table4"].iterrows():
+        log.info("FID %s / %s vs real %s [%s, n %d vs %d]: %.4g", r["method"], r["prompt_name"], r["real_subset"],
+                 r["extractor"], r["n_real"], r["n_fake"], r["fid"])
+    for _, r in result["table5"].iterrows():
+        log.info("Table 5 %s: AUC %.3f (n %d)", r["method"], r["auc"], r["n"])
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ paper rows
+def _tokens(name: str) -> set[str]:
+    return set(re.split(r"[^a-z0-9]+", name.lower())) - {""}
+
+
+def default_paper_rows(method: str) -> dict:
+    """The paper's rows a run method name stands for: ``{"table4": (strategy_group, method) | None, "table5": name
+    | None}``, recognised from words in the name (separated by ``_``, ``-``, ``.``):
+
+    * ``...projection...`` + ``doc``/``document`` | ``token`` | ``none``/``no``: the textual-projection rows;
+    * ``...inversion...``/``ti``/``embedding`` + ``object``/``style`` + ``radiology``/``lung``: "Token embedding
+      training" rows (Table 4) and "Textual Inversion" (Table 5, one paper row for all variants);
+    * ``unet``/``u-net`` + ``prior`` (not ``no``): "... with prior" / "U-Net, with prior"; + ``abnormality``/
+      ``abnormal``/``effusion``/``all``: "... no findings and abnormality" / "U-Net, no prior" (the paper's
+      no-prior model that saw both classes); otherwise "Trained on no findings" (no Table 5 row);
+    * ``none``/``baseline``/``original``/``foundation``: "Stable Diffusion" / "Original Model".
+    """
+    t, s = _tokens(method), method.lower()
+    if "projection" in s:
+        if t & {"doc", "document", "docs"}:
+            return {"table4": ("Textual Projection", "Document-level projection"), "table5": "Textual Projection (Doc.)"}
+        if t & {"token", "tok", "tokens"}:
+            return {"table4": ("Textual Projection", "Token-level projection"), "table5": "Textual Projection (Token)"}
+        if t & {"none", "no", "identity", "noproj"}:
+            return {"table4": ("Textual Projection", "No Projection"), "table5": None}
+        return {"table4": None, "table5": None}
+    if "inversion" in s or t & {"ti", "embedding", "embeddings"}:
+        template = "Object" if "object" in t else "Style" if "style" in t else None
+        vocab = "radiology" if "radiology" in t else "lung" if "lung" in t else None
+        t4 = ("Token embedding training", f"{template}, {vocab}") if template and vocab else None
+        return {"table4": t4, "table5": "Textual Inversion"}
+    if "unet" in t or "u" in t and "net" in t or s.startswith("unet"):
+        if "prior" in t and not t & {"no", "noprior", "without"}:
+            return {"table4": ("U-Net training", "Trained on no findings and abnormality with prior"),
+                    "table5": "U-Net, with prior"}
+        if t & {"abnormality", "abnormal", "effusion", "all", "both"}:
+            return {"table4": ("U-Net training", "Trained on no findings and abnormality"), "table5": "U-Net, no prior"}
+        return {"table4": ("U-Net training", "Trained on no findings"), "table5": None}
+    if t & {"none", "baseline", "original", "foundation"}:
+        return {"table4": ("Original model", "Stable Diffusion"), "table5": "Original Model"}
+    return {"table4": None, "table5": None}
+
+
+def paper_rows(methods: Sequence[str], overrides: Mapping[str, Mapping] | None = None) -> dict[str, dict]:
+    """Paper rows for each run method, in order: :func:`default_paper_rows` unless ``overrides[method]`` gives
+    ``table4`` (``[strategy_group, method]`` or null) and/or ``table5`` (a name or null).
+
+    A paper row is claimed by the first method that maps to it; later methods mapping to the same row (e.g. a second
+    textual-inversion variant for Table 5's single "Textual Inversion" row) are listed under their own names.
+    """
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - set(methods))
+    if unknown:
+        raise InputError(f"paper-name overrides for unknown methods {unknown}; expected some of {list(methods)}")
+    out, claimed = {}, {"table4": set(), "table5": set()}
+    for m in methods:
+        rows = dict(default_paper_rows(m))
+        for key, value in (overrides.get(m) or {}).items():
+            if key not in ("table4", "table5"):
+                raise InputError(f"paper-name override for {m!r} has key {key!r}; expected 'table4' and/or 'table5'")
+            if key == "table4" and value is not None:
+                if len(value) != 2:
+                    raise InputError(f"paper-name override {m}.table4={value!r}; expected [strategy_group, method]")
+                value = tuple(value)
+            rows[key] = value
+        for key in ("table4", "table5"):
+            if rows[key] is not None and rows[key] in claimed[key]:
+                rows[key] = None
+            if rows[key] is not None:
+                claimed[key].add(rows[key])
+        out[m] = rows
+    return out
+
+
+def _display_name(method: str, rows: dict) -> str:
+    if rows.get("table4"):
+        return rows["table4"][1]
+    return rows.get("table5") or method
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+def table4_beside_paper(ours: pd.DataFrame, rows: Mapping[str, dict]) -> tuple[pd.DataFrame, dict]:
+    """This run's Table 4 frame joined with the paper's on (strategy_group, method, prompt)."""
+    from cxrgen.render.reference import load_reference
+    from cxrgen.render.tables import OURS, side_by_side
+
+    paper, meta = load_reference("chambon2022", "table4")
+    t = ours.copy()
+    t["run_method"] = t["method"]
+    t["strategy_group"] = [rows[m]["table4"][0] if rows[m]["table4"] else OWN_GROUP for m in t["run_method"]]
+    t["method"] = [rows[m]["table4"][1] if rows[m]["table4"] else m for m in t["run_method"]]
+    t["prompt"] = [PAPER_PROMPTS.get(p, txt) for p, txt in zip(t["prompt_name"], t["prompt"])]
+    keys = ["strategy_group", "method", "prompt"]
+    out = side_by_side(paper, t, keys=keys, value_cols=["fid"])
+    extra = t.set_index(keys)
+    idx = pd.MultiIndex.from_frame(out[keys])
+    out[f"extractor {OURS}"] = extra["extractor"].reindex(idx).to_numpy()
+    out[f"n real {OURS}"] = extra["n_real"].reindex(idx).astype("Int64").to_numpy()
+    out[f"n synthetic {OURS}"] = extra["n_fake"].reindex(idx).astype("Int64").to_numpy()
+    out[f"real subset {OURS}"] = extra["real_subset"].reindex(idx).to_numpy()
+    out["run method"] = extra["run_method"].reindex(idx).to_numpy()
+    return out, meta
+
+
+def table5_beside_paper(ours: pd.DataFrame, rows: Mapping[str, dict]) -> tuple[pd.DataFrame, dict]:
+    """This run's Table 5 frame joined with the paper's on the method name (CI cells: ``value [low, high]``)."""
+    from cxrgen.render.reference import load_reference
+    from cxrgen.render.tables import OURS, side_by_side
+
+    paper, meta = load_reference("chambon2022", "table5")
+    t = ours.copy()
+    t["run_method"] = t["method"]
+    t["method"] = [rows[m]["table5"] or m for m in t["run_method"]]
+    out = side_by_side(paper, t, keys=["method"], value_cols=["prevalence"] + list(TABLE5_METRICS))
+    extra = t.set_index("method")
+    out[f"n {OURS}"] = extra["n"].reindex(out["method"]).astype("Int64").to_numpy()
+    out[f"threshold {OURS}"] = extra["threshold"].reindex(out["method"]).to_numpy()
+    out["run method"] = extra["run_method"].reindex(out["method"]).to_numpy()
+    return out, meta
+
+
+def samples_figure(sets: Mapping[str, object], out_stem, prompt_names: Sequence[str] | None = None, n_show: int = 4,
+                   row_names: Mapping[str, str] | None = None, title: str | None = None) -> dict:
+    """Chambon Figs. 1 / 4: one row per method, ``n_show`` samples per prompt side by side (blank if fewer)."""
+    from cxrgen.render.figures import image_grid
+
+    loaded = {m: _as_set(v, m) for m, v in sets.items()}
+    if not loaded:
+        raise InputError("samples_figure: no synthetic sets given")
+    if prompt_names is None:
+        prompt_names = list(dict.fromkeys(p for _, man in loaded.values() for p in man["prompt_name"]))
+    grid, labels = [], []
+    for m, (images, manifest) in loaded.items():
+        row = []
+        for p in prompt_names:
+            idx = np.flatnonzero((manifest["prompt_name"] == p).to_numpy())[:n_show]
+            row += [images[i] for i in idx] + [None] * (n_show - len(idx))
+        grid.append(row)
+        labels.append((row_names or {}).get(m, m))
+    cols = [f"{p} {j + 1}" for p in prompt_names for j in range(n_show)]
+    return image_grid(grid, labels, cols, out_stem, title=title)
+
+
+def training_vs_synthetic_figure(real_images, real_manifest: pd.DataFrame, synthetic, out_stem, n_show: int = 4,
+                                 prompt_classes: Mapping[str, str] | None = None, title: str | None = None) -> dict:
+    """Chambon Fig. 5: per class, ``n_show`` real (training) images on the left, synthetic ones on the right.
+
+    ``prompt_classes`` maps a prompt name to the real label column it depicts (default: normal -> No Finding,
+    effusion -> Pleural Effusion); real images are the first ``n_show`` rows with that label equal to 1.
+    """
+    from cxrgen.render.figures import image_grid
+
+    classes = prompt_classes or {p: c for p, c in PROMPT_REAL_CLASS.items() if c}
+    syn_images, syn_manifest = _as_set(synthetic, "synthetic")
+    grid, labels = [], []
+    for prompt, label in classes.items():
+        mask, _ = real_subset_mask(real_manifest, prompt, {prompt: label})
+        real = [real_images[i] for i in np.flatnonzero(mask)[:n_show]]
+        syn = [syn_images[i] for i in np.flatnonzero((syn_manifest["prompt_name"] == prompt).to_numpy())[:n_show]]
+        grid.append(real + [None] * (n_show - len(real)) + syn + [None] * (n_show - len(syn)))
+        labels.append(label)
+    cols = [f"real {j + 1}" for j in range(n_show)] + [f"synthetic {j + 1}" for j in range(n_show)]
+    return image_grid(grid, labels, cols, out_stem, title=title)
+
+
+def render_synthesis(
+    eval_dir,
+    set_dirs: Mapping[str, object],
+    table4_stem,
+    table5_stem,
+    samples_stem,
+    fig5_stem=None,
+    train_dir=None,
+    fig5_method: str | None = None,
+    scale: str = "miniature",
+    paper_names: Mapping[str, Mapping] | None = None,
+    n_show: int = 4,
+) -> dict:
+    """Tables 4 and 5 beside the paper's (CSV + Markdown + LaTeX), the sample grid (Figs. 1/4) and, given
+    ``train_dir`` (the fine-tuning images), Fig. 5 for ``fig5_method`` (default: the last method, usually the
+    most adapted). ``eval_dir`` holds :func:`run_synthesis_evaluation`'s CSVs."""
+    from cxrgen.render.reference import paper_table_label
+    from cxrgen.render.tables import write_table
+
+    eval_dir = Path(eval_dir)
+    frames = {k: pd.read_csv(eval_dir / f, keep_default_na=False, na_values=[""]) for k, f in RESULT_FILES.items()}
+    methods = list(dict.fromkeys(list(set_dirs) + list(frames["table4"]["method"]) + list(frames["table5"]["method"])))
+    rows = paper_rows(methods, paper_names)
+    paths = {}
+
+    t4, meta4 = table4_beside_paper(frames["table4"], rows)
+    ext = ", ".join(sorted(frames["table4"]["extractor"].dropna().unique())) or "none"
+    paths["table4"] = write_table(
+        t4, table4_stem,
+        caption=(f"FID of synthetic images per adaptation method and prompt, each against real images of the matching "
+                 f"class (normal prompt: No Finding; effusion prompt: Pleural Effusion; style prompt: all); lower is "
+                 f"better. This run's features: {ext}; set sizes per row. The paper's values (< 1, normalisation not "
+                 f"stated) are not on the same scale as this run's, so compare rankings, not values."),
+        scale=scale, paper_table=paper_table_label(meta4), float_format=".3f",
+    )
+    t5, meta5 = table5_beside_paper(frames["table5"], rows)
+    paths["table5"] = write_table(
+        t5, table5_stem,
+        caption=("Reference classifier (DenseNet-121) on synthetic images: Pleural Effusion scores of images from the "
+                 "effusion prompt (positive) and the normal prompt (negative), at the classifier's stored threshold; "
+                 "this run's cells show the value and a stratified bootstrap 95% CI. A threshold chosen on real "
+                 "images can be miscalibrated on synthetic ones: AUC is the threshold-free comparison."),
+        scale=scale, paper_table=paper_table_label(meta5), float_format=".3f",
+    )
+    names = {m: _display_name(m, rows[m]) for m in methods}
+    paths["samples"] = samples_figure(set_dirs, samples_stem, n_show=n_show, row_names=names,
+                                      title=f"Synthetic images per method and prompt ({scale})")
+    if fig5_stem is not None:
+        if train_dir is None:
+            raise InputError("render_synthesis: fig5_stem given without train_dir (the fine-tuning images)")
+        method = fig5_method or list(set_dirs)[-1]
+        if method not in set_dirs:
+            raise InputError(f"fig5_method={method!r}; expected one of {list(set_dirs)}")
+        real_images, real_manifest = load_images(train_dir)
+        paths["fig5"] = training_vs_synthetic_figure(
+            real_images, real_manifest, set_dirs[method], fig5_stem, n_show=n_show,
+            title=f"Training images (left) and synthetic images of {names[method]} (right) ({scale})")
+    return paths
+
+
+__all__ = [
+    "PROMPT_LABELS", "PROMPT_REAL_CLASS", "PAPER_PROMPTS", "CHAMBON_PROMPTS", "METRICS", "generate_set", "load_set",
+    "real_subset_mask", "fid_table", "classification_table", "run_synthesis_evaluation", "default_paper_rows",
+    "paper_rows", "table4_beside_paper", "table5_beside_paper", "samples_figure", "training_vs_synthetic_figure",
+    "render_synthesis",
+]
