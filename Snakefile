@@ -15,6 +15,8 @@ include: "rules/foundation.smk"
 include: "rules/text_encoders.smk"
 include: "rules/reference_classifier.smk"
 include: "rules/vae.smk"
+include: "rules/adapt.smk"
+include: "rules/synthesis.smk"
 include: "rules/report.smk"
 
 

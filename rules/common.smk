@@ -1,5 +1,6 @@
 # Helpers shared by the workflow: config validation, result paths, input functions.
 
+import re
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -19,6 +20,20 @@ for _section, _key in [("vae_study", "sample"), *(("reference_classifier", k) fo
         raise WorkflowError(
             f"config {_section}.{_key}={config[_section][_key]!r} is not a configured sample; expected one of {SAMPLES}"
         )
+# adapted models (Chambon 2.5-2.7): name -> {method, sample, settings}; "none" is the foundation as is
+ADAPTED = {m["name"]: m for m in config["adaptation"]["methods"]}
+if len(ADAPTED) != len(config["adaptation"]["methods"]):
+    _names = [m["name"] for m in config["adaptation"]["methods"]]
+    raise WorkflowError(f"config adaptation.methods: duplicate names {sorted({n for n in _names if _names.count(n) > 1})}; expected each name once")
+TRAINED = [name for name, m in ADAPTED.items() if m["method"] != "none"]
+for _name, _m in ADAPTED.items():
+    _sample = _m.get("sample", config["adaptation"]["sample"])
+    if _m["method"] in ("textual_inversion", "unet") and _sample not in config["samples"]:
+        raise WorkflowError(f"config adaptation.methods[{_name}].sample={_sample!r} is not a configured sample; expected one of {SAMPLES}")
+if config["synthesis"]["real_sample"] not in config["samples"]:
+    raise WorkflowError(f"config synthesis.real_sample={config['synthesis']['real_sample']!r} is not a configured sample; expected one of {SAMPLES}")
+ADAPT_DIR = f"{MODELS_DIR}/adapted"
+SYNTH_DIR = "results/synthesis"
 CLASSIFIER_DIR = "results/reference_classifier"
 # the reference classifier: trained here, or torchxrayvision weights by name ("xrv:densenet121-res224-all")
 REFERENCE_CLASSIFIER = (
@@ -55,6 +70,36 @@ def text_corpus_input(wildcards):
     return [] if wildcards.corpus == "openi" else f"{DATA_DIR}/table.csv"
 
 
+def name_pattern(names):
+    """A wildcard constraint matching exactly these names (nothing when the list is empty)."""
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
+
+
+def adaptation_inputs(wildcards):
+    """What an adaptation trains on: the few-shot sample (TI, U-Net) or the foundation's captions (projection)."""
+    spec = ADAPTED[wildcards.adapted]
+    sample = spec.get("sample", config["adaptation"]["sample"])
+    return [f"{DATA_DIR}/samples/{sample}"] if spec["method"] in ("textual_inversion", "unet") else []
+
+
+def adapter_input(wildcards):
+    """The adapted-model folder a synthetic set comes from; none for the foundation as is."""
+    return [] if ADAPTED[wildcards.adapted]["method"] == "none" else [f"{ADAPT_DIR}/{wildcards.adapted}"]
+
+
+def fig5_method():
+    """The adapted model shown beside its training images (Chambon Fig. 5): configured, or the last one."""
+    name = config["synthesis"]["fig5_method"] or list(ADAPTED)[-1]
+    if name not in ADAPTED:
+        raise WorkflowError(f"config synthesis.fig5_method={name!r}; expected one of {list(ADAPTED)}")
+    return name
+
+
+def fig5_sample():
+    """The sample the Fig. 5 model was fine-tuned on (the adaptation sample for models without one)."""
+    return ADAPTED[fig5_method()].get("sample", config["adaptation"]["sample"])
+
+
 def reported_outputs():
     """The tables and figures of this run with the rule that makes each and what it shows (results/README.md)."""
     items = [
@@ -70,6 +115,12 @@ def reported_outputs():
             items.append(
                 (f"results/tables/chambon2022_table{n}_{corpus}.md", "render_text_encoder_study", f"{what} on {corpus} (Chambon Table {n})")
             )
+    items += [
+        ("results/tables/chambon2022_table4.md", "render_synthesis", "FID per adaptation method and prompt (Chambon Table 4)"),
+        ("results/tables/chambon2022_table5.md", "render_synthesis", "reference classifier on synthetic images (Chambon Table 5)"),
+        ("results/figures/chambon2022_samples.png", "render_synthesis", "synthetic images per method and prompt (Chambon Figs. 1, 4)"),
+        ("results/figures/chambon2022_fig5.png", "render_synthesis", "training images beside synthetic ones (Chambon Fig. 5)"),
+    ]
     if config["foundation"]["model"] == "build":
         items.append((f"{FOUNDATION}/preview.png", "foundation", "samples of the miniature foundation model"))
     return [{"path": path, "rule": rule, "description": what} for path, rule, what in items]

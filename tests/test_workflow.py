@@ -56,7 +56,8 @@ def test_missing_dataset_root_is_a_clear_error(workdir):
 def test_default_dry_run_plans_every_stage(workdir):
     proc = run_snakemake("-n", "--quiet", "rules", cwd=workdir)
     planned = proc.stdout + proc.stderr
-    for rule in ("phantom_dataset", "dataset_table", "sample", "data_summary", "foundation", "text_encoder_study"):
+    for rule in ("phantom_dataset", "dataset_table", "sample", "data_summary", "foundation", "text_encoder_study",
+                 "adapt_textual_projection", "adapt_few_shot", "synthesize", "evaluate_synthesis", "render_synthesis"):
         assert rule in planned, f"{rule} missing from the default plan:\n{planned}"
 
 
@@ -82,6 +83,16 @@ def test_smoke_run_completes_and_is_deterministic(workdir):
         md = (results / "tables" / f"{table}.md").read_text()
         assert "(paper)" in md and "(this run)" in md and "miniature" in md
     assert (results / "figures" / "chambon2022_fig3.png").is_file()
+    # every configured adapted model gave a synthetic set, scored in Tables 4 and 5 beside the paper
+    table4 = (results / "synthesis" / "evaluation" / "table4.csv").read_text()
+    for method in ("original", "projection_token", "inversion_object_radiology", "unet_abnormality_prior"):
+        assert (results / "synthesis" / method / "manifest.csv").is_file()
+        assert method in table4
+    for table in ("chambon2022_table4", "chambon2022_table5"):
+        md = (results / "tables" / f"{table}.md").read_text()
+        assert "(paper)" in md and "(this run)" in md and "miniature" in md
+    for fig in ("chambon2022_samples", "chambon2022_fig5"):
+        assert (results / "figures" / f"{fig}.png").is_file()
     metrics = (results / "reference_classifier" / "test_metrics.csv").read_text().splitlines()
     assert metrics[0].startswith("label,n,prevalence") and len(metrics) == 13  # header + 12 Chambon labels
     index = (results / "README.md").read_text()
@@ -90,8 +101,9 @@ def test_smoke_run_completes_and_is_deterministic(workdir):
     (results / "tables" / "chambon2022_table1.md").unlink()
     plan = run_snakemake("-n", "render", "--configfile", "configs/smoke.yaml", cwd=workdir).stdout
     assert "render_vae_study" in plan
-    for training in ("foundation", "reference_classifier ", "vae_study ", "text_encoder_study "):
-        assert f"rule {training.strip()}:" not in plan, plan
+    for training in ("foundation", "reference_classifier", "vae_study", "text_encoder_study", "adapt_few_shot",
+                     "adapt_textual_projection", "synthesize"):
+        assert f"rule {training}:" not in plan, plan
     first = _hash_tree(data)
     # a second run from scratch gives byte-identical outputs
     shutil.rmtree(workdir / "results")

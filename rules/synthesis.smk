@@ -1,0 +1,93 @@
+# Synthetic images from every adapted model and their evaluation (Chambon et al. 2.8, 3.4, 3.5):
+# FID per method and prompt (Table 4), the reference classifier on them (Table 5), sample grids (Figs. 1, 4, 5).
+
+SYNTH_CATEGORY = "Synthesis (Chambon Tables 4, 5; Figs. 1, 4, 5)"
+
+
+rule synthesize:
+    """n images per prompt from one adapted model; image i of every prompt starts from the noise of seed + i."""
+    input:
+        adapter=adapter_input,
+        foundation=foundation_input,
+    output:
+        directory(f"{SYNTH_DIR}/{{adapted}}"),
+    wildcard_constraints:
+        adapted=name_pattern(list(ADAPTED)),
+    params:
+        synthesis=config["synthesis"],
+        foundation=FOUNDATION,
+        seed=config["seed"],
+    log:
+        "logs/synthesis/{adapted}.log",
+    benchmark:
+        "benchmarks/synthesis/{adapted}.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/cxrgen.yaml"
+    script:
+        "../scripts/synthesize.py"
+
+
+rule evaluate_synthesis:
+    """Table 4 (FID vs real images of the matching class) and Table 5 (classifier on the synthetic images)."""
+    input:
+        sets=expand(f"{SYNTH_DIR}/{{adapted}}", adapted=list(ADAPTED)),
+        real=f"{DATA_DIR}/samples/{config['synthesis']['real_sample']}",
+        classifier=reference_classifier_input,
+    output:
+        table4=f"{SYNTH_DIR}/evaluation/table4.csv",
+        table5=f"{SYNTH_DIR}/evaluation/table5.csv",
+    params:
+        methods=list(ADAPTED),
+        synthesis=config["synthesis"],
+        classifier=REFERENCE_CLASSIFIER,
+        seed=config["seed"],
+    log:
+        "logs/synthesis/evaluate_synthesis.log",
+    benchmark:
+        "benchmarks/synthesis/evaluate_synthesis.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/cxrgen.yaml"
+    script:
+        "../scripts/evaluate_synthesis.py"
+
+
+rule render_synthesis:
+    """Tables 4 and 5 beside the paper's, the sample grid (Figs. 1, 4) and training vs synthetic images (Fig. 5)."""
+    input:
+        sets=rules.evaluate_synthesis.input.sets,
+        table4=rules.evaluate_synthesis.output.table4,
+        table5=rules.evaluate_synthesis.output.table5,
+        train=f"{DATA_DIR}/samples/{fig5_sample()}",
+    output:
+        **{
+            f"table{n}_{ext}": report(f"results/tables/chambon2022_table{n}.{ext}", caption=f"../report/synthesis_table{n}.rst", category=SYNTH_CATEGORY)
+            for n in (4, 5)
+            for ext in ("csv", "md", "tex")
+        },
+        **{
+            f"{fig}_{ext}": report(f"results/figures/chambon2022_{fig}.{ext}", caption=f"../report/synthesis_{fig}.rst", category=SYNTH_CATEGORY)
+            for fig in ("samples", "fig5")
+            for ext in ("png", "pdf")
+        },
+    params:
+        methods=list(ADAPTED),
+        synthesis=config["synthesis"],
+        fig5_method=fig5_method(),
+        scale=config["scale"],
+    log:
+        "logs/synthesis/render_synthesis.log",
+    localrule: True
+    conda:
+        "../envs/cxrgen.yaml"
+    script:
+        "../scripts/render_synthesis.py"
