@@ -379,8 +379,8 @@ def table4_beside_paper(ours: pd.DataFrame, rows: Mapping[str, dict]) -> tuple[p
     extra = t.set_index(keys)
     idx = pd.MultiIndex.from_frame(out[keys])
     out[f"extractor {OURS}"] = extra["extractor"].reindex(idx).to_numpy()
-    out[f"n real {OURS}"] = extra["n_real"].reindex(idx).astype("Int64").to_numpy()
-    out[f"n synthetic {OURS}"] = extra["n_fake"].reindex(idx).astype("Int64").to_numpy()
+    out[f"n real {OURS}"] = extra["n_real"].reindex(idx).astype("Int64").array
+    out[f"n synthetic {OURS}"] = extra["n_fake"].reindex(idx).astype("Int64").array
     out[f"real subset {OURS}"] = extra["real_subset"].reindex(idx).to_numpy()
     out["run method"] = extra["run_method"].reindex(idx).to_numpy()
     return out, meta
@@ -397,7 +397,7 @@ def table5_beside_paper(ours: pd.DataFrame, rows: Mapping[str, dict]) -> tuple[p
     t["method"] = [rows[m]["table5"] or m for m in t["run_method"]]
     out = side_by_side(paper, t, keys=["method"], value_cols=["prevalence"] + list(TABLE5_METRICS))
     extra = t.set_index("method")
-    out[f"n {OURS}"] = extra["n"].reindex(out["method"]).astype("Int64").to_numpy()
+    out[f"n {OURS}"] = extra["n"].reindex(out["method"]).astype("Int64").array
     out[f"threshold {OURS}"] = extra["threshold"].reindex(out["method"]).to_numpy()
     out["run method"] = extra["run_method"].reindex(out["method"]).to_numpy()
     return out, meta
