@@ -360,7 +360,8 @@ def make_report(study_or_labels, rng: np.random.Generator) -> tuple[str, str]:
     impression: list[str] = []
 
     hedged: dict[str, str] = {}
-    for label in unc - {"No Finding", "Support Devices"}:
+    # in label order, not set order: rng draws must not depend on PYTHONHASHSEED
+    for label in [l for l in CHEXPERT_LABELS if l in unc and l not in ("No Finding", "Support Devices")]:
         np_text = _fill(_choice(rng, _UNCERTAIN_NP[label]), fields[label])
         np_text = np_text[0].lower() + np_text[1:]
         hedged[label] = _fill(_choice(rng, _UNCERTAIN_WRAP), {"np": np_text, "Np": np_text[0].upper() + np_text[1:]})
