@@ -91,3 +91,60 @@ rule render_synthesis:
         "../envs/cxrgen.yaml"
     script:
         "../scripts/render_synthesis.py"
+
+
+rule memorization:
+    """Privacy: nearest fine-tuning image of every synthetic image (features, SSIM), calibrated on other real patients."""
+    input:
+        sets=rules.evaluate_synthesis.input.sets,
+        train=f"{DATA_DIR}/samples/{config['adaptation']['sample']}",
+        real=f"{DATA_DIR}/samples/{config['synthesis']['real_sample']}",
+        classifier=reference_classifier_input,
+    output:
+        summary=f"{SYNTH_DIR}/evaluation/memorization.csv",
+        per_image=f"{SYNTH_DIR}/evaluation/memorization_per_image.csv",
+    params:
+        methods=list(ADAPTED),
+        classifier=REFERENCE_CLASSIFIER,
+        quantile=config["synthesis"]["memorization_quantile"],
+    log:
+        "logs/synthesis/memorization.log",
+    benchmark:
+        "benchmarks/synthesis/memorization.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/cxrgen.yaml"
+    script:
+        "../scripts/memorization.py"
+
+
+rule render_memorization:
+    """The memorization table and the closest synthetic/training pairs."""
+    input:
+        sets=rules.evaluate_synthesis.input.sets,
+        summary=rules.memorization.output.summary,
+        per_image=rules.memorization.output.per_image,
+        train=rules.memorization.input.train,
+    output:
+        **{
+            f"table_{ext}": report(f"results/tables/privacy_memorization.{ext}", caption="../report/memorization.rst", category="Privacy (memorization)")
+            for ext in ("csv", "md", "tex")
+        },
+        **{
+            f"figure_{ext}": report(f"results/figures/privacy_closest_pairs.{ext}", caption="../report/memorization_pairs.rst", category="Privacy (memorization)")
+            for ext in ("png", "pdf")
+        },
+    params:
+        methods=list(ADAPTED),
+        scale=config["scale"],
+    log:
+        "logs/synthesis/render_memorization.log",
+    localrule: True
+    conda:
+        "../envs/cxrgen.yaml"
+    script:
+        "../scripts/render_memorization.py"
