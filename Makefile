@@ -27,7 +27,7 @@ reproduce: $(STAMP)
 	$(BIN)/snakemake --report results/report.html
 
 test: $(STAMP) lint dryrun
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
@@ -38,6 +38,18 @@ dryrun: $(STAMP)
 
 report: $(STAMP)
 	$(BIN)/snakemake --report results/report.html
+
+# Version finished results with DVC (Snakemake stays the only orchestrator: no dvc.yaml). Each entry of
+# results/ becomes one artefact (results/models.dvc, results/tables.dvc, ...), pushed to the default
+# remote of .dvc/config (override it, with credentials, in .dvc/config.local). Restore elsewhere with
+#   git pull && dvc pull && snakemake --touch --cores 1 [--configfile ...]   (then nothing reruns)
+# Publish a subset with e.g. `make publish PUBLISH="results/models results/tables results/figures"`.
+PUBLISH ?= $(sort $(filter-out %.dvc,$(wildcard results/*)))
+publish: $(STAMP)
+	@test -n "$(strip $(PUBLISH))" || { echo "make publish: nothing under results/; run the workflow first" >&2; exit 1; }
+	$(BIN)/dvc add --quiet $(PUBLISH)
+	$(BIN)/dvc push --quiet $(addsuffix .dvc,$(PUBLISH))
+	@echo "published $(PUBLISH); commit the pointers: git add $(addsuffix .dvc,$(PUBLISH))"
 
 clean:
 	rm -rf results logs benchmarks .snakemake

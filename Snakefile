@@ -17,6 +17,9 @@ include: "rules/reference_classifier.smk"
 include: "rules/vae.smk"
 include: "rules/adapt.smk"
 include: "rules/synthesis.smk"
+include: "rules/dewilde.smk"
+include: "rules/zafar.smk"
+include: "rules/cheff.smk"
 include: "rules/report.smk"
 
 
@@ -24,3 +27,9 @@ rule all:
     default_target: True
     input:
         all_targets(),
+
+
+
+# profiles/slurm-gpu-only: rules without a GPU run on the submit host, only GPU-tagged ones go to the cluster
+if config.get("cpu_rules_local", False):
+    workflow.localrules(*cpu_rules())

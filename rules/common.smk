@@ -120,15 +120,30 @@ def reported_outputs():
         ("results/tables/chambon2022_table5.md", "render_synthesis", "reference classifier on synthetic images (Chambon Table 5)"),
         ("results/figures/chambon2022_samples.png", "render_synthesis", "synthetic images per method and prompt (Chambon Figs. 1, 4)"),
         ("results/figures/chambon2022_fig5.png", "render_synthesis", "training images beside synthetic ones (Chambon Fig. 5)"),
+        ("results/tables/privacy_memorization.md", "render_memorization", "nearest fine-tuning image of synthetic images (privacy)"),
+        ("results/figures/privacy_closest_pairs.png", "render_memorization", "synthetic images closest to a fine-tuning image"),
     ]
+    items += cheff_reported_outputs()
+    items += zafar_reported_outputs()
+    items += dewilde_reported_outputs()
     if config["foundation"]["model"] == "build":
         items.append((f"{FOUNDATION}/preview.png", "foundation", "samples of the miniature foundation model"))
     return [{"path": path, "rule": rule, "description": what} for path, rule, what in items]
 
 
+def _asks_for_gpu(rule):
+    # Snakemake 9's rule.resources.get() returns a Resource, truthy even when unset: test its value
+    return bool(getattr(rule.resources.get("gpu"), "value", None))
+
+
 def gpu_rules():
     """Rules that ask for a GPU: the results index charges their wall time to one."""
-    return sorted(r.name for r in workflow.rules if r.resources.get("gpu"))
+    return sorted(r.name for r in workflow.rules if _asks_for_gpu(r))
+
+
+def cpu_rules():
+    """Rules that need no GPU (profiles/slurm-gpu-only keeps them on the submit host)."""
+    return sorted(r.name for r in workflow.rules if not _asks_for_gpu(r))
 
 
 def final_outputs():

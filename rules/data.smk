@@ -98,3 +98,11 @@ rule data_summary:
         "../envs/cxrgen.yaml"
     script:
         "../scripts/data_summary.py"
+
+
+rule data:
+    """Target: the dataset table, every configured sample and the data summary (no model is trained)."""
+    input:
+        [f"{DATA_DIR}/samples/{s}" for s in SAMPLES],
+        rules.data_summary.output,
+    localrule: True

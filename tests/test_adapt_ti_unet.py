@@ -283,8 +283,8 @@ def test_train_from_sample_unet_without_prior_and_switches(foundation, images, t
     assert tc["mixed_precision"] == "bf16" and tc["seed"] == 1
     with pytest.raises(InputError, match="Cardiomegaly"):
         train_from_sample("unet", foundation, sample, {"classes": ["Cardiomegaly"]}, tmp_path / "z", seed=0)
-    with pytest.raises(InputError, match="lora"):
-        train_from_sample("lora", foundation, sample, {}, tmp_path / "z", seed=0)
+    with pytest.raises(InputError, match="dora"):
+        train_from_sample("dora", foundation, sample, {}, tmp_path / "z", seed=0)
     with pytest.raises(InputError, match="one non-empty prompt"):
         train_unet(foundation, images, PROMPTS[:2], UNetFinetuneConfig(**TINY), tmp_path / "z", progress=False)
     assert UNetFinetuneConfig.paper().lr == 5e-6 and UNetFinetuneConfig.paper().steps == 400

@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -93,10 +94,46 @@ def test_smoke_run_completes_and_is_deterministic(workdir):
         assert "(paper)" in md and "(this run)" in md and "miniature" in md
     for fig in ("chambon2022_samples", "chambon2022_fig5"):
         assert (results / "figures" / f"{fig}.png").is_file()
+    memorization = (results / "tables" / "privacy_memorization.md").read_text()
+    assert "unet_abnormality_prior" in memorization and "ssim_share_above" in memorization
+    # Cheff (Weber et al.): MaCheX Table 1, Table 2 and FID/KID beside the paper; the cascade's figures
+    for table in ("weber2023_table1", "weber2023_table2", "weber2023_fid_kid"):
+        md = (results / "tables" / f"{table}.md").read_text()
+        assert "(paper)" in md and "(this run)" in md and "miniature" in md, table
+    assert "0.0295" in (results / "tables" / "weber2023_beta_check.md").read_text()
+    for fig in ("weber2023_fig3", "weber2023_samples", "weber2023_report_samples", "weber2023_inpainting",
+                "weber2023_outpainting", "weber2023_fig13"):
+        assert (results / "figures" / f"{fig}.png").is_file(), fig
+    for model in ("autoencoder", "sdm_unconditional", "sdm_report", "sr_base", "sr_fine"):
+        assert (results / "models" / "cheff" / model / "training_log.csv").is_file(), model
+    # Zafar et al.: both methods trained, sampled, scored and rendered (the paper reports only its run design)
+    assert (results / "models" / "zafar" / "dreambooth_lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert (results / "models" / "zafar" / "full_ft" / "text_encoder" / "config.json").is_file()
+    zafar_md = (results / "tables" / "zafar2023_methods.md").read_text()
+    assert "(paper)" in zafar_md and "(this run)" in zafar_md and "miniature" in zafar_md
+    for model in ("foundation", "full_ft", "dreambooth_lora"):
+        assert re.search(rf"^\| {model} +\|", zafar_md, flags=re.M), model
+    assert "compact" in (results / "tables" / "zafar2023_prompts.md").read_text()
+    for fig in ("zafar2023_step_grid", "zafar2023_samples"):
+        assert (results / "figures" / f"{fig}.png").is_file(), fig
+    # de Wilde et al.: Tables 1-4 beside the paper, Figs. 2-5 and the measured composability / inpainting curves
+    for n in (1, 2, 3, 4):
+        md = (results / "tables" / f"dewilde2023_table{n}.md").read_text()
+        assert "(paper)" in md and "(this run)" in md and "miniature" in md
+    for fig in ("fig2", "fig3", "fig4", "fig5", "composability", "inpainting"):
+        assert (results / "figures" / f"dewilde2023_{fig}.png").is_file()
+    assert (results / "dewilde" / "embeddings" / "healthy_v2_n2" / "learned_embeds.safetensors").stat().st_size < 1_000_000
+    inpainted = (results / "dewilde" / "inpainting" / "summary.csv").read_text().splitlines()
+    assert inpainted[0].startswith("finding,n,p_before,p_after") and len(inpainted) == 2
+    assert (results / "dewilde" / "classifier" / "seed1.csv").is_file()
     metrics = (results / "reference_classifier" / "test_metrics.csv").read_text().splitlines()
     assert metrics[0].startswith("label,n,prevalence") and len(metrics) == 13  # header + 12 Chambon labels
     index = (results / "README.md").read_text()
     assert "chambon2022_table1.md" in index and "| `foundation` |" in index
+    assert "weber2023_table2.md" in index and "| `cheff/sr_base` |" in index
+    # nothing left to do after a complete run
+    proc = run_snakemake("-n", "--configfile", "configs/smoke.yaml", cwd=workdir)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
     # re-rendering after a finished run plans no training, only the renderer whose output went missing
     (results / "tables" / "chambon2022_table1.md").unlink()
     plan = run_snakemake("-n", "render", "--configfile", "configs/smoke.yaml", cwd=workdir).stdout
@@ -104,11 +141,8 @@ def test_smoke_run_completes_and_is_deterministic(workdir):
     for training in ("foundation", "reference_classifier", "vae_study", "text_encoder_study", "adapt_few_shot",
                      "adapt_textual_projection", "synthesize"):
         assert f"rule {training}:" not in plan, plan
+    # the data stage rerun from scratch gives byte-identical outputs
     first = _hash_tree(data)
-    # a second run from scratch gives byte-identical outputs
     shutil.rmtree(workdir / "results")
-    run_snakemake("--cores", "2", "--configfile", "configs/smoke.yaml", cwd=workdir)
+    run_snakemake("--cores", "2", "data", "--configfile", "configs/smoke.yaml", cwd=workdir)
     assert _hash_tree(data) == first
-    # nothing left to do afterwards
-    proc = run_snakemake("-n", "--configfile", "configs/smoke.yaml", cwd=workdir)
-    assert "Nothing to be done" in proc.stdout + proc.stderr

@@ -25,7 +25,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if not target.exists():
             raise FileNotFoundError(f"atomic write of {path} produced nothing")
         if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
+            # move the old folder aside in one rename (deleted with tmp below), never delete it in place:
+            # a kill during an in-place rmtree left a half-deleted folder (e.g. a checkpoint's state.pt
+            # without its weights); now a kill leaves the old folder, the new one, or neither
+            os.replace(path, tmp / f"{path.name}.old")
         os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

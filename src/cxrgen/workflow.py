@@ -31,6 +31,9 @@ def script_context(snakemake):
     if stream:
         sys.stdout = sys.stderr = stream
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
+    placement = {k: os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_JOB_PARTITION", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "CUDA_VISIBLE_DEVICES") if k in os.environ}
+    if placement:  # where a cluster job ran and which accelerators it was given
+        logging.getLogger("cxrgen").info("placement %s", " ".join(f"{k}={v}" for k, v in placement.items()))
     try:
         threads = max(1, int(getattr(snakemake, "threads", 1)))
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))

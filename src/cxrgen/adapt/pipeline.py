@@ -10,7 +10,11 @@ weights (the contract every trainer in :mod:`cxrgen.adapt` writes):
 * ``"unet"``: ``unet/`` (a ``UNet2DConditionModel`` folder) replaces the foundation's U-Net;
 * ``"textual_projection"``: a prompt encoder from :func:`cxrgen.adapt.textual_projection.load_prompt_encoder`
   whose ``encode(list_of_prompts) -> (B, L, D)`` replaces the CLIP text encoder; ``encode([""])`` is the
-  unconditional embedding for classifier-free guidance.
+  unconditional embedding for classifier-free guidance;
+* ``"lora"``: ``pytorch_lora_weights.safetensors`` (diffusers/PEFT format), loaded with ``pipe.load_lora_weights``.
+  ``adapter_dir`` may be a list of LoRA folders, stacked with ``adapter_weights`` (default 1 each) through
+  ``pipe.set_adapters`` (Zafar et al.: "LoRA layers can be stacked on top of each other");
+* ``"full"``: ``unet/`` and ``text_encoder/`` (fully fine-tuned) replace the foundation's.
 
 **Prompts under textual inversion.**  The learned token stands for the phrase the Chambon prompts use for the
 domain, "lung xray" (``TI_PHRASE``; ``adapter.json`` may name another one under ``"replaces"``): its first
@@ -48,7 +52,7 @@ from cxrgen.errors import InputError
 log = logging.getLogger(__name__)
 
 ADAPTER_FILE = "adapter.json"
-METHODS = ("none", "textual_inversion", "unet", "textual_projection")
+METHODS = ("none", "textual_inversion", "unet", "textual_projection", "lora", "full")
 TI_FILE = "learned_embeds.safetensors"
 #: The phrase the textual-inversion token replaces in a prompt (see the module docstring).
 TI_PHRASE = "lung xray"
@@ -214,15 +218,22 @@ def _load_prompt_encoder(adapter_dir: Path, pipe, device):
 
 
 def load_adapted_pipeline(foundation=None, adapter_dir=None, device=None, scheduler: str | None = None,
-                          progress_bar: bool = False) -> AdaptedPipeline:
+                          progress_bar: bool = False, adapter_weights=None) -> AdaptedPipeline:
     """The foundation (registry name, hub id or local folder) with the adaptation in ``adapter_dir`` applied.
 
     ``adapter_dir=None`` gives the foundation as is (method ``"none"``). ``foundation=None`` takes the one named in
     ``adapter.json``. ``scheduler`` swaps the sampler (see :data:`SCHEDULERS`); by default the foundation's own
-    (DDIM with its training betas) is kept.
+    (DDIM with its training betas) is kept. A list of LoRA folders in ``adapter_dir`` stacks them, weighted by
+    ``adapter_weights`` (one number per folder; default 1.0 each).
     """
     from cxrgen.models.registry import load_pipeline, resolve_model
 
+    if isinstance(adapter_dir, (list, tuple)):
+        return _load_lora_stack(foundation, list(adapter_dir), adapter_weights, device, scheduler, progress_bar)
+    if adapter_weights is not None:
+        adapter_weights = list(adapter_weights) if isinstance(adapter_weights, (list, tuple)) else [adapter_weights]
+        if len(adapter_weights) != 1:
+            raise InputError(f"adapter_weights={adapter_weights!r} for one adapter folder; expected one weight")
     adapter: dict = {"method": "none"}
     folder = None
     if adapter_dir is not None:
@@ -263,8 +274,70 @@ def load_adapted_pipeline(foundation=None, adapter_dir=None, device=None, schedu
         pipe.register_modules(unet=pipe.unet)
     elif method == "textual_projection":
         encoder = _load_prompt_encoder(folder, pipe, dev)
+    elif method == "lora":
+        _load_lora(pipe, folder, adapter, "lora_0")
+        if adapter_weights is not None:
+            pipe.set_adapters(["lora_0"], adapter_weights=[float(adapter_weights[0])])
+    elif method == "full":
+        _load_full(pipe, folder, adapter)
     pipe = pipe.to(dev)
     set_scheduler(pipe, scheduler)
     pipe.set_progress_bar_config(disable=not progress_bar)
     return AdaptedPipeline(pipe=pipe, method=method, foundation=str(foundation),
                            adapter_dir=str(folder) if folder else None, adapter=adapter, prompt_encoder=encoder)
+
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+def _load_lora(pipe, folder: Path, adapter: dict, name: str) -> None:
+    weight = adapter.get("weight_name", LORA_WEIGHT_NAME)
+    if not (folder / weight).is_file():
+        raise InputError(f"lora adapter {folder}: expected {weight} (written by save_lora_weights)")
+    pipe.load_lora_weights(str(folder), weight_name=weight, adapter_name=name)
+
+
+def _load_full(pipe, folder: Path, adapter: dict) -> None:
+    from diffusers import UNet2DConditionModel
+
+    if not (folder / "unet" / "config.json").is_file():
+        raise InputError(f"full fine-tuning adapter {folder}: expected a U-Net folder {folder / 'unet'} with config.json")
+    pipe.unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True).to(pipe.unet.dtype)
+    modules = {"unet": pipe.unet}
+    if (folder / "text_encoder" / "config.json").is_file():
+        te = type(pipe.text_encoder).from_pretrained(folder / "text_encoder", local_files_only=True)
+        pipe.text_encoder = te.to(pipe.text_encoder.dtype)
+        modules["text_encoder"] = pipe.text_encoder
+    elif adapter.get("train_text_encoder"):
+        raise InputError(f"full fine-tuning adapter {folder}: adapter.json says the text encoder was trained but "
+                         f"{folder / 'text_encoder'} is missing")
+    pipe.register_modules(**modules)
+
+
+def _load_lora_stack(foundation, folders: list, weights, device, scheduler, progress_bar) -> AdaptedPipeline:
+    """Several LoRA adapters on one foundation, weighted (``pipe.set_adapters``)."""
+    from cxrgen.models.registry import load_pipeline
+
+    if not folders:
+        raise InputError("adapter_dir is an empty list; expected one or more LoRA adapter folders")
+    weights = [1.0] * len(folders) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(folders):
+        raise InputError(f"{len(weights)} adapter_weights for {len(folders)} LoRA folders; expected one weight each")
+    adapters = [read_adapter(f) for f in folders]
+    bad = [str(f) for f, a in zip(folders, adapters) if a["method"] != "lora"]
+    if bad:
+        raise InputError(f"adapters {bad} are not LoRA adapters; only method 'lora' can be stacked")
+    foundation = foundation or adapters[0].get("foundation")
+    if not foundation:
+        raise InputError(f"no foundation given and {Path(folders[0]) / ADAPTER_FILE} names none")
+    pipe = load_pipeline(foundation)
+    names = [f"lora_{i}" for i in range(len(folders))]
+    for f, a, name in zip(folders, adapters, names):
+        _load_lora(pipe, Path(f), a, name)
+    pipe.set_adapters(names, adapter_weights=weights)
+    pipe = pipe.to(_device(device))
+    set_scheduler(pipe, scheduler)
+    pipe.set_progress_bar_config(disable=not progress_bar)
+    merged = {"method": "lora", "foundation": str(foundation), "stack": [str(f) for f in folders], "weights": weights}
+    return AdaptedPipeline(pipe=pipe, method="lora", foundation=str(foundation),
+                           adapter_dir=";".join(str(f) for f in folders), adapter=merged)

@@ -103,6 +103,9 @@ class TextualInversionConfig(TrainConfig):
     template: str = "object"
     initializer: str = "radiology"
     classes: tuple[str, ...] | None = None
+    #: train on this many of the given images (de Wilde et al.'s training-case sweep, 5-100); a seeded permutation's
+    #: prefix, so smaller subsets are nested in larger ones. None = all images.
+    max_images: int | None = None
 
     @classmethod
     def paper(cls, **overrides) -> "TextualInversionConfig":
@@ -119,6 +122,8 @@ class TextualInversionConfig(TrainConfig):
         if not isinstance(self.initializer, str) or not self.initializer.strip():
             raise InputError(f"TextualInversionConfig.initializer={self.initializer!r}; expected a word such as "
                              f"'radiology' or 'lung'")
+        if self.max_images is not None and not (isinstance(self.max_images, int) and self.max_images >= 1):
+            raise InputError(f"TextualInversionConfig.max_images={self.max_images!r}; expected an integer >= 1 or None")
 
 
 def placeholder_tokens(token: str, num_vectors: int) -> list[str]:
@@ -199,6 +204,16 @@ def train_textual_inversion(foundation, images, prompts_or_none, cfg: TextualInv
     cfg.validate()
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
+    if cfg.max_images is not None:
+        if cfg.max_images > len(images):
+            raise InputError(f"TextualInversionConfig.max_images={cfg.max_images} but only {len(images)} images were "
+                             "given; expected at most that many training cases")
+        import numpy as np
+
+        pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(images))[: cfg.max_images])
+        images = np.asarray(images)[pick]
+        if prompts_or_none is not None:
+            prompts_or_none = [list(prompts_or_none)[i] for i in pick]
     pixels = images_to_tensor(images, cfg.resolution)
     accelerator = make_accelerator(cfg.mixed_precision)
     device = accelerator.device

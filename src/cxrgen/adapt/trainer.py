@@ -449,7 +449,7 @@ def summarise(result: TrainResult, out_dir, method: str, extra: dict | None = No
 # ------------------------------------------------------------------------------------------------
 # workflow entry point
 
-METHODS = ("textual_inversion", "unet")
+METHODS = ("textual_inversion", "unet", "lora", "full")
 
 
 def train_from_sample(method: str, foundation, sample_dir, cfg_dict: dict | None, out_dir, seed: int,
@@ -466,6 +466,15 @@ def train_from_sample(method: str, foundation, sample_dir, cfg_dict: dict | None
     if method not in METHODS:
         raise InputError(f"adaptation method {method!r}; expected one of {list(METHODS)}")
     cfg_dict = {**(cfg_dict or {}), "seed": int(seed)}
+    if method == "lora":  # Zafar et al.: DreamBooth + LoRA on structured prompts (rows/prompts chosen there)
+        from cxrgen.adapt.dreambooth_lora import train_lora_from_sample
+
+        return train_lora_from_sample(foundation, sample_dir, cfg_dict, out_dir, class_images_dir=class_images_dir,
+                                      progress=progress)
+    if method == "full":  # Zafar et al.: full fine-tuning of U-Net + text encoder
+        from cxrgen.adapt.full_finetune import train_full_from_sample
+
+        return train_full_from_sample(foundation, sample_dir, cfg_dict, out_dir, progress=progress)
     images, manifest = load_images(sample_dir)
     if method == "textual_inversion":
         from cxrgen.adapt.textual_inversion import TextualInversionConfig as Cfg

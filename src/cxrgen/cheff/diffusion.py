@@ -62,7 +62,7 @@ class SDMConfig:
     @classmethod
     def preset(cls, name: str = "default", **overrides) -> "SDMConfig":
         presets = {
-            "default": {},
+            "default": dict(block_out_channels=(16, 32), batch_size=16, steps=150, lr=5e-4, ddim_steps=20),
             "smoke": dict(block_out_channels=(8, 16), attention=(False, True), head_channels=8, batch_size=4,
                           steps=4, checkpoint_every=2, ddim_steps=3, encoder=te.ReportEncoderConfig.preset("smoke")),
             "paper": dict(block_out_channels=(224, 448, 896, 896), attention=(False, True, True, True),

@@ -103,7 +103,7 @@ def write_table2(ours: pd.DataFrame, out_stem, scale: str) -> dict:
     df.insert(1, "workflow", df["workflow_id"].map(WORKFLOWS))
     return write_table(df, out_stem, "Reconstruction workflows of the Cheff cascade on held-out test images "
                        "(MSE on [0,1], PSNR dB, SSIM; per-image means). 'bicubic' is plain bicubic upsampling, a "
-                       "baseline the paper does not report", scale, paper_table_label(meta), float_format="{:.4f}")
+                       "baseline the paper does not report", scale, paper_table_label(meta), float_format=".4f")
 
 
 def synthesis_metrics(real: np.ndarray, fake: np.ndarray, extractor, kid_subset: int = 100, seed: int = 0,
@@ -129,7 +129,7 @@ def write_fid_kid(ours: pd.DataFrame, out_stem, scale: str) -> dict:
     return write_table(df, out_stem, f"FID and KID of unconditional cascade samples against held-out real images; "
                        f"features of this run: {ext} (the paper does not state its sample size or extractor). "
                        "Numbers from different extractors and sample sizes are not comparable", scale,
-                       paper_table_label(meta), float_format="{:.4f}")
+                       paper_table_label(meta), float_format=".4f")
 
 
 def beta_check(vae, images: np.ndarray, beta_ends=(schedules.LDM_BETA_END, schedules.CHEFF_BETA_END),
@@ -155,6 +155,32 @@ def beta_check(vae, images: np.ndarray, beta_ends=(schedules.LDM_BETA_END, sched
             "expected_corr_scaled": schedules.expected_terminal_correlation(sig, float((z0 * scale).std())),
         })
     return pd.DataFrame(rows), decoded
+
+
+BETA_COLUMNS = {
+    "beta_end": "max beta", "terminal_signal": "sqrt(alpha_bar_T)", "latent_std_raw": "latent sd (raw)",
+    "corr_zT_z0_raw": "corr(z_T, z_0) raw", "expected_corr_raw": "expected corr raw",
+    "latent_scale": "latent scale", "corr_zT_z0_scaled": "corr(z_T, z_0) scaled", "expected_corr_scaled": "expected corr scaled",
+}
+
+
+def write_beta_table(df: pd.DataFrame, out_stem, scale: str, n_images: int | None = None) -> dict:
+    """The forward-process check as a table (no paper columns: the paper shows Fig. 13 only)."""
+    from cxrgen.render.tables import write_table
+
+    missing = [c for c in BETA_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"beta-check frame lacks columns {missing}; expected beta_check() output")
+    out = df[list(BETA_COLUMNS)].rename(columns=BETA_COLUMNS)
+    out.insert(0, "schedule", df["beta_schedule"].map({"scaled_linear": "LDM linear (sqrt-linear)"}).fillna(df["beta_schedule"]))
+    out.insert(1, "role", df["beta_end"].map({schedules.LDM_BETA_END: "LDM default", schedules.CHEFF_BETA_END: "Cheff"}).fillna(""))
+    n = f" on {n_images} held-out latents" if n_images else ""
+    return write_table(out, out_stem, "Forward-process check of the SDM schedule (Weber 7.6, Fig. 13): the signal "
+                       "coefficient sqrt(alpha_bar_T) left at t = T, and the correlation of z_T with z_0" + n +
+                       " measured on the autoencoder's raw latents (as the paper decoded them) and on the latents "
+                       "scaled by the SDM's latent scale (what the SDM trains on), beside the correlation "
+                       "expected from sqrt(alpha_bar_T) and the latent sd. Near-zero correlation = z_T is close to "
+                       "the N(0, I) that sampling starts from", scale, float_format=".4g")
 
 
 def write_grid(images: dict, out_stem, title: str, n: int = 6, transpose: bool = False) -> dict:

@@ -95,6 +95,30 @@ def table1(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TABLE1_COLUMNS)
 
 
+#: the Table 1 row each adapter's data belongs to (BRAX and VinDr-CXR come in as ``folder`` sources named so)
+PAPER_DATASET = {"nih": "ChestX-ray14", "chexpert": "CheXpert", "mimic": "MIMIC-CXR", "padchest": "PadChest"}
+TABLE1_VALUES = ["n_patients", "n_train", "n_test", "n_in_machex", "pct_of_machex"]
+
+
+def table1_side_by_side(paper: pd.DataFrame, ours: pd.DataFrame, sources: Sequence[dict]) -> pd.DataFrame:
+    """Table 1 with ``(paper)`` and ``(this run)`` columns: each source of this run is matched to the paper row of
+    the dataset its adapter reads (a ``folder`` source by its name); unmatched sources get rows of their own."""
+    from cxrgen.render.tables import side_by_side
+
+    checked = [_check_source(s, i) for i, s in enumerate(sources)]
+    paper_of = {s["name"]: PAPER_DATASET.get(s["adapter"], s["name"]) for s in checked}
+    ours = ours.copy()
+    ours["source"] = ours["dataset"]
+    mapped = ours["dataset"].map(paper_of).fillna(ours["dataset"])
+    # two sources read by the same adapter keep their own names rather than sharing one paper row
+    ours["dataset"] = mapped.where(~mapped.duplicated(keep=False), ours["dataset"])
+    df = side_by_side(paper, ours, ["dataset"], TABLE1_VALUES)
+    df.insert(1, "source (this run)", df["dataset"].map(dict(zip(ours["dataset"], ours["source"]))).fillna(""))
+    df.insert(2, "origin", df["dataset"].map({**dict(zip(ours["dataset"], ours["origin"])),
+                                              **dict(zip(paper["dataset"], paper["origin"]))}).fillna(""))
+    return df
+
+
 def load_images(table: pd.DataFrame, size: int, progress: bool = True) -> np.ndarray:
     """uint8 (N, size, size): shortest edge resized to ``size``, centre-cropped (MaCheX preprocessing)."""
     if int(size) < 8:

@@ -30,12 +30,12 @@ IMAGES = "images.npz"
 
 # ------------------------------------------------------------------------------------------------ data
 def run_machex(sources, frontal_only: bool, hr_size: int, out_dir, table1_stem, scale: str, seed: int = 0,
-               max_train: int | None = None, max_test: int | None = None) -> pd.DataFrame:
+               max_train: int | None = None, max_test: int | None = None, test_fraction: float = 0.1) -> pd.DataFrame:
     """MaCheX table, Table 1 (paper vs this run) and the train/test images at ``hr_size`` (``images.npz``)."""
     from cxrgen.render.reference import load_reference, paper_table_label
     from cxrgen.render.tables import write_table
 
-    table = machex.build_machex(sources, frontal_only=frontal_only, seed=seed)
+    table = machex.build_machex(sources, frontal_only=frontal_only, seed=seed, test_fraction=test_fraction)
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
     parts = {}
@@ -55,11 +55,11 @@ def run_machex(sources, frontal_only: bool, hr_size: int, out_dir, table1_stem, 
             np.savez_compressed(fh, **arrays)
     ours = machex.table1(table)
     paper, meta = load_reference("weber2023", "table1")
-    both = pd.concat([paper.assign(run="paper")[["run", *machex.TABLE1_COLUMNS]], ours.assign(run="this run")],
-                     ignore_index=True)
-    write_table(both, table1_stem, "MaCheX components: patients, train/test images (all views), frontal train "
-                "images in the collection and their share. 'this run' rows are this run's sources", scale,
-                paper_table_label(meta))
+    write_table(machex.table1_side_by_side(paper, ours, sources), table1_stem,
+                "MaCheX components: patients, train/test images (all views), frontal train images in the collection "
+                "and their share. Each of this run's sources sits in the row of the paper dataset its adapter reads "
+                "(its own name in 'source (this run)'); the phantom is written in the MIMIC-CXR layout and stands in "
+                "for MIMIC-CXR", scale, paper_table_label(meta), float_format=".6g")
     return ours
 
 
@@ -191,8 +191,10 @@ def run_inpainting(machex_dir, ae_dir, sdm_dir, cfg: CheffConfig, out_dir, inpai
     return df
 
 
-def run_beta_check(machex_dir, ae_dir, sdm_dir, cfg: CheffConfig, out_csv, figure_stem, seed: int = 0) -> pd.DataFrame:
-    """Fig. 13: decoded z_T for max beta 0.0195 vs 0.0295 and corr(z_T, z_0)."""
+def run_beta_check(machex_dir, ae_dir, sdm_dir, cfg: CheffConfig, out_csv, figure_stem, seed: int = 0,
+                   table_stem=None, scale: str = "miniature") -> pd.DataFrame:
+    """Fig. 13: decoded z_T for max beta 0.0195 vs 0.0295 and corr(z_T, z_0) (and, with ``table_stem``, the numbers
+    as a CSV/Markdown/LaTeX table; the paper shows the figure only, so the table has no paper columns)."""
     vae = load_autoencoder(ae_dir)
     meta = json.loads((Path(sdm_dir) / "cheff_sdm.json").read_text())
     test, _ = load_split(machex_dir, "test", vae.config.sample_size)
@@ -201,4 +203,6 @@ def run_beta_check(machex_dir, ae_dir, sdm_dir, cfg: CheffConfig, out_csv, figur
                                num_train_timesteps=s.num_train_timesteps, latent_scale=meta["latent_scale"], seed=seed)
     write_csv_atomic(df, out_csv)
     ev.write_grid(images, figure_stem, "Forward process check (Weber Fig. 13): decoded z_T", n=4)
+    if table_stem is not None:
+        ev.write_beta_table(df, table_stem, scale, n_images=len(test[:64]))
     return df

@@ -19,6 +19,15 @@ CHAMBON_PROMPTS = {
 
 #: Zafar et al. 2023 prompt complexity levels, from the simplest to the full structured prompt.
 ZAFAR_LEVELS = ("modality", "sex", "age_sex", "view", "full")
+#: Not the paper's: the full prompt's attributes without the field names, age, projection and modality
+#: (``chest x-ray, male PA, pleural effusion``), for a text encoder whose context is too short for the full
+#: prompt (the miniature foundation's BPE tokenizer spells the field names out letter by letter, so the full
+#: prompt exceeds its 32 tokens and the diagnosis, printed last, is cut off).
+ZAFAR_COMPACT = "compact"
+ZAFAR_STYLES = ZAFAR_LEVELS + (ZAFAR_COMPACT,)
+#: PadChest ``ViewPosition_DICOM`` values -> the short codes Zafar et al. print ("view PA").
+PADCHEST_VIEW_POSITIONS = {"POSTEROANTERIOR": "PA", "ANTEROPOSTERIOR": "AP", "LATERAL": "LATERAL", "PA": "PA",
+                           "AP": "AP", "LL": "LATERAL", "RL": "LATERAL"}
 
 
 def _finding_list(row: pd.Series) -> list[str]:
@@ -48,16 +57,23 @@ def zafar_prompt(row: pd.Series, level: str = "full") -> str:
     ``chest x-ray, age 47 male, view PA, projection PA, modality DX, diagnosis pleural effusion``.
 
     Missing fields are omitted rather than printed as 'nan'. PadChest rows carry
-    ``labels_localizations`` (LabelsLocalizationsBySentence), used for the diagnosis when present.
+    ``labels_localizations`` (LabelsLocalizationsBySentence), used for the diagnosis when present, and may carry
+    ``view_position`` (ViewPosition_DICOM, see :func:`padchest_prompt_fields`), printed as the view when present.
+    ``level="compact"`` (:data:`ZAFAR_COMPACT`, not one of the paper's levels) gives ``chest x-ray, male PA,
+    pleural effusion``.
     """
-    if level not in ZAFAR_LEVELS:
-        raise InputError(f"unknown prompt level {level!r}; expected one of {list(ZAFAR_LEVELS)}")
+    if level not in ZAFAR_STYLES:
+        raise InputError(f"unknown prompt level {level!r}; expected one of {list(ZAFAR_STYLES)}")
     parts = ["chest x-ray"]
     if level == "modality":
         return parts[0]
     sex = {"M": "male", "F": "female"}.get(str(row.get("sex", "")), "")
     age = row.get("age")
     has_age = age is not None and not (isinstance(age, float) and math.isnan(age))
+    view = _text(row.get("view_position")) or _text(row.get("view"))
+    if level == ZAFAR_COMPACT:
+        who = " ".join(x for x in (sex, view) if x)
+        return ", ".join(parts + ([who] if who else []) + [_diagnosis(row)])
     if level == "sex":
         return ", ".join(parts + ([sex] if sex else []))
     who = " ".join(x for x in (f"age {int(age)}" if has_age else "", sex) if x)
@@ -65,7 +81,6 @@ def zafar_prompt(row: pd.Series, level: str = "full") -> str:
         parts.append(who)
     if level == "age_sex":
         return ", ".join(parts)
-    view = str(row.get("view", "") or "")
     if view:
         parts.append(f"view {view}")
     if level == "view":
@@ -76,12 +91,51 @@ def zafar_prompt(row: pd.Series, level: str = "full") -> str:
     modality = str(row.get("modality", "") or "DX")
     if modality != "nan":
         parts.append(f"modality {modality}")
-    diagnosis = row.get("labels_localizations")
-    diagnosis = flatten_localizations(diagnosis) if isinstance(diagnosis, str) else ""
-    if not diagnosis:
-        diagnosis = ", ".join(_finding_list(row))
-    parts.append(f"diagnosis {diagnosis}")
+    parts.append(f"diagnosis {_diagnosis(row)}")
     return ", ".join(parts)
+
+
+def _text(value) -> str:
+    """A field as text; missing (None, NaN, blank, 'nan') -> ''."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    text = str(value).strip()
+    return "" if text.lower() in ("nan", "none") else text
+
+
+def _diagnosis(row: pd.Series) -> str:
+    diagnosis = row.get("labels_localizations")
+    diagnosis = flatten_localizations(diagnosis) if isinstance(diagnosis, str) and diagnosis.strip() else ""
+    return diagnosis or ", ".join(_finding_list(row))
+
+
+def padchest_prompt_fields(raw: pd.Series | dict) -> dict:
+    """The prompt fields of one *raw* PadChest CSV row, named as :func:`zafar_prompt` reads them.
+
+    Zafar et al. IV.C: age = StudyDate_DICOM - PatientBirth (``StudyDate_DICOM`` is ``YYYYMMDD``, ``PatientBirth``
+    a year such as ``1930.0``: the study year minus the birth year), sex = PatientSex_DICOM (M/F; anything else is
+    missing), view = ViewPosition_DICOM (``POSTEROANTERIOR`` -> ``PA``, see :data:`PADCHEST_VIEW_POSITIONS`; other
+    values kept), projection = Projection, modality = Modality_DICOM, diagnosis = LabelsLocalizationsBySentence.
+    Missing or unparsable fields come back as ``None`` / NaN, so the prompt omits them.
+    """
+    raw = dict(raw)
+    study, birth = _text(raw.get("StudyDate_DICOM")), _text(raw.get("PatientBirth"))
+    try:
+        age = float(int(study[:4]) - float(birth)) if len(study) >= 4 and birth else math.nan
+    except ValueError:
+        age = math.nan
+    if not (0 <= age <= 120):
+        age = math.nan
+    sex = _text(raw.get("PatientSex_DICOM")).upper()
+    position = _text(raw.get("ViewPosition_DICOM")).upper()
+    return {
+        "age": age,
+        "sex": sex if sex in ("M", "F") else None,
+        "view_position": PADCHEST_VIEW_POSITIONS.get(position, position) or None,
+        "projection": _text(raw.get("Projection")) or None,
+        "modality": _text(raw.get("Modality_DICOM")) or math.nan,
+        "labels_localizations": _text(raw.get("LabelsLocalizationsBySentence")) or None,
+    }
 
 
 def chambon_prompt(row: pd.Series) -> str:

@@ -1,0 +1,319 @@
+# Cheff (Weber et al. 2023): a cascaded latent diffusion model trained from scratch on a MaCheX-style collection.
+# MaCheX (sec. 4, Table 1) -> KL autoencoder (7.3.1) -> semantic diffusion model, unconditional and report-conditioned
+# (7.3.2) -> super-resolution on bicubic x_LR (SR_base), fine-tuned on D(z) (SR_fine, 7.3.3) -> reconstruction
+# workflows (Table 2, Fig. 3), unconditional synthesis FID/KID (sec. 5), report-to-image samples (Fig. 8),
+# in-/outpainting (Figs. 5, 7) and the forward-process check of the max-beta fix (7.6, Fig. 13).
+
+CHEFF = config["cheff"]
+CHEFF_DIR = "results/cheff"
+CHEFF_MODELS = f"{MODELS_DIR}/cheff"
+CHEFF_MACHEX = f"{CHEFF_DIR}/machex"
+CHEFF_CATEGORY = "Cheff (Weber et al.)"
+CHEFF_SDM_VARIANTS = ["unconditional", "report"]
+
+
+# Helpers are lambdas and constants: the linter wants functions in common.smk, and this stage keeps its own here.
+# The MaCheX sources: the configured list, or the workflow's dataset (config["data"]) as the only one. A configured
+# root must exist (checked when the workflow is parsed); the phantom root is made by rule phantom_dataset.
+CHEFF_SOURCES = CHEFF["machex"].get("sources") or []
+for _i, _src in enumerate(CHEFF_SOURCES):
+    _made_here = config["data"]["source"] == "phantom" and _src["root"] == config["data"]["root"]
+    if not _made_here and not Path(_src["root"]).exists():
+        raise WorkflowError(
+            f"config cheff.machex.sources[{_i}].root={_src['root']!r} does not exist; "
+            f"expected the {_src['adapter']} dataset root"
+        )
+CHEFF_MACHEX_INPUTS = dataset_root_input if not CHEFF_SOURCES else [s["root"] for s in CHEFF_SOURCES]
+# FID/KID features: configured, else the preset's (inception at paper scale, the reference classifier otherwise);
+# the reference classifier is an input only when its features are used
+CHEFF_FID_EXTRACTOR = (CHEFF.get("evaluation") or {}).get(
+    "fid_extractor", "inception" if CHEFF.get("preset") == "paper" else "reference"
+)
+CHEFF_CLASSIFIER_INPUT = reference_classifier_input if CHEFF_FID_EXTRACTOR == "reference" else []
+# report(...)-wrapped outputs {<name>_<ext>: <stem>.<ext>} of one table or figure (name = stem without weber2023_)
+cheff_report = lambda stem, exts, caption: {
+    f"{Path(stem).name.replace('weber2023_', '')}_{ext}": report(
+        f"{stem}.{ext}", caption=f"../report/{caption}.rst", category=CHEFF_CATEGORY
+    )
+    for ext in exts
+}
+
+
+TABLE_EXTS = ("csv", "md", "tex")
+FIGURE_EXTS = ("png", "pdf")
+
+
+rule cheff_machex:
+    """Unify the sources into MaCheX (frontal train images of every source; test subsets apart) and Table 1."""
+    input:
+        CHEFF_MACHEX_INPUTS,
+    output:
+        table=f"{CHEFF_MACHEX}/table.csv",
+        train=f"{CHEFF_MACHEX}/train.csv",
+        test=f"{CHEFF_MACHEX}/test.csv",
+        images=f"{CHEFF_MACHEX}/images.npz",
+        **cheff_report("results/tables/weber2023_table1", TABLE_EXTS, "cheff_table1"),
+    params:
+        cheff=CHEFF,
+        data=config["data"],
+        scale=config["scale"],
+        seed=config["seed"],
+    log:
+        "logs/cheff/machex.log",
+    benchmark:
+        "benchmarks/cheff/machex.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/cxrgen.yaml"
+    script:
+        "../scripts/cheff_machex.py"
+
+
+rule cheff_autoencoder:
+    """The KL autoencoder (f = 4) on x_LR: pixel L1 + perceptual + KL (+ patch adversarial after disc_start)."""
+    input:
+        images=rules.cheff_machex.output.images,
+    output:
+        directory(f"{CHEFF_MODELS}/autoencoder"),
+    params:
+        cheff=CHEFF,
+        checkpoint=f"{CHEFF_MODELS}/autoencoder.partial",
+        seed=config["seed"],
+    log:
+        "logs/cheff/autoencoder.log",
+    benchmark:
+        "benchmarks/cheff/autoencoder.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../envs/cxrgen.yaml"
+    script:
+        "../scripts/cheff_autoencoder.py"
+
+
+rule cheff_sdm:
+    """The semantic diffusion model on the autoencoder's latents: unconditional, or report-conditioned (BERT-style
+    encoder trained jointly, cross-attention); linear schedule with max beta 0.0295."""
+    input:
+        images=rules.cheff_machex.output.images,
+        autoencoder=rules.cheff_autoencoder.output[0],
+    output:
+        directory(f"{CHEFF_MODELS}/sdm_{{variant}}"),
+    wildcard_constraints:
+        variant=name_pattern(CHEFF_SDM_VARIANTS),
+    params:
+        cheff=CHEFF,
+        checkpoint=lambda w: f"{CHEFF_MODELS}/sdm_{w.variant}.partial",
+        seed=config["seed"],
+    log:
+        "logs/cheff/sdm_{variant}.log",
+    benchmark:
+        "benchmarks/cheff/sdm_{variant}.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=720,
+    conda:
+        "../envs/cxrgen.yaml"
+    script:
+        "../scripts/cheff_sdm.py"
+
+
+rule cheff_sr_base:
+    """SR_base: the super-resolution diffusion model conditioned (channel concat) on bicubic downsamples x_LR."""
+    input:
+        images=rules.cheff_machex.output.images,
+    output:
+        directory(f"{CHEFF_MODELS}/sr_base"),
+    params:
+        cheff=CHEFF,
+        checkpoint=f"{CHEFF_MODELS}/sr_base.partial",
+        seed=config["seed"],
+    log:
+        "logs/cheff/sr_base.log",
+    benchmark:
+        "benchmarks/cheff/sr_base.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=1440,
+    conda:
+        "../envs/cxrgen.yaml"
+    script:
+        "../scripts/cheff_sr.py"
+
+
+rule cheff_sr_fine:
+    """SR_fine: SR_base fine-tuned on decoded latents D(E(x_LR)), the inputs the cascade gives it (sec. 5)."""
+    input:
+        images=rules.cheff_machex.output.images,
+        autoencoder=rules.cheff_autoencoder.output[0],
+        sr_base=rules.cheff_sr_base.output[0],
+    output:
+        directory(f"{CHEFF_MODELS}/sr_fine"),
+    params:
+        cheff=CHEFF,
+        checkpoint=f"{CHEFF_MODELS}/sr_fine.partial",
+        seed=config["seed"],
+    log:
+        "logs/cheff/sr_fine.log",
+    benchmark:
+        "benchmarks/cheff/sr_fine.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=1440,
+    conda:
+        "../envs/cxrgen.yaml"
+    script:
+        "../scripts/cheff_sr.py"
+
+
+rule cheff_reconstruction:
+    """Table 2: MSE/PSNR/SSIM of the three reconstruction workflows with SR_base and SR_fine; Fig. 3 examples."""
+    input:
+        images=rules.cheff_machex.output.images,
+        autoencoder=rules.cheff_autoencoder.output[0],
+        sr_base=rules.cheff_sr_base.output[0],
+        sr_fine=rules.cheff_sr_fine.output[0],
+    output:
+        per_image=f"{CHEFF_DIR}/reconstruction/per_image.csv",
+        table2=f"{CHEFF_DIR}/reconstruction/table2.csv",
+        **cheff_report("results/tables/weber2023_table2", TABLE_EXTS, "cheff_table2"),
+        **cheff_report("results/figures/weber2023_fig3", FIGURE_EXTS, "cheff_fig3"),
+    params:
+        cheff=CHEFF,
+        scale=config["scale"],
+        seed=config["seed"],
+    log:
+        "logs/cheff/reconstruction.log",
+    benchmark:
+        "benchmarks/cheff/reconstruction.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../envs/cxrgen.yaml"
+    script:
+        "../scripts/cheff_reconstruction.py"
+
+
+rule cheff_synthesis:
+    """Cascade samples z ~ SDM -> D(z) -> SR_fine: FID/KID against held-out real x_HR (sec. 5), the sample grid
+    (Fig. 4e) and report-conditioned samples per prompt (Fig. 8)."""
+    input:
+        images=rules.cheff_machex.output.images,
+        autoencoder=rules.cheff_autoencoder.output[0],
+        sdm=f"{CHEFF_MODELS}/sdm_unconditional",
+        sdm_report=f"{CHEFF_MODELS}/sdm_report",
+        sr=rules.cheff_sr_fine.output[0],
+        classifier=CHEFF_CLASSIFIER_INPUT,
+    output:
+        fid_kid=f"{CHEFF_DIR}/synthesis/fid_kid.csv",
+        samples=f"{CHEFF_DIR}/synthesis/samples.npz",
+        **cheff_report("results/tables/weber2023_fid_kid", TABLE_EXTS, "cheff_fid_kid"),
+        **cheff_report("results/figures/weber2023_samples", FIGURE_EXTS, "cheff_samples"),
+        **cheff_report("results/figures/weber2023_report_samples", FIGURE_EXTS, "cheff_report_samples"),
+    params:
+        cheff=CHEFF,
+        classifier=REFERENCE_CLASSIFIER,
+        scale=config["scale"],
+        seed=config["seed"],
+    log:
+        "logs/cheff/synthesis.log",
+    benchmark:
+        "benchmarks/cheff/synthesis.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../envs/cxrgen.yaml"
+    script:
+        "../scripts/cheff_synthesis.py"
+
+
+rule cheff_inpainting:
+    """Inpainting (a region removed and refilled, Fig. 5) and outpainting (completions around a provided area,
+    Fig. 7) with the unconditional SDM; how well the known region is preserved."""
+    input:
+        images=rules.cheff_machex.output.images,
+        autoencoder=rules.cheff_autoencoder.output[0],
+        sdm=f"{CHEFF_MODELS}/sdm_unconditional",
+    output:
+        preservation=f"{CHEFF_DIR}/inpainting/preservation.csv",
+        **cheff_report("results/figures/weber2023_inpainting", FIGURE_EXTS, "cheff_inpainting"),
+        **cheff_report("results/figures/weber2023_outpainting", FIGURE_EXTS, "cheff_outpainting"),
+    params:
+        cheff=CHEFF,
+        seed=config["seed"],
+    log:
+        "logs/cheff/inpainting.log",
+    benchmark:
+        "benchmarks/cheff/inpainting.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../envs/cxrgen.yaml"
+    script:
+        "../scripts/cheff_inpainting.py"
+
+
+rule cheff_beta_check:
+    """The max-beta fix (7.6, Fig. 13): decoded z_T and corr(z_T, z_0) for max beta 0.0195 (LDM) vs 0.0295 (Cheff)."""
+    input:
+        images=rules.cheff_machex.output.images,
+        autoencoder=rules.cheff_autoencoder.output[0],
+        sdm=f"{CHEFF_MODELS}/sdm_unconditional",
+    output:
+        csv=f"{CHEFF_DIR}/beta_check/beta_check.csv",
+        **cheff_report("results/tables/weber2023_beta_check", TABLE_EXTS, "cheff_beta_check"),
+        **cheff_report("results/figures/weber2023_fig13", FIGURE_EXTS, "cheff_fig13"),
+    params:
+        cheff=CHEFF,
+        scale=config["scale"],
+        seed=config["seed"],
+    log:
+        "logs/cheff/beta_check.log",
+    benchmark:
+        "benchmarks/cheff/beta_check.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/cxrgen.yaml"
+    script:
+        "../scripts/cheff_beta_check.py"
+
+
+# (path, rule, description) of the Cheff tables and figures: rules/common.smk's reported_outputs() adds them, so
+# rule all and the results index pick them up
+CHEFF_REPORTED = [
+    ("results/tables/weber2023_table1.md", "cheff_machex", "MaCheX components: patients, train/test, frontal images in MaCheX (Weber Table 1)"),
+    ("results/tables/weber2023_table2.md", "cheff_reconstruction", "Cheff reconstruction workflows: MSE, PSNR, SSIM (Weber Table 2)"),
+    ("results/figures/weber2023_fig3.png", "cheff_reconstruction", "originals vs reconstructions through AE and SR (Weber Fig. 3)"),
+    ("results/tables/weber2023_fid_kid.md", "cheff_synthesis", "FID/KID of unconditional cascade samples (Weber sec. 5)"),
+    ("results/figures/weber2023_samples.png", "cheff_synthesis", "unconditional cascade samples: D(z) and SR(D(z)) (Weber Fig. 4e)"),
+    ("results/figures/weber2023_report_samples.png", "cheff_synthesis", "report-conditioned cascade samples (Weber Fig. 8)"),
+    ("results/figures/weber2023_inpainting.png", "cheff_inpainting", "inpainting with the unconditional SDM (Weber Fig. 5)"),
+    ("results/figures/weber2023_outpainting.png", "cheff_inpainting", "outpainting completions of one provided area (Weber Fig. 7)"),
+    ("results/tables/weber2023_beta_check.md", "cheff_beta_check", "terminal signal and corr(z_T, z_0) for max beta 0.0195 vs 0.0295 (Weber 7.6)"),
+    ("results/figures/weber2023_fig13.png", "cheff_beta_check", "decoded z_T for both max betas (Weber Fig. 13)"),
+]
+cheff_reported_outputs = lambda: list(CHEFF_REPORTED)

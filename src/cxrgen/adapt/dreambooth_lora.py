@@ -1,0 +1,477 @@
+"""DreamBooth + LoRA (Zafar et al. 2023, III.B-C, IV.E, V.B; Ruiz et al. 2022; Hu et al. 2021).
+
+PEFT LoRA adapters (rank ``rank``, scale ``alpha / rank``) are added to the U-Net's attention projections
+(``target_modules``; diffusers' DreamBooth-LoRA default ``to_q, to_k, to_v, to_out.0``) and optionally to the
+text encoder's (``q_proj, k_proj, v_proj, out_proj``); every pretrained weight stays frozen. Each training image
+is paired with its structured PadChest-style prompt (:func:`cxrgen.data.prompts.zafar_prompt` at
+``prompt_level``); with ``prior_preservation`` the DreamBooth class-prior loss on foundation samples of
+``class_prompt`` is added, as in :mod:`cxrgen.adapt.unet_finetune` (whose class-image cache and loss are reused).
+
+The adapter folder holds ``pytorch_lora_weights.safetensors`` written by diffusers'
+``StableDiffusionPipeline.save_lora_weights`` (with the LoRA configs as metadata), so
+``pipe.load_lora_weights(folder)`` reads it, and several such folders can be stacked with weights at sampling
+time (``pipe.set_adapters``; :func:`cxrgen.adapt.pipeline.load_adapted_pipeline` with a list of folders).
+
+Shared with :mod:`cxrgen.adapt.full_finetune`: :class:`ZafarTrainConfig` (which rows of a sample are trained on,
+at which prompt level, and the *step samples*: images of fixed prompts and seeds drawn at chosen training steps,
+Zafar Figs. 4-7), :func:`zafar_training_set` and :class:`StepSampler`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxrgen.adapt.trainer import (
+    BatchStream,
+    LatentCache,
+    TrainConfig,
+    TrainTask,
+    check_resolution,
+    encode_prompts,
+    finish_output,
+    images_to_tensor,
+    make_accelerator,
+    partial_dir,
+    run_training,
+    summarise,
+    tokenize,
+    train_scheduler_from,
+)
+from cxrgen.data.prompts import ZAFAR_STYLES, zafar_prompt
+from cxrgen.diffusion import diffusion_loss
+from cxrgen.errors import InputError
+from cxrgen.io import atomic_path, write_csv_atomic
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+STEP_DIR = "step_samples"
+STEP_MANIFEST = "manifest.csv"
+UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+#: Paper-scale settings (SD v1.5, 512 px). Zafar et al. give the data (960 mixed / 325 normal AP/PA PadChest
+#: images, the highest-complexity prompt, prior preservation: VI.A "with prior preservation") and sample epochs
+#: (Figs. 6/7, up to 180) but no optimiser settings, rank or batch size; those follow diffusers'
+#: ``train_dreambooth_lora.py`` README command: rank 4 (alpha 4), lr 1e-4 constant, batch 1, 500 steps, U-Net
+#: attention projections only, prior_loss_weight 1.0, 200 class images at 50 steps / guidance 7.5.
+PAPER = {
+    "steps": 500, "batch_size": 1, "gradient_accumulation_steps": 1, "lr": 1e-4, "lr_scheduler": "constant",
+    "warmup": 0, "resolution": 512, "rank": 4, "alpha": 4.0, "target_modules": list(UNET_TARGETS),
+    "train_text_encoder": False, "prior_preservation": True, "prior_loss_weight": 1.0, "num_class_images": 200,
+    "class_prompt": "chest x-ray", "class_sample_steps": 50, "class_guidance": 7.5, "class_batch_size": 4,
+    "prompt_level": "full", "checkpoint_every": 100,
+}
+
+
+@dataclass
+class ZafarTrainConfig(TrainConfig):
+    """Fields shared by the Zafar trainers (the loop's fields: see :class:`TrainConfig`).
+
+    prompt_level: :data:`cxrgen.data.prompts.ZAFAR_STYLES` ("modality" = "chest x-ray" ... "full"; "compact" is
+    this project's short form for a short text context). normal_only: train only on No Finding images without a
+    positive or uncertain finding (Zafar's "325 normal" runs). max_images: at most this many images (a seeded
+    random subset; None = all). sample_steps: training steps at which the step samples are drawn (0 = before the
+    first step). sample_prompts: their prompts (empty = the first training prompt). sample_n: images per prompt
+    (image i from seed ``seed + i`` at every step). sample_inference_steps / sample_guidance: DDIM steps and CFG.
+    """
+
+    prompt_level: str = "full"
+    normal_only: bool = False
+    max_images: int | None = None
+    sample_steps: tuple[int, ...] = ()
+    sample_prompts: tuple[str, ...] = ()
+    sample_n: int = 2
+    sample_inference_steps: int = 10
+    sample_guidance: float = 4.0
+
+    def validate(self) -> None:
+        super().validate()
+        name = type(self).__name__
+        if self.prompt_level not in ZAFAR_STYLES:
+            raise InputError(f"{name}.prompt_level={self.prompt_level!r}; expected one of {list(ZAFAR_STYLES)}")
+        if self.max_images is not None and not (isinstance(self.max_images, int) and self.max_images >= 1):
+            raise InputError(f"{name}.max_images={self.max_images!r}; expected None or an integer >= 1")
+        steps = tuple(self.sample_steps or ())
+        if not all(isinstance(s, int) and 0 <= s <= self.steps for s in steps):
+            raise InputError(f"{name}.sample_steps={list(steps)}; expected integers between 0 and steps={self.steps}")
+        if not all(isinstance(p, str) and p.strip() for p in (self.sample_prompts or ())):
+            raise InputError(f"{name}.sample_prompts={self.sample_prompts!r}; expected non-empty prompt strings")
+        for key in ("sample_n", "sample_inference_steps"):
+            if not (isinstance(getattr(self, key), int) and getattr(self, key) >= 1):
+                raise InputError(f"{name}.{key}={getattr(self, key)!r}; expected an integer >= 1")
+
+
+@dataclass
+class DreamBoothLoRAConfig(ZafarTrainConfig):
+    """DreamBooth + LoRA settings (shared fields: :class:`ZafarTrainConfig`, :class:`TrainConfig`).
+
+    rank / alpha: LoRA rank and alpha (scale alpha / rank). target_modules: U-Net modules that get adapters.
+    lora_dropout: PEFT dropout. train_text_encoder: also adapt the text encoder (``text_target_modules``).
+    prior_preservation, prior_loss_weight, num_class_images, class_prompt, class_sample_steps, class_guidance,
+    class_batch_size: the DreamBooth prior loss, as in :class:`cxrgen.adapt.unet_finetune.UNetFinetuneConfig`.
+
+    Miniature defaults (~30-40 s on 2 CPU cores with the default foundation): 150 steps, batch 8, lr 1e-3 (a rank-4
+    adapter on a 0.8 M-parameter U-Net needs a much larger lr than SD's 1e-4 to move in 150 steps), rank 4, prior
+    preservation with 24 class images. Paper: :data:`PAPER`.
+    """
+
+    steps: int = 150
+    batch_size: int = 8
+    lr: float = 1e-3
+    checkpoint_every: int = 50
+    rank: int = 4
+    alpha: float = 4.0
+    target_modules: tuple[str, ...] = UNET_TARGETS
+    lora_dropout: float = 0.0
+    train_text_encoder: bool = False
+    text_target_modules: tuple[str, ...] = TEXT_TARGETS
+    prior_preservation: bool = True
+    prior_loss_weight: float = 1.0
+    num_class_images: int = 24
+    class_prompt: str = "chest x-ray"
+    class_sample_steps: int = 10
+    class_guidance: float = 4.0
+    class_batch_size: int = 24
+
+    @classmethod
+    def paper(cls, **overrides) -> "DreamBoothLoRAConfig":
+        return cls.from_dict({**PAPER, **overrides})
+
+    def validate(self) -> None:
+        super().validate()
+        if not (isinstance(self.rank, int) and self.rank >= 1):
+            raise InputError(f"DreamBoothLoRAConfig.rank={self.rank!r}; expected an integer >= 1")
+        if float(self.alpha) <= 0:
+            raise InputError(f"DreamBoothLoRAConfig.alpha={self.alpha!r}; expected a positive number")
+        if not (0.0 <= float(self.lora_dropout) < 1.0):
+            raise InputError(f"DreamBoothLoRAConfig.lora_dropout={self.lora_dropout!r}; expected a number in [0, 1)")
+        for key in ("target_modules", "text_target_modules"):
+            v = getattr(self, key)
+            if not (isinstance(v, (list, tuple)) and v and all(isinstance(m, str) and m for m in v)):
+                raise InputError(f"DreamBoothLoRAConfig.{key}={v!r}; expected a non-empty list of module names "
+                                 f"such as {list(UNET_TARGETS if key == 'target_modules' else TEXT_TARGETS)}")
+        for key in ("num_class_images", "class_sample_steps", "class_batch_size"):
+            v = getattr(self, key)
+            if not (isinstance(v, int) and v >= 1):
+                raise InputError(f"DreamBoothLoRAConfig.{key}={v!r}; expected an integer >= 1")
+        if float(self.prior_loss_weight) < 0:
+            raise InputError(f"DreamBoothLoRAConfig.prior_loss_weight={self.prior_loss_weight!r}; expected >= 0")
+        if not isinstance(self.class_prompt, str) or not self.class_prompt.strip():
+            raise InputError(f"DreamBoothLoRAConfig.class_prompt={self.class_prompt!r}; expected a prompt")
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def zafar_training_set(images: np.ndarray, manifest: pd.DataFrame, cfg: ZafarTrainConfig,
+                       where: str = "sample") -> tuple[np.ndarray, pd.DataFrame, list[str]]:
+    """The rows a Zafar trainer uses and their prompts at ``cfg.prompt_level``.
+
+    ``normal_only`` keeps rows with No Finding == 1 and no positive/uncertain pathology; ``max_images`` takes a
+    ``cfg.seed``-seeded random subset (kept in manifest order). Returns (images, manifest, prompts).
+    """
+    from cxrgen.data.sampling import sole_finding
+
+    if len(images) != len(manifest):
+        raise InputError(f"{where}: {len(images)} images but {len(manifest)} manifest rows; expected one row each")
+    keep = np.ones(len(manifest), dtype=bool)
+    if cfg.normal_only:
+        if "No Finding" not in manifest.columns:
+            raise InputError(f"{where}: manifest has no 'No Finding' column; expected CheXpert label columns for "
+                             "normal_only")
+        keep &= sole_finding(manifest, "No Finding").to_numpy()
+    idx = np.flatnonzero(keep)
+    if cfg.max_images is not None and len(idx) > cfg.max_images:
+        rng = np.random.default_rng(int(cfg.seed))
+        idx = np.sort(rng.choice(idx, int(cfg.max_images), replace=False))
+    if len(idx) == 0:
+        raise InputError(f"{where}: no images left after normal_only={cfg.normal_only}; expected at least one")
+    sub = manifest.iloc[idx].reset_index(drop=True)
+    prompts = [zafar_prompt(row, cfg.prompt_level) for _, row in sub.iterrows()]
+    return images[idx], sub, prompts
+
+
+def prompt_token_stats(tokenizer, prompts: list[str]) -> dict:
+    """Token counts of ``prompts`` (with start/end tokens) against the tokenizer's context length."""
+    lengths = [len(tokenizer(p).input_ids) for p in prompts]
+    limit = int(tokenizer.model_max_length)
+    return {"max_tokens": int(max(lengths)) if lengths else 0, "context_length": limit,
+            "truncated_share": float(np.mean([n > limit for n in lengths])) if lengths else 0.0}
+
+
+class StepSampler:
+    """Images of fixed prompts and seeds at chosen training steps (Zafar Figs. 4-7), cached in ``folder``.
+
+    Image ``i`` of every prompt at every step starts from the noise of seed ``seed + i``, so rows of the grid
+    differ only by training. Files already in ``folder`` (a resumed run) are kept.
+    """
+
+    def __init__(self, pipe, cfg: ZafarTrainConfig, prompts: list[str], folder: Path):
+        self.pipe, self.cfg, self.folder = pipe, cfg, Path(folder)
+        self.steps = sorted(set(int(s) for s in (cfg.sample_steps or ())))
+        self.prompts = list(prompts)
+
+    def _files(self, step: int) -> list[tuple[int, int, Path]]:
+        return [(p, i, self.folder / f"step_{step:06d}_p{p}_i{i}.png")
+                for p in range(len(self.prompts)) for i in range(self.cfg.sample_n)]
+
+    @torch.no_grad()
+    def maybe_sample(self, step: int, modules=()) -> None:
+        from PIL import Image
+
+        if step not in self.steps or all(f.is_file() for _, _, f in self._files(step)):
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        was = [(m, m.training) for m in modules]
+        for m, _ in was:
+            m.eval()
+        n, cfg = self.cfg.sample_n, self.cfg
+        prompts = [p for p in self.prompts for _ in range(n)]
+        gens = [torch.Generator("cpu").manual_seed(int(cfg.seed) + i) for _ in self.prompts for i in range(n)]
+        self.pipe.set_progress_bar_config(disable=True)
+        out = self.pipe(prompts, num_inference_steps=cfg.sample_inference_steps, guidance_scale=cfg.sample_guidance,
+                        height=cfg.resolution, width=cfg.resolution, generator=gens, output_type="np").images
+        gray = (np.clip(np.asarray(out, np.float32).mean(-1), 0, 1) * 255).round().astype(np.uint8)
+        for (p, i, f), img in zip(self._files(step), gray):
+            with atomic_path(f) as tmp:
+                Image.fromarray(img).save(tmp, format="PNG")
+        for m, training in was:
+            m.train(training)
+
+    def write(self, out: Path) -> None:
+        """Copy the images into ``out/step_samples`` with ``manifest.csv`` (step, prompt, index, seed, file)."""
+        import shutil
+
+        if not self.steps:
+            return
+        (out / STEP_DIR).mkdir(parents=True, exist_ok=True)
+        rows = []
+        for step in self.steps:
+            for p, i, f in self._files(step):
+                if not f.is_file():
+                    raise InputError(f"step sample {f} missing; expected it drawn at step {step}")
+                shutil.copyfile(f, out / STEP_DIR / f.name)
+                rows.append({"step": step, "prompt_index": p, "prompt": self.prompts[p], "index": i,
+                             "seed": int(self.cfg.seed) + i, "file": f"{STEP_DIR}/{f.name}"})
+        write_csv_atomic(pd.DataFrame(rows), out / STEP_DIR / STEP_MANIFEST)
+
+
+def load_step_samples(adapter_dir) -> tuple[np.ndarray, pd.DataFrame]:
+    """The step samples of an adapter folder: uint8 (N,H,W) and the manifest (empty when none were drawn)."""
+    from PIL import Image
+
+    path = Path(adapter_dir) / STEP_DIR / STEP_MANIFEST
+    if not path.is_file():
+        return np.zeros((0, 1, 1), np.uint8), pd.DataFrame(columns=["step", "prompt_index", "prompt", "index", "seed",
+                                                                    "file"])
+    man = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    imgs = np.stack([np.asarray(Image.open(Path(adapter_dir) / f).convert("L")) for f in man["file"]])
+    return imgs, man
+
+
+class TrainableState:
+    """A ``state_dict`` / ``load_state_dict`` view of only the trained parameters of a module (so a checkpoint
+    holds the LoRA matrices, not the frozen foundation)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.params = {n: p for n, p in module.named_parameters() if p.requires_grad}
+
+    def state_dict(self) -> dict:
+        return {n: p.detach() for n, p in self.params.items()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        missing = sorted(set(self.params) - set(sd))
+        if missing:
+            raise InputError(f"checkpoint lacks trained parameters {missing[:3]}...; expected the same LoRA setup")
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(sd[n].to(p.device, p.dtype))
+
+
+def count_trainable(*modules) -> int:
+    return int(sum(p.numel() for m in modules if m is not None for p in m.parameters() if p.requires_grad))
+
+
+def _lora_config(rank, alpha, targets, dropout):
+    from peft import LoraConfig
+
+    return LoraConfig(r=int(rank), lora_alpha=float(alpha), init_lora_weights="gaussian",
+                      target_modules=list(targets), lora_dropout=float(dropout))
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def train_lora(foundation, images, prompts, cfg: DreamBoothLoRAConfig, out_dir, class_images_dir=None,
+               progress: bool = True, extra_adapter: dict | None = None) -> dict:
+    """Train LoRA adapters on ``images`` (uint8 (N,H,W)) with per-image ``prompts``; write ``out_dir``.
+
+    ``out_dir`` gets ``pytorch_lora_weights.safetensors`` (diffusers format), ``adapter.json`` (method "lora",
+    foundation, rank, alpha, targets, trainable / total parameters, token statistics of the prompts, ...),
+    ``step_samples/``, ``training_log.csv``, ``loss_curve.png/.pdf`` and ``train_config.json``. Returns a summary.
+    """
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    from cxrgen.adapt.unet_finetune import ensure_class_images, prior_preservation_loss
+    from cxrgen.models.registry import load_pipeline
+
+    if not isinstance(cfg, DreamBoothLoRAConfig):
+        raise InputError(f"cfg is a {type(cfg).__name__}; expected a DreamBoothLoRAConfig")
+    cfg.validate()
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
+    pixels = images_to_tensor(images, cfg.resolution)
+    prompts = list(prompts)
+    if len(prompts) != len(pixels) or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise InputError(f"prompts={prompts!r:.200}; expected one non-empty prompt per image ({len(pixels)} images)")
+    out_dir = Path(out_dir)
+    accelerator = make_accelerator(cfg.mixed_precision)
+    device = accelerator.device
+
+    pipe = load_pipeline(foundation)
+    check_resolution(pipe, cfg.resolution)
+    tokenizer, text_encoder, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
+    pipe.to(device)
+    total_params = sum(p.numel() for m in (unet, text_encoder) for p in m.parameters())
+    tokens = prompt_token_stats(tokenizer, prompts)
+
+    class_pixels = None
+    if cfg.prior_preservation:  # sampled from the untouched foundation, before any adapter exists
+        cdir = Path(class_images_dir) if class_images_dir else partial_dir(out_dir) / "class_images"
+        class_pixels = images_to_tensor(ensure_class_images(pipe, cfg, cdir, str(foundation), progress),
+                                        cfg.resolution, what="class images")
+    sampler = StepSampler(pipe, cfg, list(cfg.sample_prompts) or prompts[:1], partial_dir(out_dir) / STEP_DIR)
+    sampler.maybe_sample(0)
+
+    for m in (vae, text_encoder, unet):
+        m.requires_grad_(False)
+    unet_lora = _lora_config(cfg.rank, cfg.alpha, cfg.target_modules, cfg.lora_dropout)
+    unet.add_adapter(unet_lora)
+    text_lora = None
+    if cfg.train_text_encoder:
+        text_lora = _lora_config(cfg.rank, cfg.alpha, cfg.text_target_modules, cfg.lora_dropout)
+        text_encoder.add_adapter(text_lora)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    vae.eval()
+    unet.train()
+    text_encoder.train(cfg.train_text_encoder)
+    trainable = count_trainable(unet, text_encoder)
+
+    distinct = sorted(set(prompts))
+    prompt_idx = torch.tensor([distinct.index(p) for p in prompts], dtype=torch.long, device=device)
+    ids = tokenize(tokenizer, distinct).to(device)
+    table = None if cfg.train_text_encoder else encode_prompts(tokenizer, text_encoder, distinct, device)
+    class_ids = tokenize(tokenizer, [cfg.class_prompt]).to(device)
+    latents = LatentCache(vae, pixels, device, progress=progress)
+    stream = BatchStream(len(latents), cfg.batch_size, cfg.seed)
+    if class_pixels is not None:
+        class_latents = LatentCache(vae, class_pixels, device, progress=progress)
+        class_stream = BatchStream(len(class_latents), cfg.batch_size, cfg.seed + 1)
+        class_table = None if cfg.train_text_encoder else encode_prompts(tokenizer, text_encoder, [cfg.class_prompt],
+                                                                         device)
+    scheduler = train_scheduler_from(pipe)
+    state = {"step": 0}
+
+    def loss_fn(micro: int, gen: torch.Generator):
+        state["step"] = micro // cfg.gradient_accumulation_steps + 1
+        idx = stream.batch(micro).to(device)
+        lat = latents.sample(idx, gen)
+        emb = table[prompt_idx[idx]] if table is not None else text_encoder(ids[prompt_idx[idx]])[0]
+        if class_pixels is None:
+            loss = diffusion_loss(unet, scheduler, lat, emb, gen, snr_gamma=cfg.snr_gamma,
+                                  noise_offset=float(cfg.noise_offset))
+            return loss, {}
+        cidx = class_stream.batch(micro).to(device)
+        clat = class_latents.sample(cidx, gen)
+        cemb = class_table if class_table is not None else text_encoder(class_ids)[0]
+        loss, inst, prior = prior_preservation_loss(
+            unet, scheduler, lat, emb, clat, cemb.expand(len(cidx), -1, -1), cfg.prior_loss_weight, gen,
+            snr_gamma=cfg.snr_gamma, noise_offset=float(cfg.noise_offset))
+        return loss, {"instance_loss": float(inst.detach()), "prior_loss": float(prior.detach())}
+
+    def after_step():
+        sampler.maybe_sample(state["step"], modules=(unet, text_encoder))
+
+    params = [p for m in (unet, text_encoder) for p in m.parameters() if p.requires_grad]
+    modules = {"unet_lora": TrainableState(unet)}
+    if cfg.train_text_encoder:
+        modules["text_encoder_lora"] = TrainableState(text_encoder)
+    task = TrainTask(params=params, state_modules=modules, loss_fn=loss_fn, after_step=after_step,
+                     desc="dreambooth lora")
+    result = run_training(cfg, task, partial_dir(out_dir) / "checkpoint", accelerator, progress)
+    if not result.finished:
+        return summarise(result, out_dir, "lora", {"checkpoint": str(partial_dir(out_dir))})
+    unet.eval()
+    text_encoder.eval()
+
+    adapter = {
+        "method": "lora",
+        "foundation": str(foundation),
+        "weight_name": LORA_FILE,
+        "rank": int(cfg.rank), "alpha": float(cfg.alpha), "target_modules": list(cfg.target_modules),
+        "train_text_encoder": bool(cfg.train_text_encoder),
+        "text_target_modules": list(cfg.text_target_modules) if cfg.train_text_encoder else [],
+        "prior_preservation": bool(cfg.prior_preservation),
+        "class_prompt": cfg.class_prompt if cfg.prior_preservation else None,
+        "num_class_images": int(cfg.num_class_images) if cfg.prior_preservation else 0,
+        "prompt_level": cfg.prompt_level, "normal_only": bool(cfg.normal_only),
+        "n_images": int(len(pixels)), "n_distinct_prompts": len(distinct), "prompt_example": prompts[0],
+        "trainable_params": trainable, "total_params": int(total_params), **tokens,
+        "seed": int(cfg.seed), "steps": int(cfg.steps), **(extra_adapter or {}),
+    }
+    train_config = {**cfg.to_dict(), "effective_lr": cfg.effective_lr, "foundation": str(foundation),
+                    "n_images": int(len(pixels)), "device": str(device), "train_seconds": result.seconds,
+                    "resumed_from": result.resumed_from, **tokens}
+
+    def write(d: Path) -> None:
+        unet_sd = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+        te_sd = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder)) if text_lora else None
+        StableDiffusionPipeline.save_lora_weights(
+            save_directory=str(d), unet_lora_layers=unet_sd, text_encoder_lora_layers=te_sd,
+            safe_serialization=True, weight_name=LORA_FILE,
+            unet_lora_adapter_metadata=unet_lora.to_dict(),
+            text_encoder_lora_adapter_metadata=text_lora.to_dict() if text_lora else None)
+        sampler.write(d)
+
+    finish_output(out_dir, write, result.rows, train_config, adapter)
+    return summarise(result, out_dir, "lora", {"trainable_params": trainable, **tokens})
+
+
+def train_lora_from_sample(foundation, sample_dir, cfg_dict: dict | None, out_dir, class_images_dir=None,
+                           progress: bool = True) -> dict:
+    """:func:`train_lora` on a materialised sample folder (rows and prompts by :func:`zafar_training_set`)."""
+    from cxrgen.data.sampling import load_images
+
+    cfg = DreamBoothLoRAConfig.from_dict(cfg_dict)
+    images, manifest = load_images(sample_dir)
+    images, manifest, prompts = zafar_training_set(images, manifest, cfg, where=str(sample_dir))
+    return train_lora(foundation, images, prompts, cfg, out_dir, class_images_dir=class_images_dir,
+                      progress=progress, extra_adapter={"sample": str(sample_dir)})
+
+
+def artefact_bytes(adapter_dir) -> int:
+    """Bytes of the weights an adapter folder adds to the foundation (LoRA file, or the full model folders)."""
+    folder = Path(adapter_dir)
+    files = [folder / LORA_FILE] if (folder / LORA_FILE).is_file() else [
+        f for sub in ("unet", "text_encoder") for f in (folder / sub).glob("*") if f.is_file()]
+    if not files:
+        raise InputError(f"{folder}: no {LORA_FILE} and no unet/ or text_encoder/ weights; expected a Zafar adapter")
+    return int(sum(os.path.getsize(f) for f in files))
+
+
+def read_adapter_json(adapter_dir) -> dict:
+    return json.loads((Path(adapter_dir) / "adapter.json").read_text())
+
+
+__all__ = ["PAPER", "LORA_FILE", "ZafarTrainConfig", "DreamBoothLoRAConfig", "zafar_training_set",
+           "prompt_token_stats", "StepSampler", "load_step_samples", "TrainableState", "count_trainable",
+           "train_lora", "train_lora_from_sample", "artefact_bytes"]

@@ -1,0 +1,185 @@
+"""Full fine-tuning of the U-Net and the text encoder jointly (RoentGen-style; Zafar et al. 2023, IV.A, IV.E, V.A).
+
+Every U-Net and text-encoder weight is trained on the images with their prompts (Zafar's full fine-tuning runs
+used the simple prompt "Chest X-ray", i.e. ``prompt_level="modality"``; the level is configurable). The VAE stays
+frozen, so latents are cached; the text encoder is trained, so prompts are re-encoded every step. The adapter
+folder holds ``unet/`` and ``text_encoder/`` (``save_pretrained`` folders) that replace the foundation's at
+sampling time (:func:`cxrgen.adapt.pipeline.load_adapted_pipeline`, method ``"full"``), plus step samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cxrgen.adapt.dreambooth_lora import (
+    STEP_DIR,
+    StepSampler,
+    ZafarTrainConfig,
+    count_trainable,
+    prompt_token_stats,
+    zafar_training_set,
+)
+from cxrgen.adapt.trainer import (
+    BatchStream,
+    LatentCache,
+    TrainTask,
+    check_resolution,
+    finish_output,
+    images_to_tensor,
+    make_accelerator,
+    partial_dir,
+    run_training,
+    summarise,
+    tokenize,
+    train_scheduler_from,
+)
+from cxrgen.diffusion import diffusion_loss
+from cxrgen.errors import InputError
+
+#: Paper-scale settings (SD v1.5, 512 px). Zafar et al. state batch size 2 (IV.E), 325 normal AP/PA images with
+#: the prompt "Chest X-ray" and samples up to step 9100 (Fig. 5); the learning rate and schedule are not given:
+#: 1e-5 constant, no warm-up, as in diffusers' ``train_text_to_image.py`` README; gradient checkpointing and
+#: fp16 because the paper's runs fit a 16 GB GPU.
+PAPER = {
+    "steps": 9100, "batch_size": 2, "gradient_accumulation_steps": 1, "lr": 1e-5, "lr_scheduler": "constant",
+    "warmup": 0, "resolution": 512, "train_text_encoder": True, "prompt_level": "modality", "normal_only": True,
+    "max_images": 325, "gradient_checkpointing": True, "mixed_precision": "fp16", "checkpoint_every": 500,
+}
+
+
+@dataclass
+class FullFinetuneConfig(ZafarTrainConfig):
+    """Full fine-tuning settings (shared fields: :class:`ZafarTrainConfig`, :class:`TrainConfig`).
+
+    train_text_encoder: train the text encoder jointly with the U-Net (RoentGen's best setting; False trains the
+    U-Net alone). Miniature defaults (~40 s on 2 CPU cores with the default foundation): 150 steps, batch 8,
+    lr 2e-4 (the tiny U-Net's U-Net fine-tuning lr, as in :mod:`cxrgen.adapt.unet_finetune`). Paper: :data:`PAPER`.
+    """
+
+    steps: int = 150
+    batch_size: int = 8
+    lr: float = 2e-4
+    checkpoint_every: int = 50
+    train_text_encoder: bool = True
+
+    @classmethod
+    def paper(cls, **overrides) -> "FullFinetuneConfig":
+        return cls.from_dict({**PAPER, **overrides})
+
+
+def train_full(foundation, images, prompts, cfg: FullFinetuneConfig, out_dir, progress: bool = True,
+               extra_adapter: dict | None = None) -> dict:
+    """Fine-tune the U-Net (and the text encoder) on ``images`` with per-image ``prompts``; write ``out_dir``.
+
+    ``out_dir`` gets ``unet/``, ``text_encoder/`` (when trained), ``adapter.json`` (method "full", foundation,
+    trainable / total parameters, ...), ``step_samples/``, ``training_log.csv``, ``loss_curve.png/.pdf`` and
+    ``train_config.json``. Returns a summary dict.
+    """
+    from cxrgen.models.registry import load_pipeline
+
+    if not isinstance(cfg, FullFinetuneConfig):
+        raise InputError(f"cfg is a {type(cfg).__name__}; expected a FullFinetuneConfig")
+    cfg.validate()
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
+    pixels = images_to_tensor(images, cfg.resolution)
+    prompts = list(prompts)
+    if len(prompts) != len(pixels) or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise InputError(f"prompts={prompts!r:.200}; expected one non-empty prompt per image ({len(pixels)} images)")
+    out_dir = Path(out_dir)
+    accelerator = make_accelerator(cfg.mixed_precision)
+    device = accelerator.device
+
+    pipe = load_pipeline(foundation)
+    check_resolution(pipe, cfg.resolution)
+    tokenizer, text_encoder, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
+    pipe.to(device)
+    tokens = prompt_token_stats(tokenizer, prompts)
+    sampler = StepSampler(pipe, cfg, list(cfg.sample_prompts) or prompts[:1], partial_dir(out_dir) / STEP_DIR)
+    sampler.maybe_sample(0)
+
+    vae.requires_grad_(False)
+    unet.requires_grad_(True)
+    text_encoder.requires_grad_(bool(cfg.train_text_encoder))
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if cfg.train_text_encoder:
+            text_encoder.gradient_checkpointing_enable()
+    if device.type == "cuda" and cfg.mixed_precision != "no":
+        vae.to(dtype=torch.float16 if cfg.mixed_precision == "fp16" else torch.bfloat16)
+    vae.eval()
+    unet.train()
+    text_encoder.train(bool(cfg.train_text_encoder))
+    trainable = count_trainable(unet, text_encoder)
+    total_params = sum(p.numel() for m in (unet, text_encoder) for p in m.parameters())
+
+    distinct = sorted(set(prompts))
+    prompt_idx = torch.tensor([distinct.index(p) for p in prompts], dtype=torch.long, device=device)
+    ids = tokenize(tokenizer, distinct).to(device)
+    latents = LatentCache(vae, pixels, device, progress=progress)
+    stream = BatchStream(len(latents), cfg.batch_size, cfg.seed)
+    scheduler = train_scheduler_from(pipe)
+    state = {"step": 0}
+    if not cfg.train_text_encoder:
+        with torch.no_grad():
+            frozen_table = text_encoder(ids)[0].float()
+
+    def loss_fn(micro: int, gen: torch.Generator):
+        state["step"] = micro // cfg.gradient_accumulation_steps + 1
+        idx = stream.batch(micro).to(device)
+        lat = latents.sample(idx, gen)
+        emb = text_encoder(ids[prompt_idx[idx]])[0] if cfg.train_text_encoder else frozen_table[prompt_idx[idx]]
+        return diffusion_loss(unet, scheduler, lat, emb, gen, snr_gamma=cfg.snr_gamma,
+                              noise_offset=float(cfg.noise_offset)), {}
+
+    def after_step():
+        sampler.maybe_sample(state["step"], modules=(unet, text_encoder))
+
+    params = [p for m in (unet, text_encoder) for p in m.parameters() if p.requires_grad]
+    modules = {"unet": unet, **({"text_encoder": text_encoder} if cfg.train_text_encoder else {})}
+    task = TrainTask(params=params, state_modules=modules, loss_fn=loss_fn, after_step=after_step,
+                     desc="full fine-tuning")
+    result = run_training(cfg, task, partial_dir(out_dir) / "checkpoint", accelerator, progress)
+    if not result.finished:
+        return summarise(result, out_dir, "full", {"checkpoint": str(partial_dir(out_dir))})
+    unet.eval()
+    text_encoder.eval()
+
+    adapter = {
+        "method": "full",
+        "foundation": str(foundation),
+        "train_text_encoder": bool(cfg.train_text_encoder),
+        "prompt_level": cfg.prompt_level, "normal_only": bool(cfg.normal_only),
+        "n_images": int(len(pixels)), "n_distinct_prompts": len(distinct), "prompt_example": prompts[0],
+        "trainable_params": trainable, "total_params": int(total_params), **tokens,
+        "seed": int(cfg.seed), "steps": int(cfg.steps), "ema": bool(cfg.use_ema), **(extra_adapter or {}),
+    }
+    train_config = {**cfg.to_dict(), "effective_lr": cfg.effective_lr, "foundation": str(foundation),
+                    "n_images": int(len(pixels)), "device": str(device), "train_seconds": result.seconds,
+                    "resumed_from": result.resumed_from, **tokens}
+
+    def write(d: Path) -> None:
+        unet.save_pretrained(d / "unet", safe_serialization=True)
+        if cfg.train_text_encoder:
+            text_encoder.save_pretrained(d / "text_encoder", safe_serialization=True)
+        sampler.write(d)
+
+    finish_output(out_dir, write, result.rows, train_config, adapter)
+    return summarise(result, out_dir, "full", {"trainable_params": trainable, **tokens})
+
+
+def train_full_from_sample(foundation, sample_dir, cfg_dict: dict | None, out_dir, progress: bool = True) -> dict:
+    """:func:`train_full` on a materialised sample folder (rows and prompts by :func:`zafar_training_set`)."""
+    from cxrgen.data.sampling import load_images
+
+    cfg = FullFinetuneConfig.from_dict(cfg_dict)
+    images, manifest = load_images(sample_dir)
+    images, manifest, prompts = zafar_training_set(images, manifest, cfg, where=str(sample_dir))
+    return train_full(foundation, images, prompts, cfg, out_dir, progress=progress,
+                      extra_adapter={"sample": str(sample_dir)})
+
+
+__all__ = ["PAPER", "FullFinetuneConfig", "train_full", "train_full_from_sample"]

@@ -1,0 +1,617 @@
+"""Zafar et al. 2023: full fine-tuning vs DreamBooth + LoRA with structured PadChest-style prompts, evaluated by
+FID, attribute controllability, a forgetting check, parameter counts and artefact sizes; training-step grids.
+
+* **Prompts** (:func:`prompt_levels_table`): every Zafar prompt level (:data:`cxrgen.data.prompts.ZAFAR_STYLES`)
+  for a few training rows, with the token count under the foundation's tokenizer (a prompt longer than the text
+  encoder's context is truncated, and the diagnosis, printed last, is what goes).
+* **Sampling** (:func:`sample_zafar_sets`), per model (the foundation as is, and each adapted model), one folder
+  with three parts: ``fid`` (one image per real test row, from that row's own structured prompt), ``attribute``
+  (for sex, view and finding: two prompts that differ in that attribute only, image i of both from seed + i) and
+  ``ood`` (out-of-domain prompts from the foundation's general corpus, "a photo of a red circle", in RGB).
+* **Classifiers**: :func:`train_attribute_classifier` (a small CNN on the real training images with binary heads
+  for sex = F and view = AP; the phantom draws a breast shadow for F, scapulae, a magnified heart and higher
+  diaphragm for AP) and :func:`train_corpus_classifier` (a small CNN on fresh images of the foundation's corpus,
+  :func:`cxrgen.models.corpus.make_corpus`, with colour and shape heads). The finding is scored with the
+  workflow's reference classifier (Pleural Effusion).
+* **Evaluation** (:func:`evaluate_zafar`): per model the FID of the ``fid`` part against the real images (reference
+  classifier features), per attribute the AUC of the attribute classifier separating the images of the two prompts
+  (0.5 = the prompt has no effect; bootstrap CI), the share of out-of-domain images whose colour and shape the
+  corpus classifier recognises (and that share relative to the foundation's: retained knowledge), trainable and
+  total parameters, and the bytes the adaptation adds (LoRA file vs fine-tuned model folders).
+* **Rendering** (:func:`render_zafar`): the method table, the prompt-level table, the step grids (samples of
+  fixed prompts and seeds at increasing training steps, Zafar Figs. 4-7) and a sample grid (Fig. 8's
+  out-of-domain check beside the attribute prompts).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from cxrgen.data.prompts import ZAFAR_STYLES, zafar_prompt
+from cxrgen.data.schema import CHEXPERT_LABELS
+from cxrgen.errors import InputError
+from cxrgen.io import atomic_path, write_csv_atomic
+
+log = logging.getLogger(__name__)
+
+#: attribute -> (manifest column or label, negative value, positive value); the classifier scores the positive.
+ATTRIBUTES: dict[str, tuple[str, str, str]] = {
+    "sex": ("sex", "M", "F"),
+    "view": ("view", "PA", "AP"),
+    "finding": ("Pleural Effusion", "normal", "pleural effusion"),
+}
+FINDING_LABEL = "Pleural Effusion"
+DEFAULT_BASE = {"sex": "M", "view": "PA", "age": 60}
+DEFAULT_OOD_PROMPTS = ("a photo of a red circle", "a photo of a blue square", "a photo of a green triangle",
+                       "a photo of a yellow ring")
+MANIFEST = "manifest.csv"
+EVAL_FILES = {"methods": "methods.csv", "controllability": "controllability.csv", "forgetting": "forgetting.csv"}
+CLASSIFIER_FILE = "model.safetensors"
+CLASSIFIER_META = "classifier.json"
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+def _base_row(base: Mapping | None = None, **changes) -> pd.Series:
+    row = {label: np.nan for label in CHEXPERT_LABELS}
+    row.update({"No Finding": 1.0, **DEFAULT_BASE, **(base or {})})
+    row.update(changes)
+    return pd.Series(row)
+
+
+def attribute_prompts(level: str, base: Mapping | None = None) -> dict[str, dict]:
+    """For each attribute two prompts that differ in that attribute only (at ``level``; the rest from ``base``).
+
+    Returns ``{prompt_name: {"prompt", "attribute", "value", "positive"}}``, names like ``sex_M`` / ``sex_F``. At a
+    level that does not print an attribute (e.g. "sex" has no view) both prompts are the same text.
+    """
+    if level not in ZAFAR_STYLES:
+        raise InputError(f"prompt level {level!r}; expected one of {list(ZAFAR_STYLES)}")
+    out = {}
+    for attr, (column, neg, pos) in ATTRIBUTES.items():
+        for value, positive in ((neg, 0), (pos, 1)):
+            if attr == "finding":
+                row = _base_row(base, **({"No Finding": np.nan, FINDING_LABEL: 1.0} if positive else {}))
+            else:
+                row = _base_row(base, **{column: value})
+            name = f"{attr}_{re.sub(r'[^A-Za-z0-9]+', '-', value)}"
+            out[name] = {"prompt": zafar_prompt(row, level), "attribute": attr, "value": value, "positive": positive}
+    return out
+
+
+def parse_corpus_prompt(prompt: str) -> tuple[str, str]:
+    """(colour, shape) named in a corpus-style prompt such as "a photo of a small red circle at the top left"."""
+    from cxrgen.models.corpus import COLOURS, SHAPES
+
+    words = prompt.lower()
+    colour = next((c for c in COLOURS if re.search(rf"\b{c}\b", words)), None)
+    shape = next((s for s in SHAPES if re.search(rf"\b{s}\b", words)), None)
+    if colour is None or shape is None:
+        raise InputError(f"out-of-domain prompt {prompt!r} names no colour and shape of the foundation corpus; expected "
+                         f"e.g. 'a photo of a red circle' (colours {list(COLOURS)}, shapes {list(SHAPES)})")
+    return colour, shape
+
+
+def prompt_levels_table(manifest: pd.DataFrame, tokenizer=None, n_rows: int = 2) -> pd.DataFrame:
+    """Every prompt level for the first ``n_rows`` rows, with token counts under ``tokenizer`` when given."""
+    rows = []
+    for i, (_, r) in enumerate(manifest.head(n_rows).iterrows()):
+        for level in ZAFAR_STYLES:
+            text = zafar_prompt(r, level)
+            row = {"image": str(r.get("image_id", i)), "level": level, "prompt": text}
+            if tokenizer is not None:
+                n = len(tokenizer(text).input_ids)
+                row.update(tokens=n, context=int(tokenizer.model_max_length),
+                           truncated="yes" if n > tokenizer.model_max_length else "no")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+@torch.no_grad()
+def generate_rgb(pipeline, prompts: Sequence[str], seeds: Sequence[int], steps: int = 10, guidance: float = 4.0,
+                 batch_size: int = 16, height: int | None = None) -> np.ndarray:
+    """uint8 RGB (N,H,W,3): image i from ``prompts[i]`` with its own CPU generator seeded ``seeds[i]``."""
+    if len(prompts) != len(seeds):
+        raise InputError(f"{len(prompts)} prompts but {len(seeds)} seeds; expected one seed per prompt")
+    size = int(height) if height is not None else pipeline.default_size()
+    out = []
+    for start in range(0, len(prompts), int(batch_size)):
+        p = [pipeline.prompt_text(x) for x in prompts[start:start + int(batch_size)]]
+        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[start:start + int(batch_size)]]
+        res = pipeline.pipe(prompt=p, num_inference_steps=int(steps), guidance_scale=float(guidance), generator=gens,
+                            height=size, width=size, output_type="np").images
+        out.append((np.clip(np.asarray(res, np.float32), 0, 1) * 255).round().astype(np.uint8))
+    return np.concatenate(out) if out else np.zeros((0, size, size, 3), np.uint8)
+
+
+def sample_zafar_sets(pipeline, out_dir, real_manifest: pd.DataFrame, model: str, seed: int = 0,
+                      prompt_level: str = "full", n_fid: int = 48, n_per_prompt: int = 16,
+                      ood_prompts: Sequence[str] = DEFAULT_OOD_PROMPTS, n_ood: int = 6, steps: int = 10,
+                      guidance: float = 4.0, batch_size: int = 24, base: Mapping | None = None) -> pd.DataFrame:
+    """Write ``out_dir`` (atomically): ``images/*.png`` + ``manifest.csv`` with columns part (fid / attribute / ood),
+    prompt_name, prompt, attribute, value, positive, colour, shape, index, seed, file, model, real_image_id."""
+    for name, v, low in (("n_fid", n_fid, 0), ("n_per_prompt", n_per_prompt, 2), ("n_ood", n_ood, 1)):
+        if int(v) < low:
+            raise InputError(f"{name}={v!r}; expected an integer >= {low}")
+    rows: list[dict] = []
+    real = real_manifest.sort_values("image_id").head(int(n_fid)) if n_fid else real_manifest.head(0)
+    for i, (_, r) in enumerate(real.iterrows()):
+        rows.append({"part": "fid", "prompt_name": "real_row", "prompt": zafar_prompt(r, prompt_level), "index": i,
+                     "seed": seed + i, "real_image_id": str(r["image_id"])})
+    for name, spec in attribute_prompts(prompt_level, base).items():
+        for i in range(int(n_per_prompt)):
+            rows.append({"part": "attribute", "prompt_name": name, "prompt": spec["prompt"], "attribute": spec["attribute"],
+                         "value": spec["value"], "positive": spec["positive"], "index": i, "seed": seed + i})
+    for j, prompt in enumerate(ood_prompts):
+        colour, shape = parse_corpus_prompt(prompt)
+        for i in range(int(n_ood)):
+            rows.append({"part": "ood", "prompt_name": f"ood_{j}", "prompt": prompt, "colour": colour, "shape": shape,
+                         "index": i, "seed": seed + i})
+    man = pd.DataFrame(rows)
+    imgs = generate_rgb(pipeline, man["prompt"].tolist(), man["seed"].tolist(), steps, guidance, batch_size)
+    with atomic_path(out_dir) as tmp:
+        (tmp / "images").mkdir(parents=True)
+        files = []
+        for k, (row, img) in enumerate(zip(man.itertuples(), imgs)):
+            f = f"images/{row.part}_{row.prompt_name}_{row.index:04d}.png"
+            Image.fromarray(img if row.part == "ood" else img.mean(-1).round().astype(np.uint8)).save(tmp / f)
+            files.append(f)
+        man["file"] = files
+        man["model"] = model
+        man["method"] = pipeline.method
+        man["prompt_level"] = prompt_level
+        man["steps"], man["guidance"] = int(steps), float(guidance)
+        man.to_csv(tmp / MANIFEST, index=False)
+    return man
+
+
+def load_zafar_set(folder) -> tuple[list[np.ndarray], pd.DataFrame]:
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        raise InputError(f"{folder / MANIFEST} missing; expected a folder written by sample_zafar_sets")
+    man = pd.read_csv(folder / MANIFEST, keep_default_na=False, na_values=[""])
+    imgs = [np.asarray(Image.open(folder / f)) for f in man["file"]]
+    return imgs, man
+
+
+# ------------------------------------------------------------------------------------------------ classifiers
+class SmallCNN(torch.nn.Module):
+    """Four conv blocks + global pooling + one linear head per output (binary heads: 1 logit)."""
+
+    def __init__(self, in_channels: int, heads: Mapping[str, int], width: int = 24):
+        super().__init__()
+        chans = [in_channels, width, width * 2, width * 2, width * 4]
+        layers = []
+        for a, b in zip(chans[:-1], chans[1:]):
+            layers += [torch.nn.Conv2d(a, b, 3, padding=1), torch.nn.BatchNorm2d(b), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
+        self.body = torch.nn.Sequential(*layers)
+        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(chans[-1], int(n)) for k, n in heads.items()})
+
+    def forward(self, x):
+        h = self.body(x).mean((2, 3))
+        return {k: head(h) for k, head in self.heads.items()}
+
+
+def _to_tensor(images, channels: int, size: int) -> torch.Tensor:
+    arr = np.stack([np.asarray(i) for i in images])
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if channels == 1 and arr.shape[-1] == 3:
+        arr = arr.mean(-1, keepdims=True)
+    elif channels == 3 and arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, -1)
+    x = torch.from_numpy(np.ascontiguousarray(arr)).float().permute(0, 3, 1, 2) / 127.5 - 1.0
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
+class HeadClassifier:
+    """A trained :class:`SmallCNN` with named heads; ``predict(images) -> {head: scores}`` (binary: P(positive),
+    multi-class: (N, C) probabilities)."""
+
+    def __init__(self, model: SmallCNN, meta: dict):
+        self.model, self.meta = model.eval(), meta
+        self.heads = dict(meta["heads"])
+
+    @torch.no_grad()
+    def predict(self, images, batch_size: int = 128) -> dict[str, np.ndarray]:
+        out: dict[str, list] = {k: [] for k in self.heads}
+        images = list(images)
+        for i in range(0, len(images), batch_size):
+            x = _to_tensor(images[i:i + batch_size], int(self.meta["channels"]), int(self.meta["image_size"]))
+            logits = self.model(x)
+            for k, n in self.heads.items():
+                z = logits[k]
+                out[k].append(torch.sigmoid(z[:, 0]) if n == 1 else torch.softmax(z, -1))
+        return {k: torch.cat(v).double().numpy() if v else np.zeros(0) for k, v in out.items()}
+
+    def save(self, folder) -> None:
+        from safetensors.torch import save_file
+
+        with atomic_path(folder) as tmp:
+            tmp.mkdir()
+            save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(tmp / CLASSIFIER_FILE))
+            (tmp / CLASSIFIER_META).write_text(json.dumps(self.meta, indent=2, default=str))
+
+
+def load_head_classifier(folder) -> HeadClassifier:
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / CLASSIFIER_META).is_file() or not (folder / CLASSIFIER_FILE).is_file():
+        raise InputError(f"{folder}: expected {CLASSIFIER_META} and {CLASSIFIER_FILE} written by "
+                         "train_attribute_classifier / train_corpus_classifier")
+    meta = json.loads((folder / CLASSIFIER_META).read_text())
+    model = SmallCNN(int(meta["channels"]), meta["heads"], int(meta.get("width", 24)))
+    model.load_state_dict(load_file(str(folder / CLASSIFIER_FILE)))
+    return HeadClassifier(model, meta)
+
+
+def _fit(x: torch.Tensor, targets: Mapping[str, torch.Tensor], heads: Mapping[str, int], epochs: int,
+         batch_size: int, lr: float, seed: int, width: int = 24) -> SmallCNN:
+    """Adam on the summed head losses (binary: BCE on rows with a target; multi-class: CE), random shifts."""
+    g = torch.Generator().manual_seed(int(seed))
+    torch.manual_seed(int(seed))
+    model = SmallCNN(x.shape[1], heads, width)
+    opt = torch.optim.Adam(model.parameters(), lr=float(lr))
+    n = len(x)
+    for _ in range(int(epochs)):
+        model.train()
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n, int(batch_size)):
+            idx = perm[i:i + int(batch_size)]
+            if len(idx) < 2:
+                continue
+            dy, dx = (int(v) for v in torch.randint(-2, 3, (2,), generator=g))
+            xb = torch.roll(x[idx], shifts=(dy, dx), dims=(2, 3))
+            out = model(xb)
+            loss = 0.0
+            for k, nk in heads.items():
+                y = targets[k][idx]
+                if nk == 1:
+                    ok = ~torch.isnan(y)
+                    if ok.any():
+                        loss = loss + F.binary_cross_entropy_with_logits(out[k][ok, 0], y[ok])
+                else:
+                    loss = loss + F.cross_entropy(out[k], y.long())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def _auc(y, s) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    y, s = np.asarray(y, float), np.asarray(s, float)
+    ok = ~np.isnan(y)
+    y, s = y[ok], s[ok]
+    return float(roc_auc_score(y, s)) if y.size and 0 < y.sum() < y.size else float("nan")
+
+
+def _attribute_targets(manifest: pd.DataFrame) -> dict[str, np.ndarray]:
+    out = {}
+    for attr in ("sex", "view"):
+        column, neg, pos = ATTRIBUTES[attr]
+        if column not in manifest.columns:
+            raise InputError(f"manifest has no {column!r} column; expected the {attr} of each real image")
+        v = manifest[column].astype(str)
+        out[attr] = np.where(v == pos, 1.0, np.where(v == neg, 0.0, np.nan))
+    return out
+
+
+def train_attribute_classifier(train_dir, val_dir, out_dir, epochs: int = 8, batch_size: int = 32, lr: float = 2e-3,
+                               image_size: int = 64, seed: int = 0) -> dict:
+    """Sex (F) and view (AP) classifier on the real training images; validation AUC per head in classifier.json."""
+    from cxrgen.data.sampling import load_images
+
+    images, man = load_images(train_dir)
+    vimages, vman = load_images(val_dir)
+    y = _attribute_targets(man)
+    heads = {"sex": 1, "view": 1}
+    x = _to_tensor(images, 1, image_size)
+    model = _fit(x, {k: torch.tensor(v, dtype=torch.float32) for k, v in y.items()}, heads, epochs, batch_size, lr,
+                 seed)
+    clf = HeadClassifier(model, {"kind": "attribute", "heads": heads, "channels": 1, "image_size": image_size,
+                                 "positive": {"sex": "F", "view": "AP"}, "n_train": len(images), "epochs": epochs,
+                                 "train_dir": str(train_dir), "val_dir": str(val_dir)})
+    scores = clf.predict(vimages)
+    yv = _attribute_targets(vman)
+    clf.meta["val_auc"] = {k: _auc(yv[k], scores[k]) for k in heads}
+    clf.meta["n_val"] = len(vimages)
+    clf.save(out_dir)
+    return clf.meta
+
+
+def train_corpus_classifier(out_dir, n_images: int = 1500, epochs: int = 6, batch_size: int = 64, lr: float = 2e-3,
+                            image_size: int = 64, seed: int = 0) -> dict:
+    """Colour and shape classifier on fresh single-shape images of the foundation's corpus (seed offset so they are
+    not the pretraining images); validation accuracy on a held-out fifth in classifier.json."""
+    from cxrgen.models.corpus import COLOURS, SHAPES, make_corpus
+
+    images, captions = make_corpus(int(n_images), image_size, seed=int(seed) + 7777, xray_share=0.0)
+    keep, colours, shapes = [], [], []
+    for i, cap in enumerate(captions):
+        if " above " in cap:
+            continue
+        try:
+            c, s = parse_corpus_prompt(cap)
+        except InputError:
+            continue  # scenes
+        keep.append(i)
+        colours.append(list(COLOURS).index(c))
+        shapes.append(SHAPES.index(s))
+    x = _to_tensor(images[keep], 3, image_size)
+    yc, ys = torch.tensor(colours), torch.tensor(shapes)
+    n_val = max(1, len(keep) // 5)
+    heads = {"colour": len(COLOURS), "shape": len(SHAPES)}
+    model = _fit(x[n_val:], {"colour": yc[n_val:], "shape": ys[n_val:]}, heads, epochs, batch_size, lr, seed)
+    clf = HeadClassifier(model, {"kind": "corpus", "heads": heads, "channels": 3, "image_size": image_size,
+                                 "classes": {"colour": list(COLOURS), "shape": list(SHAPES)},
+                                 "n_train": len(keep) - n_val, "epochs": epochs})
+    p = clf.predict(list(images[keep][:n_val]))
+    clf.meta["val_accuracy"] = {"colour": float((p["colour"].argmax(1) == yc[:n_val].numpy()).mean()),
+                                "shape": float((p["shape"].argmax(1) == ys[:n_val].numpy()).mean())}
+    clf.meta["n_val"] = n_val
+    clf.save(out_dir)
+    return clf.meta
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def _adapter_info(adapter_dir) -> dict:
+    from cxrgen.adapt.dreambooth_lora import artefact_bytes
+
+    if adapter_dir is None:
+        return {"trainable_params": 0, "artefact_bytes": 0}
+    a = json.loads((Path(adapter_dir) / "adapter.json").read_text())
+    cfg_path = Path(adapter_dir) / "train_config.json"
+    seconds = json.loads(cfg_path.read_text()).get("train_seconds") if cfg_path.is_file() else None
+    return {"trainable_params": a.get("trainable_params"), "total_params": a.get("total_params"),
+            "artefact_bytes": artefact_bytes(adapter_dir), "n_train_images": a.get("n_images"),
+            "train_prompt_level": a.get("prompt_level"), "max_tokens": a.get("max_tokens"),
+            "context_length": a.get("context_length"), "truncated_share": a.get("truncated_share"),
+            "train_seconds": seconds, "train_steps": a.get("steps"), "prompt_example": a.get("prompt_example")}
+
+
+def evaluate_zafar(set_dirs: Mapping[str, object], adapter_dirs: Mapping[str, object], real_dir, reference_spec,
+                   attribute_dir, corpus_dir, out_dir, baseline: str = "foundation", n_boot: int = 200,
+                   seed: int = 0) -> dict[str, pd.DataFrame]:
+    """The three evaluation frames (methods, controllability, forgetting), also written as CSVs into ``out_dir``.
+
+    ``set_dirs``: model name -> folder of :func:`sample_zafar_sets`; ``adapter_dirs``: model name -> adapter folder
+    (None for the foundation). ``baseline`` names the foundation's set (retained knowledge is relative to it).
+    """
+    from cxrgen.classify.reference import load_reference_classifier
+    from cxrgen.data.sampling import load_images
+    from cxrgen.metrics.classification import bootstrap_ci
+    from cxrgen.metrics.fid import frechet_distance
+    from cxrgen.studies.vae_reconstruction import make_fid_extractor
+
+    if baseline not in set_dirs:
+        raise InputError(f"baseline {baseline!r} has no synthetic set; expected one of {list(set_dirs)}")
+    ref = load_reference_classifier(reference_spec)
+    attr_clf = load_head_classifier(attribute_dir)
+    corpus_clf = load_head_classifier(corpus_dir)
+    real_images, real_manifest = load_images(real_dir)
+    ext = make_fid_extractor("reference", ref)
+    f_real = ext(np.asarray(real_images)).double().numpy()
+    colours, shapes = corpus_clf.meta["classes"]["colour"], corpus_clf.meta["classes"]["shape"]
+    ctrl_rows, forget_rows, method_rows = [], [], []
+    for model, folder in set_dirs.items():
+        imgs, man = load_zafar_set(folder)
+        # FID of the fid part against all real images
+        fid_idx = np.flatnonzero((man["part"] == "fid").to_numpy())
+        fid = np.nan
+        if len(fid_idx) >= 2:
+            f_fake = ext(np.stack([imgs[i] for i in fid_idx])).double().numpy()
+            fid = frechet_distance(f_real, f_fake)
+        # controllability
+        att = man[man["part"] == "attribute"]
+        scores_by_attr = {}
+        for attr, grp in att.groupby("attribute", sort=False):
+            x = [imgs[i] for i in grp.index]
+            if attr == "finding":
+                s = ref.predict_proba(np.stack(x))[:, ref.label_index(FINDING_LABEL)]
+                scorer = f"reference classifier ({FINDING_LABEL})"
+            else:
+                s = attr_clf.predict(x)[attr]
+                scorer = f"attribute classifier ({attr}: {attr_clf.meta['positive'][attr]})"
+            y = grp["positive"].astype(float).to_numpy()
+            ci = bootstrap_ci(y, s, _auc, n_boot=n_boot, seed=seed)
+            same = grp.groupby("positive")["prompt"].first()
+            ctrl_rows.append({"model": model, "attribute": attr, "auc": ci["value"], "auc_ci_low": ci["ci_low"],
+                              "auc_ci_high": ci["ci_high"], "n": len(grp), "scorer": scorer,
+                              "mean_score_negative": float(s[y == 0].mean()), "mean_score_positive": float(s[y == 1].mean()),
+                              "prompts_differ": bool(same.nunique() > 1),
+                              "negative_prompt": same.get(0, ""), "positive_prompt": same.get(1, "")})
+            scores_by_attr[attr] = ci["value"]
+        # forgetting
+        ood = man[man["part"] == "ood"]
+        ok_all = []
+        if len(ood):
+            p = corpus_clf.predict([imgs[i] for i in ood.index])
+            pc = np.array(colours)[p["colour"].argmax(1)]
+            ps = np.array(shapes)[p["shape"].argmax(1)]
+            okc, oks = pc == ood["colour"].to_numpy(), ps == ood["shape"].to_numpy()
+            ok_all = okc & oks
+            for (prompt, grp_idx) in ood.groupby("prompt", sort=False).indices.items():
+                forget_rows.append({"model": model, "prompt": prompt, "n": len(grp_idx),
+                                    "colour_share": float(okc[grp_idx].mean()), "shape_share": float(oks[grp_idx].mean()),
+                                    "both_share": float(ok_all[grp_idx].mean())})
+        info = _adapter_info(adapter_dirs.get(model))
+        method_rows.append({"model": model, "method": str(man["method"].iloc[0]), "fid": fid,
+                            "n_fid": int(len(fid_idx)), "n_real": int(len(real_images)),
+                            **{f"{a}_auc": scores_by_attr.get(a, np.nan) for a in ATTRIBUTES},
+                            "recognised_share": float(np.mean(ok_all)) if len(ood) else np.nan,
+                            "n_ood": int(len(ood)), **info})
+    methods = pd.DataFrame(method_rows)
+    base_share = float(methods.loc[methods["model"] == baseline, "recognised_share"].iloc[0])
+    methods["retained_vs_foundation"] = methods["recognised_share"] / base_share if base_share > 0 else np.nan
+    frames = {"methods": methods, "controllability": pd.DataFrame(ctrl_rows), "forgetting": pd.DataFrame(forget_rows)}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for key, fname in EVAL_FILES.items():
+        write_csv_atomic(frames[key], out / fname)
+    for _, r in methods.iterrows():
+        log.info("%s: FID %.4g, AUC sex %.3f view %.3f finding %.3f, recognised %.3f", r["model"], r["fid"],
+                 r["sex_auc"], r["view_auc"], r["finding_auc"], r["recognised_share"])
+    return frames
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+def methods_table(eval_dir, paper_runs: Mapping[str, str | None] | None = None) -> tuple[pd.DataFrame, dict]:
+    """The per-method table: this run's numbers, and the paper's run design (images, prompt) where a method names
+    its paper run (``reference/zafar2023/experiments.csv``; the paper reports no FID or other numbers)."""
+    from cxrgen.render.reference import load_reference
+    from cxrgen.render.tables import OURS, PAPER, format_ci
+
+    eval_dir = Path(eval_dir)
+    m = pd.read_csv(eval_dir / EVAL_FILES["methods"], keep_default_na=False, na_values=[""])
+    c = pd.read_csv(eval_dir / EVAL_FILES["controllability"], keep_default_na=False, na_values=[""])
+    paper, meta = load_reference("zafar2023", "experiments")
+    paper = paper.set_index("run")
+    runs = dict(paper_runs or {})
+    unknown = sorted({r for r in runs.values() if r} - set(paper.index))
+    if unknown:
+        raise InputError(f"paper_run {unknown} not in reference/zafar2023/experiments.csv; expected one of "
+                         f"{list(paper.index)}")
+    rows = []
+    for _, r in m.iterrows():
+        run = runs.get(r["model"])
+        row = {"model": r["model"], "method": {"none": "foundation (no adaptation)", "lora": "DreamBooth + LoRA",
+                                               "full": "full fine-tuning"}.get(r["method"], r["method"]),
+               f"paper run {PAPER}": run or "", f"train images {PAPER}": paper.loc[run, "n_train_images"] if run else None,
+               f"train prompt {PAPER}": paper.loc[run, "train_prompt"] if run else "",
+               f"train images {OURS}": r.get("n_train_images"), f"prompt level {OURS}": r.get("train_prompt_level") or "",
+               f"FID {OURS}": r["fid"]}
+        for attr in ATTRIBUTES:
+            cc = c[(c["model"] == r["model"]) & (c["attribute"] == attr)]
+            row[f"{attr} AUC {OURS}"] = (format_ci(cc["auc"].iloc[0], cc["auc_ci_low"].iloc[0], cc["auc_ci_high"].iloc[0])
+                                         if len(cc) else "")
+        row.update({f"OOD recognised {OURS}": r["recognised_share"], f"retained vs foundation {OURS}":
+                    r["retained_vs_foundation"], f"trainable params {OURS}": r["trainable_params"],
+                    f"artefact MB {OURS}": float(r["artefact_bytes"]) / 1e6,
+                    f"prompt tokens / context {OURS}": (f"{int(r['max_tokens'])} / {int(r['context_length'])}"
+                                                        if pd.notna(r.get("max_tokens")) else ""),
+                    f"train s {OURS}": r.get("train_seconds")})
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    for col in (f"train images {PAPER}", f"train images {OURS}", f"trainable params {OURS}"):
+        out[col] = pd.to_numeric(out[col], errors="coerce").round().astype("Int64").array
+    return out, meta
+
+
+def step_grid_figure(adapter_dirs: Mapping[str, object], out_stem, title: str | None = None) -> dict:
+    """Rows = (model, training step), columns = step-sample prompts x images (Zafar Figs. 4-7)."""
+    from cxrgen.adapt.dreambooth_lora import load_step_samples
+    from cxrgen.render.figures import image_grid
+
+    grid, labels, cols = [], [], None
+    for model, folder in adapter_dirs.items():
+        imgs, man = load_step_samples(folder)
+        if not len(man):
+            continue
+        keys = man[["prompt_index", "index"]].drop_duplicates().sort_values(["prompt_index", "index"])
+        if cols is None:
+            cols = [f"prompt {int(p) + 1}, seed +{int(i)}" for p, i in keys.itertuples(index=False)]
+        for step, grp in man.groupby("step", sort=True):
+            lookup = {(int(p), int(i)): imgs[k] for k, (p, i) in zip(grp.index, grp[["prompt_index", "index"]].itertuples(index=False))}
+            row = [lookup.get((int(p), int(i))) for p, i in keys.itertuples(index=False)]
+            grid.append((row + [None] * len(cols))[:len(cols)])
+            labels.append(f"{model}\nstep {int(step)}")
+    if not grid:
+        raise InputError("step_grid_figure: no adapter has step samples; set sample_steps in the method settings")
+    prompts = {}
+    for folder in adapter_dirs.values():
+        _, man = load_step_samples(folder)
+        for p, t in zip(man["prompt_index"], man["prompt"]):
+            prompts.setdefault(int(p), t)
+    subtitle = "; ".join(f"prompt {p + 1}: {t}" for p, t in sorted(prompts.items()))
+    return image_grid(grid, labels, cols, out_stem, title=f"{title or 'Samples during training'}\n{subtitle}",
+                      cell_inches=1.3)
+
+
+def samples_figure(set_dirs: Mapping[str, object], out_stem, n_show: int = 1, title: str | None = None) -> dict:
+    """Rows = models; columns = the attribute prompts, then the out-of-domain prompts (Zafar Fig. 8)."""
+    from cxrgen.render.figures import image_grid
+
+    grid, labels, cols = [], [], None
+    for model, folder in set_dirs.items():
+        imgs, man = load_zafar_set(folder)
+        sub = man[man["part"].isin(["attribute", "ood"]) & (man["index"] < n_show)]
+        names = list(dict.fromkeys(sub["prompt_name"]))
+        if cols is None:
+            cols = [(n.split("_", 1)[1].replace("-", " ") if n.startswith("finding_") else n.replace("_", " "))
+                    if not n.startswith("ood_") else
+                    sub.loc[sub["prompt_name"] == n, "prompt"].iloc[0].replace("a photo of a ", "") for n in names]
+            cols = [f"{c} {j + 1}" if n_show > 1 else c for c in cols for j in range(n_show)]
+        grid.append([imgs[i] for i in sub.index][:len(cols)])
+        labels.append(model)
+    return image_grid(grid, labels, cols, out_stem, title=title, cell_inches=1.2)
+
+
+def render_zafar(eval_dir, set_dirs: Mapping[str, object], adapter_dirs: Mapping[str, object], train_dir, stems: Mapping,
+                 scale: str = "miniature", paper_runs: Mapping[str, str | None] | None = None, foundation=None,
+                 n_show: int = 1) -> dict:
+    """Write the method table, the prompt-level table, the step grid and the sample grid (``stems``: keys methods,
+    prompts, step_grid, samples -> output path stems)."""
+    from cxrgen.data.sampling import load_images
+    from cxrgen.render.reference import paper_table_label
+    from cxrgen.render.tables import write_table
+
+    missing = sorted({"methods", "prompts", "step_grid", "samples"} - set(stems))
+    if missing:
+        raise InputError(f"render_zafar: stems lack {missing}")
+    paths = {}
+    table, meta = methods_table(eval_dir, paper_runs)
+    paths["methods"] = write_table(
+        table, stems["methods"],
+        caption=("Full fine-tuning vs DreamBooth + LoRA. FID: synthetic images from the structured prompts of real test "
+                 "rows vs the real test images (reference classifier features; lower is better). sex / view / finding "
+                 "AUC: a classifier separating images generated from two prompts that differ only in that attribute "
+                 "(F vs M, AP vs PA, pleural effusion vs normal; paired seeds; 0.5 = the prompt has no effect; "
+                 "bootstrap 95% CI). OOD recognised: share of out-of-domain images ('a photo of a red circle', ...) "
+                 "whose colour and shape a classifier trained on the foundation's corpus recognises; retained vs "
+                 "foundation: that share over the foundation's (forgetting check, Zafar Fig. 8). Artefact: bytes the "
+                 "adaptation adds to the foundation (LoRA file vs fine-tuned U-Net + text encoder). The paper reports "
+                 "no numbers for any of these; its columns give only the run design."),
+        scale=scale, paper_table=paper_table_label(meta), float_format=".3f")
+    _, train_manifest = load_images(train_dir)
+    tokenizer = None
+    if foundation is not None:
+        from transformers import CLIPTokenizer
+
+        from cxrgen.models.registry import resolve_model
+
+        target = resolve_model(foundation)
+        tokenizer = CLIPTokenizer.from_pretrained(target, subfolder="tokenizer",
+                                                  local_files_only=Path(target).is_dir())
+    prompts = prompt_levels_table(train_manifest, tokenizer)
+    paths["prompts"] = write_table(
+        prompts, stems["prompts"],
+        caption=("Zafar et al.'s prompt complexity levels (IV.C) for two training images, from 'chest x-ray' to the full "
+                 "structured prompt, plus this project's 'compact' form; tokens under the foundation's tokenizer "
+                 "(with start/end), truncated = longer than the text encoder's context."),
+        scale=scale)
+    paths["step_grid"] = step_grid_figure(adapter_dirs, stems["step_grid"],
+                                          title=f"Samples at increasing training steps ({scale})")
+    paths["samples"] = samples_figure(set_dirs, stems["samples"], n_show=n_show,
+                                      title=f"Attribute prompts and out-of-domain prompts per model ({scale})")
+    return paths
+
+
+__all__ = ["ATTRIBUTES", "DEFAULT_OOD_PROMPTS", "attribute_prompts", "parse_corpus_prompt", "prompt_levels_table",
+           "generate_rgb", "sample_zafar_sets", "load_zafar_set", "SmallCNN", "HeadClassifier", "load_head_classifier",
+           "train_attribute_classifier", "train_corpus_classifier", "evaluate_zafar", "methods_table",
+           "step_grid_figure", "samples_figure", "render_zafar"]

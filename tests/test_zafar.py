@@ -1,0 +1,211 @@
+"""Zafar et al. study: structured prompts (real PadChest rows), controllability prompts, classifiers, evaluation,
+rendering."""
+
+import csv
+import gzip
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from cxrgen.adapt.dreambooth_lora import DreamBoothLoRAConfig, train_lora
+from cxrgen.adapt.full_finetune import FullFinetuneConfig, train_full
+from cxrgen.adapt.pipeline import load_adapted_pipeline
+from cxrgen.classify.reference import ReferenceClassifier
+from cxrgen.data.prompts import ZAFAR_STYLES, padchest_prompt_fields, zafar_prompt
+from cxrgen.data.schema import CHEXPERT_LABELS
+from cxrgen.errors import InputError
+from cxrgen.models.foundation import FoundationConfig, build_foundation
+from cxrgen.studies import zafar
+
+PADCHEST = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"
+
+
+def _padchest_rows(n=20):
+    spec = importlib.util.find_spec("torchxrayvision")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("torchxrayvision not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / PADCHEST
+    with gzip.open(path, "rt") as f:
+        reader = csv.DictReader(f)
+        return [row for _, row in zip(range(n), reader)]
+
+
+def test_prompts_from_real_padchest_rows():
+    rows = _padchest_rows()
+    first = rows[0]  # 20536686640136348236148679891455886468_k6ga29.png: F, born 1930, study 2014-09-15, PA, CR
+    assert first["ImageID"].startswith("20536686640136348236148679891455886468")
+    fields = padchest_prompt_fields(first)
+    assert fields["age"] == 84.0 and fields["sex"] == "F" and fields["view_position"] == "PA"
+    assert zafar_prompt(pd.Series(fields)) == ("chest x-ray, age 84 female, view PA, projection PA, modality CR, "
+                                               "diagnosis normal")
+    lateral = padchest_prompt_fields(rows[1])  # ViewPosition_DICOM LATERAL, Projection L, localised findings
+    text = zafar_prompt(pd.Series(lateral))
+    assert text.startswith("chest x-ray, age 86 male, view LATERAL, projection L, modality CR, diagnosis ")
+    assert "pulmonary fibrosis, loc basal bilateral" in text and "'" not in text and "[" not in text
+    for level in ZAFAR_STYLES:  # every level works on every real row, never prints nan/None
+        for r in rows:
+            p = zafar_prompt(pd.Series(padchest_prompt_fields(r)), level)
+            assert p.startswith("chest x-ray") and "nan" not in p and "None" not in p
+    assert zafar_prompt(pd.Series(fields), "modality") == "chest x-ray"
+    assert zafar_prompt(pd.Series(fields), "age_sex") == "chest x-ray, age 84 female"
+    assert zafar_prompt(pd.Series(fields), "compact") == "chest x-ray, female PA, normal"
+    # missing fields: no birth year, sex 'O', no view position, no modality, no localisations -> omitted
+    broken = dict(first, PatientBirth="", PatientSex_DICOM="O", ViewPosition_DICOM="", Modality_DICOM="",
+                  LabelsLocalizationsBySentence="")
+    f2 = padchest_prompt_fields(broken)
+    assert np.isnan(f2["age"]) and f2["sex"] is None
+    row = pd.Series({**f2, "view": "PA", "No Finding": 1.0})  # the loader's view (from Projection) is the fallback
+    assert zafar_prompt(row) == "chest x-ray, view PA, projection PA, diagnosis normal"
+    assert np.isnan(padchest_prompt_fields(dict(first, StudyDate_DICOM="garbage"))["age"])
+
+
+def test_attribute_prompts_differ_in_one_attribute_only():
+    p = zafar.attribute_prompts("full")
+    assert p["sex_M"]["prompt"] == "chest x-ray, age 60 male, view PA, projection PA, modality DX, diagnosis normal"
+    assert p["sex_F"]["prompt"] == p["sex_M"]["prompt"].replace("male", "female")
+    assert p["view_AP"]["prompt"] == p["sex_M"]["prompt"].replace("PA", "AP")
+    assert p["finding_pleural-effusion"]["prompt"].endswith("diagnosis pleural effusion")
+    assert {v["positive"] for v in p.values()} == {0, 1} and len(p) == 6
+    c = zafar.attribute_prompts("compact")
+    assert c["view_AP"]["prompt"] == "chest x-ray, male AP, normal"
+    m = zafar.attribute_prompts("modality")  # "chest x-ray" carries no attribute: the pairs coincide
+    assert m["sex_M"]["prompt"] == m["sex_F"]["prompt"] == "chest x-ray"
+    assert zafar.parse_corpus_prompt("a photo of a small red circle at the top left") == ("red", "circle")
+    with pytest.raises(InputError, match="colour and shape"):
+        zafar.parse_corpus_prompt("a bird sitting on a tree")
+    with pytest.raises(InputError, match="prompt level"):
+        zafar.attribute_prompts("fancy")
+
+
+def test_corpus_classifier_learns_colours(tmp_path):
+    meta = zafar.train_corpus_classifier(tmp_path / "corpus", n_images=400, epochs=6, batch_size=32, image_size=32)
+    assert meta["val_accuracy"]["colour"] > 0.4  # 9 colours: chance ~0.11
+    clf = zafar.load_head_classifier(tmp_path / "corpus")
+    p = clf.predict([np.zeros((32, 32, 3), np.uint8)])
+    assert p["colour"].shape == (1, 9) and np.allclose(p["colour"].sum(1), 1)
+    with pytest.raises(InputError, match="classifier.json"):
+        zafar.load_head_classifier(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+SIZE = 32
+
+
+def _write_sample(folder, n, seed):
+    """Images whose brightness carries sex (F brighter) and a bar carries view (AP), with the manifest columns."""
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        sex, view = ("F" if i % 2 else "M"), ("AP" if (i // 2) % 2 else "PA")
+        img = rng.integers(0, 60, (SIZE, SIZE)) + (120 if sex == "F" else 40)
+        if view == "AP":
+            img[:, :6] = 250
+        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(folder / "images" / f"{i}.png")
+        rows.append({"image_id": f"img{i:03d}", "file": f"images/{i}.png", "sex": sex, "view": view, "age": 40 + i,
+                     **{label: np.nan for label in CHEXPERT_LABELS},
+                     "No Finding": 1.0 if i % 3 else np.nan, "Pleural Effusion": np.nan if i % 3 else 1.0})
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    return folder
+
+
+class _TinyNet(torch.nn.Module):
+    def __init__(self, n_labels):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, stride=2), torch.nn.ReLU(),
+                                            torch.nn.Conv2d(8, 16, 3, stride=2))
+        self.classifier = torch.nn.Linear(16, n_labels)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("zafar")
+    foundation = root / "foundation"
+    build_foundation(FoundationConfig.preset("smoke", n_images=48, vae_steps=4, unet_steps=4, preview_per_prompt=0),
+                     foundation, progress=False)
+    train = _write_sample(root / "train", 24, 0)
+    test = _write_sample(root / "test", 8, 1)
+    from cxrgen.data.sampling import load_images
+
+    images, manifest = load_images(train)
+    tiny = dict(resolution=SIZE, batch_size=2, num_threads=2, sample_inference_steps=2, sample_steps=(0, 2),
+                sample_n=1, prompt_level="compact", sample_prompts=("chest x-ray, male PA, normal",
+                                                                    "a photo of a red circle"))
+    prompts = [zafar_prompt(r, "compact") for _, r in manifest.iterrows()]
+    adapters = {"full_ft": root / "full_ft", "lora": root / "lora"}
+    train_full(foundation, images, prompts, FullFinetuneConfig(steps=2, lr=1e-2, **tiny), adapters["full_ft"],
+               progress=False)
+    train_lora(foundation, images, prompts, DreamBoothLoRAConfig(steps=2, lr=5e-2, prior_preservation=False, **tiny),
+               adapters["lora"], progress=False)
+    sets = {}
+    real_manifest = load_images(test)[1]
+    for name, folder in (("foundation", None), *adapters.items()):
+        pipe = load_adapted_pipeline(foundation, folder, device="cpu")
+        zafar.sample_zafar_sets(pipe, root / "sets" / name, real_manifest, name, seed=5, prompt_level="compact",
+                                n_fid=4, n_per_prompt=3, ood_prompts=("a photo of a red circle",), n_ood=2, steps=2,
+                                batch_size=16)
+        sets[name] = root / "sets" / name
+    zafar.train_attribute_classifier(train, test, root / "attr", epochs=4, batch_size=8, image_size=SIZE)
+    zafar.train_corpus_classifier(root / "corpus", n_images=120, epochs=1, batch_size=32, image_size=SIZE)
+    return dict(root=root, foundation=foundation, train=train, test=test, adapters=adapters, sets=sets)
+
+
+def test_sample_sets_are_paired_and_complete(world):
+    imgs, man = zafar.load_zafar_set(world["sets"]["lora"])
+    assert list(man["part"].value_counts().sort_index()) == [3 * 6, 4, 2]  # attribute, fid, ood
+    assert imgs[man.index[man["part"] == "ood"][0]].ndim == 3  # out-of-domain images keep colour
+    att = man[man["part"] == "attribute"]
+    assert (att.groupby("prompt_name")["seed"].apply(list).apply(lambda s: s == [5, 6, 7])).all()
+    fid = man[man["part"] == "fid"]
+    assert list(fid["real_image_id"]) == ["img000", "img001", "img002", "img003"]
+    assert fid["prompt"].iloc[0] == "chest x-ray, male PA, pleural effusion"
+
+
+def test_attribute_classifier_learns_the_cues(world):
+    meta = json.loads((world["root"] / "attr" / "classifier.json").read_text())
+    assert meta["val_auc"]["sex"] > 0.8 and meta["val_auc"]["view"] > 0.8
+
+
+def test_evaluation_and_rendering(world, tmp_path, monkeypatch):
+    import cxrgen.classify.reference as ref
+
+    labels = ["No Finding", "Pleural Effusion"]
+    clf = ReferenceClassifier(_TinyNet(2), labels, {l: 0.5 for l in labels}, image_size=SIZE, source="tests/tiny")
+    monkeypatch.setattr(ref, "load_reference_classifier", lambda spec: clf)
+    adapters = {"foundation": None, **world["adapters"]}
+    frames = zafar.evaluate_zafar(world["sets"], adapters, world["test"], "tiny", world["root"] / "attr",
+                                  world["root"] / "corpus", tmp_path / "eval", n_boot=10)
+    m = frames["methods"].set_index("model")
+    assert m.loc["foundation", "trainable_params"] == 0 and m.loc["foundation", "retained_vs_foundation"] == 1.0 \
+        or m.loc["foundation", "recognised_share"] == 0
+    assert m.loc["full_ft", "artefact_bytes"] > 5 * m.loc["lora", "artefact_bytes"] > 0
+    assert m.loc["full_ft", "trainable_params"] > 5 * m.loc["lora", "trainable_params"]
+    assert np.isfinite(m["fid"]).all() and (m["n_fid"] == 4).all()
+    c = frames["controllability"]
+    assert set(c["attribute"]) == {"sex", "view", "finding"} and len(c) == 9 and c["prompts_differ"].all()
+    assert c["auc"].between(0, 1).all()
+    f = frames["forgetting"]
+    assert set(f["model"]) == set(world["sets"]) and f["both_share"].between(0, 1).all()
+    stems = {k: tmp_path / f"zafar2023_{k}" for k in ("methods", "prompts", "step_grid", "samples")}
+    paths = zafar.render_zafar(tmp_path / "eval", world["sets"], world["adapters"], world["train"], stems,
+                               paper_runs={"full_ft": "full_ft_325", "lora": "dreambooth_lora_960"},
+                               foundation=world["foundation"])
+    table = pd.read_csv(paths["methods"]["csv"])
+    assert list(table["model"]) == ["foundation", "full_ft", "lora"]
+    row = table.set_index("model").loc["lora"]
+    assert row["train images (paper)"] == 960 and "[" in row["sex AUC (this run)"]
+    assert "Paper numbers are from zafar2023" in paths["methods"]["md"].read_text()
+    prompts = pd.read_csv(paths["prompts"]["csv"])
+    assert set(prompts["level"]) == set(ZAFAR_STYLES) and (prompts["tokens"] > 0).all()
+    for key in ("step_grid", "samples"):
+        assert paths[key]["png"].is_file() and paths[key]["pdf"].is_file()
+    with pytest.raises(InputError, match="paper_run"):
+        zafar.methods_table(tmp_path / "eval", {"lora": "no_such_run"})
