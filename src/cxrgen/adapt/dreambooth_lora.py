@@ -33,12 +33,11 @@ from cxrgen.adapt.trainer import (
     LatentCache,
     TrainConfig,
     TrainTask,
-    check_resolution,
     encode_prompts,
     finish_output,
     images_to_tensor,
-    make_accelerator,
     partial_dir,
+    prepare_prompted_training,
     run_training,
     summarise,
     tokenize,
@@ -321,25 +320,10 @@ def train_lora(foundation, images, prompts, cfg: DreamBoothLoRAConfig, out_dir, 
     from peft.utils import get_peft_model_state_dict
 
     from cxrgen.adapt.unet_finetune import ensure_class_images, prior_preservation_loss
-    from cxrgen.models.registry import load_pipeline
-
-    if not isinstance(cfg, DreamBoothLoRAConfig):
-        raise InputError(f"cfg is a {type(cfg).__name__}; expected a DreamBoothLoRAConfig")
-    cfg.validate()
-    if cfg.num_threads:
-        torch.set_num_threads(int(cfg.num_threads))
-    pixels = images_to_tensor(images, cfg.resolution)
-    prompts = list(prompts)
-    if len(prompts) != len(pixels) or not all(isinstance(p, str) and p.strip() for p in prompts):
-        raise InputError(f"prompts={prompts!r:.200}; expected one non-empty prompt per image ({len(pixels)} images)")
+    pixels, prompts, accelerator, pipe = prepare_prompted_training(foundation, images, prompts, cfg, DreamBoothLoRAConfig)
     out_dir = Path(out_dir)
-    accelerator = make_accelerator(cfg.mixed_precision)
     device = accelerator.device
-
-    pipe = load_pipeline(foundation)
-    check_resolution(pipe, cfg.resolution)
     tokenizer, text_encoder, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
-    pipe.to(device)
     total_params = sum(p.numel() for m in (unet, text_encoder) for p in m.parameters())
     tokens = prompt_token_stats(tokenizer, prompts)
 

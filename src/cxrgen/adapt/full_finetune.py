@@ -26,18 +26,15 @@ from cxrgen.adapt.trainer import (
     BatchStream,
     LatentCache,
     TrainTask,
-    check_resolution,
     finish_output,
-    images_to_tensor,
-    make_accelerator,
     partial_dir,
+    prepare_prompted_training,
     run_training,
     summarise,
     tokenize,
     train_scheduler_from,
 )
 from cxrgen.diffusion import diffusion_loss
-from cxrgen.errors import InputError
 
 #: Paper-scale settings (SD v1.5, 512 px). Zafar et al. state batch size 2 (IV.E), 325 normal AP/PA images with
 #: the prompt "Chest X-ray" and samples up to step 9100 (Fig. 5); the learning rate and schedule are not given:
@@ -78,25 +75,10 @@ def train_full(foundation, images, prompts, cfg: FullFinetuneConfig, out_dir, pr
     trainable / total parameters, ...), ``step_samples/``, ``training_log.csv``, ``loss_curve.png/.pdf`` and
     ``train_config.json``. Returns a summary dict.
     """
-    from cxrgen.models.registry import load_pipeline
-
-    if not isinstance(cfg, FullFinetuneConfig):
-        raise InputError(f"cfg is a {type(cfg).__name__}; expected a FullFinetuneConfig")
-    cfg.validate()
-    if cfg.num_threads:
-        torch.set_num_threads(int(cfg.num_threads))
-    pixels = images_to_tensor(images, cfg.resolution)
-    prompts = list(prompts)
-    if len(prompts) != len(pixels) or not all(isinstance(p, str) and p.strip() for p in prompts):
-        raise InputError(f"prompts={prompts!r:.200}; expected one non-empty prompt per image ({len(pixels)} images)")
+    pixels, prompts, accelerator, pipe = prepare_prompted_training(foundation, images, prompts, cfg, FullFinetuneConfig)
     out_dir = Path(out_dir)
-    accelerator = make_accelerator(cfg.mixed_precision)
     device = accelerator.device
-
-    pipe = load_pipeline(foundation)
-    check_resolution(pipe, cfg.resolution)
     tokenizer, text_encoder, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
-    pipe.to(device)
     tokens = prompt_token_stats(tokenizer, prompts)
     sampler = StepSampler(pipe, cfg, list(cfg.sample_prompts) or prompts[:1], partial_dir(out_dir) / STEP_DIR)
     sampler.maybe_sample(0)

@@ -243,6 +243,29 @@ def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
                      truncation=True, return_tensors="pt").input_ids
 
 
+def prepare_prompted_training(foundation, images, prompts, cfg: TrainConfig, config_class: type):
+    """Set-up shared by the trainers that pair each image with its own prompt (U-Net, LoRA, full fine-tuning):
+    the config checked, the images as model-resolution pixels, the prompts checked (one non-empty string per image),
+    an accelerator, and the foundation pipeline on its device. Returns ``(pixels, prompts, accelerator, pipe)``."""
+    from cxrgen.models.registry import load_pipeline
+
+    if not isinstance(cfg, config_class):
+        raise InputError(f"cfg is a {type(cfg).__name__}; expected a {config_class.__name__}")
+    cfg.validate()
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
+    pixels = images_to_tensor(images, cfg.resolution)
+    prompts = list(prompts) if prompts is not None else None
+    if prompts is None or len(prompts) != len(pixels) or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise InputError(f"prompts={prompts!r:.200}; expected one non-empty prompt string per image "
+                         f"({len(pixels)} images)")
+    accelerator = make_accelerator(cfg.mixed_precision)
+    pipe = load_pipeline(foundation)
+    check_resolution(pipe, cfg.resolution)
+    pipe.to(accelerator.device)
+    return pixels, prompts, accelerator, pipe
+
+
 def make_accelerator(mixed_precision: str):
     """A fresh ``Accelerator`` (accelerate keeps a process-wide state; reset it so each run can pick its own
     mixed-precision mode)."""

@@ -28,12 +28,11 @@ from cxrgen.adapt.trainer import (
     LatentCache,
     TrainConfig,
     TrainTask,
-    check_resolution,
     encode_prompts,
     finish_output,
     images_to_tensor,
-    make_accelerator,
     partial_dir,
+    prepare_prompted_training,
     run_training,
     summarise,
     train_scheduler_from,
@@ -173,28 +172,13 @@ def train_unet(foundation, images, prompts, cfg: UNetFinetuneConfig, out_dir, cl
     (method, foundation, prior_preservation, classes, ...), ``training_log.csv``, ``loss_curve.png/.pdf``
     and ``train_config.json``. Returns a summary dict.
     """
-    from cxrgen.models.registry import load_pipeline
-
-    if not isinstance(cfg, UNetFinetuneConfig):
-        raise InputError(f"cfg is a {type(cfg).__name__}; expected a UNetFinetuneConfig")
-    cfg.validate()
-    if cfg.num_threads:
-        torch.set_num_threads(int(cfg.num_threads))
-    pixels = images_to_tensor(images, cfg.resolution)
-    prompts = list(prompts) if prompts is not None else None
-    if prompts is None or len(prompts) != len(pixels) or not all(isinstance(p, str) and p.strip() for p in prompts):
-        raise InputError(f"prompts={prompts!r:.200}; expected one non-empty prompt string per image "
-                         f"({len(pixels)} images)")
+    pixels, prompts, accelerator, pipe = prepare_prompted_training(foundation, images, prompts, cfg,
+                                                                   UNetFinetuneConfig)
     if labels is not None and len(list(labels)) != len(pixels):
         raise InputError(f"{len(list(labels))} labels for {len(pixels)} images; expected one label per image")
     out_dir = Path(out_dir)
-    accelerator = make_accelerator(cfg.mixed_precision)
     device = accelerator.device
-
-    pipe = load_pipeline(foundation)
-    check_resolution(pipe, cfg.resolution)
     tokenizer, text_encoder, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
-    pipe.to(device)
 
     class_pixels = None
     if cfg.prior_preservation:
