@@ -22,20 +22,9 @@ from cxrgen.adapt.unet_finetune import UNetFinetuneConfig, prior_preservation_lo
 from cxrgen.data.prompts import CHAMBON_PROMPTS
 from cxrgen.diffusion import diffusion_loss
 from cxrgen.errors import InputError
-from cxrgen.models.foundation import FoundationConfig, build_foundation
 from cxrgen.models.registry import load_pipeline
 
 TINY = dict(resolution=32, batch_size=2, checkpoint_every=2, num_threads=2)
-
-
-@pytest.fixture(scope="module")
-def foundation(tmp_path_factory):
-    torch.set_num_threads(2)
-    out = tmp_path_factory.mktemp("adapt_foundation") / "model"
-    # the smoke architecture with fewer pretraining steps: these tests need a valid pipeline, not a good one
-    cfg = FoundationConfig.preset("smoke", n_images=48, vae_steps=4, unet_steps=4, preview_per_prompt=0)
-    build_foundation(cfg, out, progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")

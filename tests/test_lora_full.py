@@ -21,20 +21,10 @@ from cxrgen.adapt.pipeline import load_adapted_pipeline
 from cxrgen.adapt.trainer import train_from_sample
 from cxrgen.data.schema import CHEXPERT_LABELS
 from cxrgen.errors import InputError
-from cxrgen.models.foundation import FoundationConfig, build_foundation
 from cxrgen.models.registry import load_pipeline
 
 TINY = dict(resolution=32, batch_size=2, checkpoint_every=2, num_threads=2, sample_inference_steps=2)
 PROMPTS = ["chest x-ray, male PA, normal"] * 3 + ["chest x-ray, female AP, pleural effusion"] * 3
-
-
-@pytest.fixture(scope="module")
-def foundation(tmp_path_factory):
-    torch.set_num_threads(2)
-    out = tmp_path_factory.mktemp("zafar_foundation") / "model"
-    cfg = FoundationConfig.preset("smoke", n_images=48, vae_steps=4, unet_steps=4, preview_per_prompt=0)
-    build_foundation(cfg, out, progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -35,16 +35,6 @@ print("SUMMARY " + json.dumps({k: summary[k] for k in ("finished", "step", "resu
 STEPS = 40
 
 
-@pytest.fixture(scope="module")
-def foundation(tmp_path_factory):
-    from cxrgen.models.foundation import FoundationConfig, build_foundation
-
-    out = tmp_path_factory.mktemp("preempt_foundation") / "model"
-    cfg = FoundationConfig.preset("smoke", n_images=48, vae_steps=4, unet_steps=4, preview_per_prompt=0)
-    build_foundation(cfg, out, progress=False)
-    return out
-
-
 def _worker(tmp_path: Path) -> Path:
     script = tmp_path / "train_worker.py"
     script.write_text(WORKER.replace("STEPS", str(STEPS)))
