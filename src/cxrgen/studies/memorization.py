@@ -20,6 +20,7 @@ from cxrgen.errors import InputError
 from cxrgen.io import write_csv_atomic
 from cxrgen.metrics.memorization import memorization_table
 from cxrgen.studies.synthesis import load_set
+from cxrgen.studies.vae_reconstruction import resize_images
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +30,6 @@ PER_IMAGE_FILE = "memorization_per_image.csv"
 
 def _patients(manifest: pd.DataFrame) -> set:
     return set(manifest["patient_id"].astype(str)) if "patient_id" in manifest.columns else set()
-
-
-def _resized(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if images.shape[1:] == tuple(size):
-        return images
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.as_tensor(images, dtype=torch.float32)[:, None]
-    y = F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
-    return y[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def run_memorization(set_dirs: Mapping[str, object], train_dir, real_dir, classifier_spec, out_dir,
@@ -65,8 +55,8 @@ def run_memorization(set_dirs: Mapping[str, object], train_dir, real_dir, classi
         images, _ = load_set(folder)
         sets[method] = (images, feats(images))
     # compare at the generator's resolution (the trainers resize the sample to it, too)
-    size = next(iter(sets.values()))[0].shape[1:]
-    train_images, real_images = _resized(train_images, size), _resized(real_images, size)
+    size = next(iter(sets.values()))[0].shape[1]
+    train_images, real_images = (resize_images(x, size, mode="bilinear") for x in (train_images, real_images))
     summary, per_image = memorization_table(sets, (train_images, feats(train_images)), (real_images, feats(real_images)),
                                             quantile=quantile, ssim_candidates=ssim_candidates)
     ids = train_manifest["image_id"].astype(str).to_numpy()

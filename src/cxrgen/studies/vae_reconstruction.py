@@ -65,8 +65,9 @@ def _check_uint8_batch(images, name: str = "images") -> np.ndarray:
     return arr
 
 
-def resize_images(images, resolution: int, batch_size: int = 64) -> np.ndarray:
-    """uint8 (N,H,W) -> uint8 (N,res,res): antialiased bicubic, clamped to 0-255 and rounded (no-op if same size)."""
+def resize_images(images, resolution: int, batch_size: int = 64, mode: str = "bicubic") -> np.ndarray:
+    """uint8 (N,H,W) -> uint8 (N,res,res): antialiased ``mode`` (bicubic or bilinear) interpolation, clamped to
+    0-255 and rounded (no-op if same size)."""
     arr = _check_uint8_batch(images)
     res = int(resolution)
     if res < 1:
@@ -76,7 +77,7 @@ def resize_images(images, resolution: int, batch_size: int = 64) -> np.ndarray:
     out = []
     for i in range(0, arr.shape[0], batch_size):
         x = torch.from_numpy(np.ascontiguousarray(arr[i : i + batch_size])).float()[:, None]
-        y = F.interpolate(x, size=(res, res), mode="bicubic", align_corners=False, antialias=True)
+        y = F.interpolate(x, size=(res, res), mode=mode, align_corners=False, antialias=True)
         out.append(y.clamp(0, 255).round().to(torch.uint8)[:, 0].numpy())
     return np.concatenate(out)
 
