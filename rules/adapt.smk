@@ -38,7 +38,7 @@ rule adapt_few_shot:
     output:
         directory(f"{ADAPT_DIR}/{{adapted}}"),
     wildcard_constraints:
-        adapted=name_pattern([n for n in TRAINED if ADAPTED[n]["method"] in ("textual_inversion", "unet")]),
+        adapted=name_pattern([n for n in TRAINED if ADAPTED[n]["method"] in FEW_SHOT_METHODS]),
     params:
         method=lambda w: ADAPTED[w.adapted]["method"],
         settings=lambda w: ADAPTED[w.adapted].get("settings", {}),

@@ -15,7 +15,7 @@ TEXT_DIR = "results/text_encoders"
 # the foundation pipeline folder: built here, or a registry name / local folder given in the config
 FOUNDATION = f"{MODELS_DIR}/foundation" if config["foundation"]["model"] == "build" else config["foundation"]["model"]
 TEXT_CORPORA = [DATASET if c == "dataset" else c for c in config["text_encoders"]["corpora"]]
-for _section, _key in [("vae_study", "sample"), *(("reference_classifier", k) for k in ("train_sample", "val_sample", "test_sample"))]:
+for _section, _key in [("vae_study", "sample"), ("synthesis", "real_sample"), *(("reference_classifier", k) for k in ("train_sample", "val_sample", "test_sample"))]:
     if config[_section][_key] not in config["samples"]:
         raise WorkflowError(
             f"config {_section}.{_key}={config[_section][_key]!r} is not a configured sample; expected one of {SAMPLES}"
@@ -26,12 +26,17 @@ if len(ADAPTED) != len(config["adaptation"]["methods"]):
     _names = [m["name"] for m in config["adaptation"]["methods"]]
     raise WorkflowError(f"config adaptation.methods: duplicate names {sorted({n for n in _names if _names.count(n) > 1})}; expected each name once")
 TRAINED = [name for name, m in ADAPTED.items() if m["method"] != "none"]
+FEW_SHOT_METHODS = ("textual_inversion", "unet")  # the methods that train on images (projection trains on captions)
+
+
+def adaptation_sample(name):
+    """The sample an adapted model trains on: its own, else adaptation.sample."""
+    return ADAPTED[name].get("sample", config["adaptation"]["sample"])
+
+
 for _name, _m in ADAPTED.items():
-    _sample = _m.get("sample", config["adaptation"]["sample"])
-    if _m["method"] in ("textual_inversion", "unet") and _sample not in config["samples"]:
-        raise WorkflowError(f"config adaptation.methods[{_name}].sample={_sample!r} is not a configured sample; expected one of {SAMPLES}")
-if config["synthesis"]["real_sample"] not in config["samples"]:
-    raise WorkflowError(f"config synthesis.real_sample={config['synthesis']['real_sample']!r} is not a configured sample; expected one of {SAMPLES}")
+    if _m["method"] in FEW_SHOT_METHODS and adaptation_sample(_name) not in config["samples"]:
+        raise WorkflowError(f"config adaptation.methods[{_name}].sample={adaptation_sample(_name)!r} is not a configured sample; expected one of {SAMPLES}")
 ADAPT_DIR = f"{MODELS_DIR}/adapted"
 SYNTH_DIR = "results/synthesis"
 CLASSIFIER_DIR = "results/reference_classifier"
@@ -77,9 +82,9 @@ def name_pattern(names):
 
 def adaptation_inputs(wildcards):
     """What an adaptation trains on: the few-shot sample (TI, U-Net) or the foundation's captions (projection)."""
-    spec = ADAPTED[wildcards.adapted]
-    sample = spec.get("sample", config["adaptation"]["sample"])
-    return [f"{DATA_DIR}/samples/{sample}"] if spec["method"] in ("textual_inversion", "unet") else []
+    if ADAPTED[wildcards.adapted]["method"] not in FEW_SHOT_METHODS:
+        return []
+    return [f"{DATA_DIR}/samples/{adaptation_sample(wildcards.adapted)}"]
 
 
 def adapter_input(wildcards):
@@ -97,7 +102,7 @@ def fig5_method():
 
 def fig5_sample():
     """The sample the Fig. 5 model was fine-tuned on (the adaptation sample for models without one)."""
-    return ADAPTED[fig5_method()].get("sample", config["adaptation"]["sample"])
+    return adaptation_sample(fig5_method())
 
 
 def reported_outputs():
