@@ -36,13 +36,9 @@ def script_context(snakemake):
         logging.getLogger("cxrgen").info("placement %s", " ".join(f"{k}={v}" for k, v in placement.items()))
     try:
         threads = max(1, int(getattr(snakemake, "threads", 1)))
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-        try:
-            import torch
-
-            torch.set_num_threads(threads)
-        except ImportError:
-            pass
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # read by torch at import
+        if "torch" in sys.modules:  # already imported: cap it now (data-only rules never pay for the import)
+            sys.modules["torch"].set_num_threads(threads)
         seed_everything(int(snakemake.config.get("seed", 0)))
         yield logging.getLogger(f"cxrgen.{snakemake.rule}")
     except BaseException:
