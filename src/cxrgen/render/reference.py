@@ -47,7 +47,7 @@ def known_papers(root: str | os.PathLike | None = None) -> list[str]:
 def known_tables(paper: str, root: str | os.PathLike | None = None) -> list[str]:
     papers = known_papers(root)
     if paper not in papers:
-        raise InputError(f"unknown paper {paper!r}; known papers: {', '.join(papers) or '(none)'}")
+        raise InputError(f"unknown paper {paper!r}; known papers under {reference_root(root)}: {', '.join(papers) or '(none)'}")
     return list(_sources(reference_root(root) / paper)["tables"])
 
 
