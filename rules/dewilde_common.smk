@@ -18,6 +18,12 @@ for _key, _labels in [("healthy", [DW["healthy"]]), ("sweep.class", [DW["sweep"]
     for _l in _labels:
         if _l not in DW["classes"]:
             raise WorkflowError(f"config dewilde.{_key}: {_l!r} is not in dewilde.classes {DW['classes']}; expected a class with an embedding")
+for _spec in DW["composability"]["multi"]:  # a token without a learned embedding would be read as plain text
+    _unknown = sorted(set(re.findall(r"<[^<>]+>", _spec["prompt"])) - {f"<{_s}>" for _s in DW_SLUGS})
+    if _unknown:
+        raise WorkflowError(f"config dewilde.composability.multi prompt {_spec['prompt']!r} names {_unknown}, which "
+                            f"dewilde.classes {DW['classes']} learn no embedding for; expected tokens among "
+                            f"{sorted(f'<{_s}>' for _s in DW_SLUGS)}")
 for _key in ("sample", "sweep.real_sample", "classifier.val_sample", "classifier.test_sample"):
     _section, _, _name = _key.rpartition(".")
     _value = (DW[_section] if _section else DW)[_name]
