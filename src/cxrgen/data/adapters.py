@@ -10,7 +10,9 @@ for PadChest). ``root`` may be the dataset folder or, for the single-CSV dataset
   ``InputError`` naming the first few missing ones.
 
 Bad input raises ``InputError`` naming the file/column and what was expected: missing root or file, missing
-columns, label values outside {1, 0, -1, blank} (with the line number), unknown label names, duplicate image ids.
+columns, label values outside {1, 0, -1, blank} (with the line number), unknown label names, duplicate image ids,
+a CSV that is not UTF-8 (with the line), a row with more fields than the header, blank ids in a folder CSV.
+A MIMIC report file that is not UTF-8 is read with the bad bytes replaced, and counted in one logged warning.
 
 Label conventions of the sources (documented per adapter below):
 
@@ -24,9 +26,12 @@ Label conventions of the sources (documented per adapter below):
 
 from __future__ import annotations
 
+import gzip
 import inspect
+import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -37,6 +42,7 @@ from cxrgen.data.schema import BASE_COLUMNS, CHEXPERT_LABELS, FRONTAL_VIEWS, val
 from cxrgen.errors import InputError
 
 PathLike = str | os.PathLike
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------------------------
 # label mappings
@@ -228,16 +234,44 @@ def _find_file(folder: Path, names: Sequence[str], what: str, required: bool = T
     return None
 
 
+def _first_non_utf8_line(path: Path) -> tuple[int, int, int] | None:
+    """(line number, column, byte) of the first byte of ``path`` (gunzipped) that is not UTF-8, or None."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            for number, line in enumerate(f, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    return number, exc.start + 1, line[exc.start]
+    except (OSError, EOFError):  # a corrupt .gz: the caller falls back to pandas' own message
+        return None
+    return None
+
+
 def _read_csv(path: Path, required: Iterable[str], expected: Iterable[str] | None = None, **kwargs) -> pd.DataFrame:
     kwargs.setdefault("dtype", str)
     kwargs.setdefault("keep_default_na", False)
     kwargs.setdefault("na_values", [""])
+    kwargs.setdefault("index_col", False)  # a row with one field too many must not silently become the index
     try:
-        df = pd.read_csv(path, low_memory=False, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(path, low_memory=False, **kwargs)
     except pd.errors.EmptyDataError as exc:
         raise InputError(f"{path} is empty; expected a CSV with a header row") from exc
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
-        raise InputError(f"{path} could not be read as CSV ({exc})") from exc
+    except pd.errors.ParserWarning as exc:
+        raise InputError(
+            f"{path}: a row has more fields than the header ({exc}); expected one value per column"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        where = _first_non_utf8_line(path)
+        at = f"line {where[0]}, column {where[1]}: byte 0x{where[2]:02x}" if where else str(exc)
+        raise InputError(f"{path} is not UTF-8 text ({at}); expected a UTF-8 CSV (re-save it as UTF-8)") from exc
+    except (pd.errors.ParserError, OSError, EOFError) as exc:
+        raise InputError(
+            f"{path} could not be read as CSV ({exc}); expected comma-separated values with a header row"
+        ) from exc
     required = list(required)
     missing = [c for c in required if c not in df.columns]
     if missing:
@@ -372,10 +406,24 @@ def _report_roots(root: Path, reports_root: PathLike | None) -> list[Path]:
     return [c for c in cands if c.is_dir()]
 
 
+def _read_report(path: Path, not_utf8: list[Path]) -> str:
+    """A report's text; bytes that are not UTF-8 become U+FFFD and the file is appended to ``not_utf8``."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        not_utf8.append(path)
+        return data.decode("utf-8", errors="replace")
+
+
 def _read_mimic_reports(keys: pd.DataFrame, roots: list[Path]) -> tuple[list[str], list[str]]:
-    """Sections of ``files/pXX/p{subject}/s{study}.txt`` for each (subject, study); one scandir per patient folder."""
+    """Sections of ``files/pXX/p{subject}/s{study}.txt`` for each (subject, study); one scandir per patient folder.
+
+    A report that is not valid UTF-8 is still read (bad bytes replaced by U+FFFD); such reports are counted and
+    logged in one warning naming the first few."""
     listing: dict[Path, set[str]] = {}
     findings, impressions = [], []
+    not_utf8: list[Path] = []
     for subject, study in zip(keys["subject_id"], keys["study_id"]):
         name = f"s{study}.txt"
         found = None
@@ -396,9 +444,12 @@ def _read_mimic_reports(keys: pd.DataFrame, roots: list[Path]) -> tuple[list[str
             findings.append("")
             impressions.append("")
             continue
-        f, imp = parse_report_sections(found.read_text(errors="replace"))
+        f, imp = parse_report_sections(_read_report(found, not_utf8))
         findings.append(f)
         impressions.append(imp)
+    if not_utf8:
+        log.warning("%d of %d MIMIC report(s) are not valid UTF-8 (undecodable bytes replaced by U+FFFD), e.g. %s",
+                    len(not_utf8), len(keys), [str(p) for p in not_utf8[:3]])
     return findings, impressions
 
 
@@ -863,6 +914,11 @@ def load_folder(
     paths = [str(p) if os.path.isabs(p) else str(root / p) for p in image]
     image_id = _str(raw["image_id"]) if "image_id" in raw else image
     _check_unique(image_id, csv_path)
+    for name in ("image_id", "patient_id"):  # a blank patient id would put all such images in one "patient"
+        if name in raw and (_str(raw[name]).str.strip() == "").any():
+            i = int(np.flatnonzero((_str(raw[name]).str.strip() == "").to_numpy())[0])
+            raise InputError(f"{csv_path}: column {name!r}, line {i + 2} is blank; expected an id in every row "
+                             "(or no such column: the image path stands in)")
 
     def col(name: str, default="") -> pd.Series | str:
         return raw[name] if name in raw else default

@@ -19,20 +19,37 @@ PREPROCESSING = ("chambon", "dewilde", "cheff")
 
 
 def load_grayscale(path: str | Path) -> np.ndarray:
-    """Read an image file as uint8 grayscale (16-bit images are rescaled, RGB(A) converted)."""
+    """Read an image file as uint8 grayscale.
+
+    16-bit and 32-bit (integer or float) images are min-max rescaled to 0-255 (a constant image gives zeros);
+    RGB(A), palette and CMYK images are converted to luminance, with any alpha channel composited onto black
+    (a transparent pixel carries no signal). A missing, truncated, corrupt, empty or oversized (decompression
+    bomb) file raises :class:`InputError` naming the path.
+    """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"image {path} does not exist; expected a readable JPEG/PNG file")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise InputError(f"image {path} {what}; expected a readable JPEG/PNG file")
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 arr = np.asarray(img, dtype=np.float64)
                 lo, hi = float(arr.min()), float(arr.max())
+                if not (np.isfinite(lo) and np.isfinite(hi)):
+                    raise InputError(f"image {path} holds non-finite pixel values; expected finite intensities")
                 arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
                 return arr.round().astype(np.uint8)
+            if "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
             return np.asarray(img.convert("L"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except InputError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"image {path} is too large to decode safely ({exc}); expected a chest X-ray of at most "
+                         f"{Image.MAX_IMAGE_PIXELS} pixels") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InputError(f"image {path} cannot be decoded ({exc}); expected a valid JPEG/PNG file") from exc
 
 
@@ -70,10 +87,29 @@ def resize_shortest_center_crop(arr: np.ndarray, size: int) -> np.ndarray:
 
 
 def preprocess(arr: np.ndarray, method: str, size: int) -> np.ndarray:
+    check_preprocessing(method, size)
+    arr = np.asarray(arr)
+    if arr.ndim != 2 or arr.size == 0:
+        raise InputError(f"image of shape {arr.shape}; expected a non-empty 2-D grayscale array")
     if method == "chambon":
         return resize_square(arr, size)
     if method == "dewilde":
         return crop_nonzero_pad(arr, size)
-    if method == "cheff":
-        return resize_shortest_center_crop(arr, size)
-    raise InputError(f"unknown preprocessing {method!r}; expected one of {list(PREPROCESSING)}")
+    return resize_shortest_center_crop(arr, size)
+
+
+def check_preprocessing(method: str, size: int) -> None:
+    """Refuse an unknown preprocessing name or a non-positive size before any image is read."""
+    if method not in PREPROCESSING:
+        raise InputError(f"unknown preprocessing {method!r}; expected one of {list(PREPROCESSING)}")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or int(size) < 1:
+        raise InputError(f"image size={size!r}; expected an integer >= 1")
+
+
+def load_preprocessed(path: str | Path, method: str, size: int) -> np.ndarray:
+    """``preprocess(load_grayscale(path), method, size)``; every error names the image file."""
+    arr = load_grayscale(path)
+    try:
+        return preprocess(arr, method, size)
+    except InputError as exc:
+        raise InputError(f"image {path}: {exc}") from exc

@@ -4,6 +4,8 @@ and their materialisation as preprocessed image folders with a manifest CSV."""
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +13,13 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from cxrgen.data.preprocess import load_grayscale, preprocess
+from cxrgen.data.preprocess import check_preprocessing, load_grayscale, load_preprocessed
 from cxrgen.data.prompts import chambon_prompt, zafar_prompt
 from cxrgen.data.schema import CHEXPERT_LABELS, FRONTAL_VIEWS, label_names_to_columns
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path
+
+log = logging.getLogger(__name__)
 
 PATHOLOGIES = tuple(l for l in CHEXPERT_LABELS if l not in ("No Finding", "Support Devices"))
 
@@ -34,9 +38,12 @@ def _take(df: pd.DataFrame, n: int, seed: int, what: str, strict: bool = True) -
 
 def sample_frontal_with_reports(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     """Chambon et al. 2.1: N random frontal (AP/PA) images with a report (1000 per dataset in the paper)."""
-    eligible = frontal(df)
-    eligible = eligible[(eligible["impression"].fillna("") != "") | (eligible["findings"].fillna("") != "")]
-    return _take(eligible, n, seed, f"random frontal sample of {n}")
+    front = frontal(df)
+    eligible = front[(front["impression"].fillna("") != "") | (front["findings"].fillna("") != "")]
+    what = (f"random frontal sample of {n} ({len(df) - len(front)} non-frontal images and {len(front) - len(eligible)} "
+            "frontal images without a FINDINGS/IMPRESSION section excluded)")
+    log.info("%s: %d eligible", what, len(eligible))
+    return _take(eligible, n, seed, what)
 
 
 def sole_finding(df: pd.DataFrame, label: str) -> pd.Series:
@@ -71,7 +78,9 @@ def patient_split(df: pd.DataFrame, fractions: dict[str, float], seed: int) -> p
     """
     total = sum(fractions.values())
     if not np.isclose(total, 1.0) or any(v < 0 for v in fractions.values()):
-        raise InputError(f"split fractions {fractions} must be non-negative and sum to 1")
+        raise InputError(
+            f"split fractions {fractions} (config data.splits); expected non-negative numbers that sum to 1"
+        )
     edges = np.cumsum(list(fractions.values()))
     names = list(fractions)
 
@@ -83,11 +92,33 @@ def patient_split(df: pd.DataFrame, fractions: dict[str, float], seed: int) -> p
     return df["patient_id"].astype(str).map(bucket).rename("split")
 
 
-def check_patient_disjoint(df: pd.DataFrame, split_col: str = "split") -> None:
-    per_patient = df.groupby("patient_id")[split_col].nunique()
-    leaking = per_patient[per_patient > 1]
+def check_patient_disjoint(df: pd.DataFrame, split_col: str = "split", origin: str = "dataset table") -> None:
+    """Raise naming the first patients whose images sit in more than one split (and those splits)."""
+    splits = df.groupby(df["patient_id"].astype(str))[split_col].unique()
+    leaking = splits[splits.map(len) > 1]
     if len(leaking):
-        raise InputError(f"patients in more than one split: {list(leaking.index[:5])}; expected patient-disjoint splits")
+        examples = {pid: sorted(map(str, s)) for pid, s in leaking.iloc[:5].items()}
+        raise InputError(
+            f"{origin}: {len(leaking)} patient(s) in more than one split (column {split_col!r}), e.g. {examples}; "
+            "expected patient-disjoint splits (every image of a patient in one split)"
+        )
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _file_names(image_ids: pd.Series) -> list[str]:
+    """``images/<id>.png`` per image; characters unsafe in a file name (``/`` in CheXpert ids) become ``_``."""
+    names, taken = [], set()
+    for image_id in image_ids.astype(str):
+        stem = _UNSAFE.sub("_", image_id).strip(".") or "image"
+        name, k = stem, 1
+        while name in taken:
+            k += 1
+            name = f"{stem}-{k}"
+        taken.add(name)
+        names.append(f"images/{name}.png")
+    return names
 
 
 def materialise(
@@ -100,27 +131,39 @@ def materialise(
 ) -> pd.DataFrame:
     """Write preprocessed PNGs and ``manifest.csv`` (rows + file, prompts) atomically into ``out_dir``.
 
-    ``on_bad_image="skip"`` drops undecodable images and records them in ``skipped.csv``; "error" stops.
+    ``on_bad_image="skip"`` drops unreadable images (missing, truncated, corrupt, empty, all black under the
+    de Wilde crop) and records each in ``skipped.csv`` with its error; the count is logged and kept in
+    ``manifest.attrs["n_skipped"]``. "error" stops at the first one, naming the file; nothing is written then.
     """
     if on_bad_image not in ("error", "skip"):
         raise InputError(f"on_bad_image={on_bad_image!r}; expected 'error' or 'skip'")
+    check_preprocessing(preprocessing, size)  # a bad setting must fail, not skip every image
+    dup = df["image_id"].astype(str).duplicated()
+    if dup.any():
+        ids = sorted(set(df["image_id"][dup].astype(str)))[:5]
+        raise InputError(f"sample for {out_dir}: duplicate image id(s) {ids}; expected one row per image")
     rows, skipped = [], []
+    files = _file_names(df["image_id"])
     with atomic_path(out_dir) as tmp:
         (tmp / "images").mkdir(parents=True)
-        for _, row in tqdm(df.iterrows(), total=len(df), disable=not progress, desc=f"write {Path(out_dir).name}"):
+        for name, (_, row) in tqdm(zip(files, df.iterrows()), total=len(df), disable=not progress,
+                                   desc=f"write {Path(out_dir).name}"):
             try:
-                arr = preprocess(load_grayscale(row["image_path"]), preprocessing, size)
+                arr = load_preprocessed(row["image_path"], preprocessing, size)
             except InputError as exc:
                 if on_bad_image == "error":
                     raise
                 skipped.append({"image_id": row["image_id"], "image_path": row["image_path"], "error": str(exc)})
                 continue
-            name = f"images/{row['image_id']}.png"
             Image.fromarray(arr).save(tmp / name)
             rows.append({**row.to_dict(), "file": name, "prompt": chambon_prompt(row), "structured_prompt": zafar_prompt(row)})
         manifest = pd.DataFrame(rows)
         manifest.to_csv(tmp / "manifest.csv", index=False)
         pd.DataFrame(skipped, columns=["image_id", "image_path", "error"]).to_csv(tmp / "skipped.csv", index=False)
+    if skipped:
+        log.warning("%s: skipped %d of %d image(s) that could not be read (listed in skipped.csv), e.g. %s",
+                    out_dir, len(skipped), len(df), skipped[0]["error"])
+    manifest.attrs["n_skipped"] = len(skipped)
     return manifest
 
 

@@ -10,11 +10,15 @@ placeholder tokens ("<lung-xray>") can be added later with ``add_tokens``.
 from __future__ import annotations
 
 import json
+import logging
+import re
 from typing import Iterable
 
 from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
+
+from cxrgen.errors import InputError
 
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
@@ -74,3 +78,40 @@ def train_clip_tokenizer(texts: Iterable[str], vocab_size: int = 1024, model_max
     vocab.setdefault(EOS, len(vocab))
     tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
     return tok
+
+
+def count_truncated(tokenizer, texts: Iterable[str], max_length: int | None = None, what: str = "text",
+                    logger: logging.Logger | None = None) -> int:
+    """How many ``texts`` are longer than ``max_length`` tokens (default: the tokenizer's ``model_max_length``),
+    special tokens included, and so lose their end to truncation.
+
+    Truncation is how every text encoder here handles them (CLIP's context, BERT's 512; Zafar et al. study what
+    it costs), so a long prompt or report is not an error: it is counted, and one warning names the count, the
+    limit and the longest text. A tokenizer without a finite limit truncates nothing.
+    """
+    texts = [str(t) for t in texts]
+    require_unicode(texts, what)
+    limit = max_length if max_length is not None else getattr(tokenizer, "model_max_length", None)
+    if not texts or not isinstance(limit, int) or not 0 < limit < 1_000_000:
+        return 0
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
+    over = [i for i, n in enumerate(lengths) if n > limit]
+    if over:
+        longest = max(over, key=lengths.__getitem__)
+        (logger or logging.getLogger(__name__)).warning(
+            "%d of %d %s(s) exceed the tokenizer limit of %d tokens and are truncated to it (longest: %d tokens, %r)",
+            len(over), len(texts), what, limit, lengths[longest], texts[longest][:80])
+    return len(over)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def require_unicode(texts: Iterable[str], what: str = "text") -> None:
+    """Refuse text holding an unpaired surrogate (bytes that were not UTF-8, decoded with ``surrogateescape``):
+    tokenizers fail on it deep inside with a ``TypeError``; here the message names the text and the position."""
+    for text in texts:
+        m = _SURROGATE.search(str(text))
+        if m:
+            raise InputError(f"{what} {text!r} holds the unpaired surrogate U+{ord(m.group()):04X} at position "
+                             f"{m.start()} (bytes that were not UTF-8?); expected valid Unicode text")

@@ -10,7 +10,9 @@ each term may start with a weight and ``*``::
 Weights are decimal numbers (``1``, ``0.5``, ``.5``, ``-0.5``, ``2e-1``); spaces around ``*`` and ``AND`` are free.
 Text that must contain the word ``AND`` or an asterisk escapes it: ``\\AND``, ``\\*``; ``\\\\`` is a backslash.
 Anything else (an empty term, a dangling ``AND``, ``*`` without a number before it, a weight without text, a
-non-finite weight, an unknown escape) is an :class:`~cxrgen.errors.InputError` naming the prompt and the term.
+non-finite weight, an unknown escape, an unpaired surrogate) is an :class:`~cxrgen.errors.InputError` naming the
+prompt and the term.
+A term longer than the tokenizer's context is truncated, as in the pipeline, and counted in a logged warning.
 
 **Guidance.**  With the unconditional prediction ``e_u`` and one prediction ``e_i`` per term,
 ``e = e_u + sum_i w_i * g * (e_i - e_u)`` (Liu et al. eq. 9 with classifier-free guidance scale ``g``).  One term
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 
 from cxrgen.errors import InputError
+from cxrgen.models.tokenizer import count_truncated, require_unicode
 
 _ESC_AND, _ESC_STAR, _ESC_BS = "\ue000", "\ue001", "\ue002"
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
@@ -85,6 +88,7 @@ def parse_prompt(prompt: str) -> list[Term]:
         raise InputError(f"prompt={prompt!r}; expected a string such as '0.25*<healthy> AND 0.75*<cardiomegaly>'")
     if not prompt.strip():
         raise InputError("prompt is empty; expected text such as '<healthy>' or '0.5*<healthy> AND 0.5*<pneumonia>'")
+    require_unicode([prompt], "prompt")
     protected = _protect(prompt)
     pieces = _AND.split(protected)
     terms = []
@@ -172,7 +176,12 @@ def _pipe_of(pipeline):
 @torch.no_grad()
 def encode_terms(pipe, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Text embeddings (K, L, D) of the term texts and the unconditional embedding (1, L, D), as the pipeline
-    computes them (textual-inversion tokens expanded by its ``maybe_convert_prompt``)."""
+    computes them (textual-inversion tokens expanded by its ``maybe_convert_prompt``). Terms longer than the
+    tokenizer's context are truncated, as the pipeline does; they are counted in one warning."""
+    tokenizer = getattr(pipe, "tokenizer", None)
+    if tokenizer is not None:
+        convert = getattr(pipe, "maybe_convert_prompt", None)
+        count_truncated(tokenizer, [convert(t, tokenizer) if convert else t for t in texts], what="prompt term")
     device = pipe.unet.device
     cond, uncond = pipe.encode_prompt(list(texts), device, 1, True, None)
     return cond, uncond[:1]

@@ -214,7 +214,9 @@ def _extract(encoder: TextEncoder, method: str, batch) -> torch.Tensor:
 
 
 def embed(texts, encoder: TextEncoder, method: str, batch_size: int = 64, progress: bool = True) -> np.ndarray | None:
-    """(N, D) float32 embeddings of ``texts`` by ``method``, or None when the model lacks that method."""
+    """(N, D) float32 embeddings of ``texts`` by ``method``, or None when the model lacks that method.
+
+    Texts longer than the encoder's ``max_length`` tokens are truncated to it (counted in one logged warning)."""
     if not method_available(encoder, method):
         return None
     all_texts = [str(t) for t in texts]
@@ -225,6 +227,10 @@ def embed(texts, encoder: TextEncoder, method: str, batch_size: int = 64, progre
     texts, inverse = np.unique(np.array(all_texts, dtype=object), return_inverse=True)
     order = np.argsort([len(t) for t in texts], kind="stable")
     texts = [texts[i] for i in order]
+    from cxrgen.models.tokenizer import count_truncated  # noqa: PLC0415
+
+    count_truncated(encoder.tokenizer, texts, encoder.max_length, what=f"distinct {encoder.name} input text",
+                    logger=log)
     device = next(encoder.model.parameters()).device
     chunks = []
     starts = range(0, len(texts), batch_size)
