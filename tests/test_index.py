@@ -30,3 +30,4 @@ def test_index_lists_items_and_totals(tmp_path):
     assert "| `results/t.csv` | `vae_study` | VAE table |" in text
     assert "**miniature**" in text and "not the papers' own" in text
     assert "| **total** | 5 |" in text
+    assert text.split("| **total** |")[1].splitlines()[0].endswith("| max 100 (`x`) |")  # the largest peak RSS, named

@@ -76,9 +76,11 @@ def render_index(items: list[dict], costs: pd.DataFrame, scale: str, config_file
             f"{_fmt(r['energy_kwh'])} | {_fmt(r['carbon_kg'])} | {_fmt(r['max_rss_mb'], 4)} |"
         )
     total = costs[["wall_s", "cpu_h", "gpu_h", "energy_kwh", "carbon_kg"]].sum()
+    rss = costs["max_rss_mb"]
+    peak = f"max {_fmt(rss.max(), 4)} (`{costs.loc[rss.idxmax(), 'job']}`)" if rss.notna().any() else ""
     lines += [
         f"| **total** | {_fmt(total['wall_s'], 4)} | {_fmt(total['cpu_h'])} | {_fmt(total['gpu_h'])} | "
-        f"{_fmt(total['energy_kwh'])} | {_fmt(total['carbon_kg'])} | |",
+        f"{_fmt(total['energy_kwh'])} | {_fmt(total['carbon_kg'])} | {peak} |",
         "",
         f"Energy = GPU hours x {acc['gpu_tdp_w']:g} W (TDP) + CPU hours x {acc['cpu_w_per_core']:g} W per core; "
         f"carbon = energy x {acc['carbon_kg_per_kwh']:g} kgCO2eq/kWh (the estimate of Zafar et al. 2023, section V.C). "
