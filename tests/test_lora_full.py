@@ -13,12 +13,15 @@ from cxrgen.adapt.dreambooth_lora import (
     DreamBoothLoRAConfig,
     artefact_bytes,
     load_step_samples,
+    load_tokenizer,
+    n_tokens,
     train_lora,
     zafar_training_set,
 )
 from cxrgen.adapt.full_finetune import FullFinetuneConfig, train_full
 from cxrgen.adapt.pipeline import load_adapted_pipeline
 from cxrgen.adapt.trainer import train_from_sample
+from cxrgen.data.prompts import zafar_prompt
 from cxrgen.data.schema import CHEXPERT_LABELS
 from cxrgen.errors import InputError
 from cxrgen.models.registry import load_pipeline
@@ -153,6 +156,7 @@ def test_training_set_selection_and_dispatch(foundation, images, tmp_path):
         rows.append({"image_id": str(i), "file": f"images/{i}.png", "sex": "M" if i % 2 else "F", "age": 50 + i,
                      "view": "PA", **{label: np.nan for label in CHEXPERT_LABELS},
                      "No Finding": 1.0 if normal else np.nan, "Pleural Effusion": np.nan if normal else 1.0})
+    rows[5].update({label: 1.0 for label in ("Atelectasis", "Cardiomegaly", "Edema", "Lung Opacity")})
     pd.DataFrame(rows).to_csv(sample / "manifest.csv", index=False)
     man = pd.read_csv(sample / "manifest.csv")
     _, sub, prompts = zafar_training_set(images, man, FullFinetuneConfig(normal_only=True, prompt_level="compact"))
@@ -161,9 +165,19 @@ def test_training_set_selection_and_dispatch(foundation, images, tmp_path):
                        "chest x-ray, female PA, normal"]
     _, sub, _ = zafar_training_set(images, man, FullFinetuneConfig(max_images=4, seed=1))
     assert len(sub) == 4 and list(sub.index) == [0, 1, 2, 3]
-    summary = train_from_sample("lora", foundation, sample, {"steps": 1, "prior_preservation": False, **TINY},
+    # the compact prompt of the five-finding image overflows the tokenizer's context; fitted, it lists fewer
+    tok = load_tokenizer(foundation)
+    assert n_tokens(tok, zafar_prompt(man.iloc[5], "compact")) > tok.model_max_length
+    _, sub, prompts = zafar_training_set(images, man, FullFinetuneConfig(prompt_level="compact"), tokenizer=tok)
+    assert all(n_tokens(tok, p) <= tok.model_max_length for p in prompts)
+    assert sub["findings_dropped"].iloc[5] > 0 and (sub["findings_dropped"].drop(5) == 0).all()
+    assert prompts[5].startswith("chest x-ray, male PA, atelectasis") and prompts[4].endswith("pleural effusion")
+    summary = train_from_sample("lora", foundation, sample, {"steps": 1, "prior_preservation": False,
+                                                             "prompt_level": "compact", **TINY},
                                 tmp_path / "lora", seed=0, progress=False)
     assert summary["method"] == "lora" and summary["finished"]
+    adapter = json.loads((tmp_path / "lora" / "adapter.json").read_text())
+    assert adapter["findings_dropped_share"] == 1 / 6 and adapter["max_tokens"] <= adapter["context_length"]
     with pytest.raises(InputError, match="prompt_level"):
         DreamBoothLoRAConfig.from_dict({"prompt_level": "fancy"})
     with pytest.raises(InputError, match="sample_steps"):

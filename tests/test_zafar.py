@@ -83,9 +83,85 @@ def test_attribute_prompts_differ_in_one_attribute_only():
         zafar.attribute_prompts("fancy")
 
 
+class _CharTokenizer:
+    """One token per character plus start/end (a stand-in with a known count)."""
+    model_max_length = 45
+
+    def __call__(self, text):
+        return type("Enc", (), {"input_ids": [0] * (len(text) + 2)})()
+
+
+def test_compact_prompt_fits_the_context():
+    from cxrgen.adapt.dreambooth_lora import fit_zafar_prompts, prompt_token_stats
+
+    many = {label: np.nan for label in CHEXPERT_LABELS}
+    many.update({"sex": "M", "view": "PA", "Atelectasis": 1.0, "Edema": 1.0, "Pleural Effusion": 1.0})
+    one = {**{label: np.nan for label in CHEXPERT_LABELS}, "sex": "F", "view": "AP", "Edema": 1.0}
+    rows = pd.DataFrame([many, one])
+    assert zafar_prompt(rows.iloc[0], "compact") == "chest x-ray, male PA, atelectasis, edema, pleural effusion"
+    assert zafar_prompt(rows.iloc[0], "compact", max_findings=2) == "chest x-ray, male PA, atelectasis, edema"
+    with pytest.raises(InputError, match="compact"):
+        zafar_prompt(rows.iloc[0], "full", max_findings=1)
+    tok = _CharTokenizer()
+    prompts, dropped = fit_zafar_prompts(rows, "compact", tok)
+    # 60 tokens > 45: pleural effusion goes (42 tokens left); the one-finding prompt (31) stays whole
+    assert prompts == ["chest x-ray, male PA, atelectasis, edema", "chest x-ray, female AP, edema"] and dropped == [1, 0]
+    assert all(len(tok(p).input_ids) <= tok.model_max_length for p in prompts)
+    stats = prompt_token_stats(tok, prompts, dropped)
+    assert stats["truncated_share"] == 0 and stats["findings_dropped_share"] == 0.5 and stats["max_tokens"] == 42
+    full, full_dropped = fit_zafar_prompts(rows, "full", tok)  # the paper's levels are never shortened
+    assert full[0].endswith("diagnosis atelectasis, edema, pleural effusion") and full_dropped == [0, 0]
+    tok.model_max_length = 30  # not even one finding fits: kept (35 and 31 tokens), and counted as truncated
+    prompts, dropped = fit_zafar_prompts(rows, "compact", tok)
+    assert prompts[0] == "chest x-ray, male PA, atelectasis" and dropped == [2, 0]
+    assert prompt_token_stats(tok, prompts)["truncated_share"] == 1.0
+
+
+def test_degrade_like_generator_blurs_and_shifts_the_shape_colour():
+    from cxrgen.models.corpus import COLOURS
+
+    img = np.full((4, 64, 64, 3), 245, np.uint8)  # white background, a blue square
+    img[:, 20:44, 20:44] = COLOURS["blue"]
+    a, b = zafar.degrade_like_generator(img, seed=3), zafar.degrade_like_generator(img, seed=3)
+    assert a.shape == img.shape and a.dtype == np.uint8 and np.array_equal(a, b)
+    assert not np.array_equal(a, zafar.degrade_like_generator(img, seed=4))
+    edge = lambda x: np.abs(np.diff(x.astype(float), axis=2)).max(axis=(1, 2, 3))  # the square's edge step
+    assert (edge(a) < edge(img)).all()
+    inside = a[:, 28:36, 28:36].reshape(4, -1, 3).mean(1)
+    assert (inside[:, 2] > inside[:, 0] + 40).all()  # still blue, but not the palette's exact value
+    assert np.abs(inside - np.array(COLOURS["blue"])).max() > 5
+    assert np.abs(a[:, :8, :8].astype(float) - 245).mean() < 40  # background only tinted
+    with pytest.raises(InputError, match="N, H, W, 3"):
+        zafar.degrade_like_generator(img[..., 0])
+
+
+def test_ood_recognition_and_retained_knowledge():
+    classes = {"colour": ["red", "blue", "green"], "shape": ["circle", "square"]}
+    ood = pd.DataFrame({"prompt": ["a photo of a red circle"] * 3 + ["a photo of a blue square"] * 3,
+                        "colour": ["red"] * 3 + ["blue"] * 3, "shape": ["circle"] * 3 + ["square"] * 3})
+    onehot = lambda idx, n: np.eye(n)[idx] * 0.8 + 0.2 / n
+    perfect = {"colour": onehot([0, 0, 0, 1, 1, 1], 3), "shape": onehot([0, 0, 0, 1, 1, 1], 2)}
+    rows, s = zafar.ood_recognition(perfect, ood, classes)
+    assert s["colour_share"] == s["recognised_share"] == 1.0 and s["colour_auc"] == 1.0 and len(rows) == 2
+    # the same red picture for every prompt: half the colour "recognised" by chance, but AUC at chance
+    same = {"colour": onehot([0] * 6, 3), "shape": onehot([0] * 6, 2)}
+    rows, s = zafar.ood_recognition(same, ood, classes)
+    assert s["colour_share"] == 0.5 and s["colour_auc"] == 0.5 and rows[0]["colour_share"] == 1.0
+    _, s = zafar.ood_recognition({k: v[:3] for k, v in perfect.items()}, ood.iloc[:3], classes)  # one colour: no AUC
+    assert np.isnan(s["colour_auc"]) and s["colour_share"] == 1.0
+    m = pd.DataFrame({"model": ["foundation", "a", "b"], "colour_auc": [0.9, 0.7, 0.5]})
+    assert list(zafar.retained_vs(m, "foundation").round(6)) == [1.0, 0.5, 0.0]
+    m.loc[0, "colour_auc"] = 0.5
+    assert zafar.retained_vs(m, "foundation").isna().all()
+
+
 def test_corpus_classifier_learns_colours(tmp_path):
-    meta = zafar.train_corpus_classifier(tmp_path / "corpus", n_images=400, epochs=6, batch_size=32, image_size=32)
+    meta = zafar.train_corpus_classifier(tmp_path / "corpus", n_images=300, epochs=5, batch_size=32, image_size=32,
+                                         augment_copies=1)
     assert meta["val_accuracy"]["colour"] > 0.4  # 9 colours: chance ~0.11
+    assert meta["val_accuracy_degraded"]["colour"] > 0.3 and meta["n_train"] == 2 * meta["n_train_distinct"]
+    with pytest.raises(InputError, match="augment_copies"):
+        zafar.train_corpus_classifier(tmp_path / "x", n_images=40, augment_copies=-1)
     clf = zafar.load_head_classifier(tmp_path / "corpus")
     p = clf.predict([np.zeros((32, 32, 3), np.uint8)])
     assert p["colour"].shape == (1, 9) and np.allclose(p["colour"].sum(1), 1)
@@ -150,17 +226,18 @@ def world(tmp_path_factory):
     for name, folder in (("foundation", None), *adapters.items()):
         pipe = load_adapted_pipeline(foundation, folder, device="cpu")
         zafar.sample_zafar_sets(pipe, root / "sets" / name, real_manifest, name, seed=5, prompt_level="compact",
-                                n_fid=4, n_per_prompt=3, ood_prompts=("a photo of a red circle",), n_ood=2, steps=2,
-                                batch_size=16)
+                                n_fid=4, n_per_prompt=3, n_ood=2, steps=2, batch_size=16,
+                                ood_prompts=("a photo of a red circle", "a photo of a blue square"))
         sets[name] = root / "sets" / name
     zafar.train_attribute_classifier(train, test, root / "attr", epochs=4, batch_size=8, image_size=SIZE)
-    zafar.train_corpus_classifier(root / "corpus", n_images=120, epochs=1, batch_size=32, image_size=SIZE)
+    zafar.train_corpus_classifier(root / "corpus", n_images=120, epochs=1, batch_size=32, image_size=SIZE,
+                                  augment_copies=1)
     return dict(root=root, foundation=foundation, train=train, test=test, adapters=adapters, sets=sets)
 
 
 def test_sample_sets_are_paired_and_complete(world):
     imgs, man = zafar.load_zafar_set(world["sets"]["lora"])
-    assert list(man["part"].value_counts().sort_index()) == [3 * 6, 4, 2]  # attribute, fid, ood
+    assert list(man["part"].value_counts().sort_index()) == [3 * 6, 4, 2 * 2]  # attribute, fid, ood
     assert imgs[man.index[man["part"] == "ood"][0]].ndim == 3  # out-of-domain images keep colour
     att = man[man["part"] == "attribute"]
     assert (att.groupby("prompt_name")["seed"].apply(list).apply(lambda s: s == [5, 6, 7])).all()
@@ -184,8 +261,11 @@ def test_evaluation_and_rendering(world, tmp_path, monkeypatch):
     frames = zafar.evaluate_zafar(world["sets"], adapters, world["test"], "tiny", world["root"] / "attr",
                                   world["root"] / "corpus", tmp_path / "eval", n_boot=10)
     m = frames["methods"].set_index("model")
-    assert m.loc["foundation", "trainable_params"] == 0 and m.loc["foundation", "retained_vs_foundation"] == 1.0 \
-        or m.loc["foundation", "recognised_share"] == 0
+    assert m.loc["foundation", "trainable_params"] == 0 and m["colour_auc"].between(0, 1).all()
+    base = m.loc["foundation", "colour_auc"]
+    assert m.loc["foundation", "retained_vs_foundation"] == 1.0 if base > 0.5 else m["retained_vs_foundation"].isna().all()
+    if base > 0.5:
+        assert np.allclose(m["retained_vs_foundation"], (m["colour_auc"] - 0.5) / (base - 0.5))
     assert m.loc["full_ft", "artefact_bytes"] > 5 * m.loc["lora", "artefact_bytes"] > 0
     assert m.loc["full_ft", "trainable_params"] > 5 * m.loc["lora", "trainable_params"]
     assert np.isfinite(m["fid"]).all() and (m["n_fid"] == 4).all()
@@ -193,7 +273,9 @@ def test_evaluation_and_rendering(world, tmp_path, monkeypatch):
     assert set(c["attribute"]) == {"sex", "view", "finding"} and len(c) == 9 and c["prompts_differ"].all()
     assert c["auc"].between(0, 1).all()
     f = frames["forgetting"]
-    assert set(f["model"]) == set(world["sets"]) and f["both_share"].between(0, 1).all()
+    assert set(f["model"]) == set(world["sets"]) and f["both_share"].between(0, 1).all() and len(f) == 3 * 2
+    assert f["colour_auc"].between(0, 1).all() and (f.groupby("model")["colour_auc"].mean().round(9)
+                                                    == m["colour_auc"].round(9).reindex(f["model"].unique())).all()
     stems = {k: tmp_path / f"zafar2023_{k}" for k in ("methods", "prompts", "step_grid", "samples")}
     paths = zafar.render_zafar(tmp_path / "eval", world["sets"], world["adapters"], world["train"], stems,
                                paper_runs={"full_ft": "full_ft_325", "lora": "dreambooth_lora_960"},
@@ -202,9 +284,14 @@ def test_evaluation_and_rendering(world, tmp_path, monkeypatch):
     assert list(table["model"]) == ["foundation", "full_ft", "lora"]
     row = table.set_index("model").loc["lora"]
     assert row["train images (paper)"] == 960 and "[" in row["sex AUC (this run)"]
+    assert {"OOD colour recognised (this run)", "OOD shape recognised (this run)", "OOD colour AUC (this run)",
+            "retained vs foundation (this run)", "prompts with findings dropped (this run)"} <= set(table.columns)
+    assert "Retained vs foundation uses colour" in paths["methods"]["md"].read_text()
     assert "Paper numbers are from zafar2023" in paths["methods"]["md"].read_text()
     prompts = pd.read_csv(paths["prompts"]["csv"])
     assert set(prompts["level"]) == set(ZAFAR_STYLES) and (prompts["tokens"] > 0).all()
+    compact = prompts[prompts["level"] == "compact"]
+    assert (compact["tokens"] <= compact["context"]).all() and "findings_dropped" in prompts.columns
     for key in ("step_grid", "samples"):
         assert paths[key]["png"].is_file() and paths[key]["pdf"].is_file()
     with pytest.raises(InputError, match="paper_run"):

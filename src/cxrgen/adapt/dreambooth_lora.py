@@ -43,7 +43,7 @@ from cxrgen.adapt.trainer import (
     tokenize,
     train_scheduler_from,
 )
-from cxrgen.data.prompts import ZAFAR_STYLES, zafar_prompt
+from cxrgen.data.prompts import ZAFAR_COMPACT, ZAFAR_STYLES, zafar_findings, zafar_prompt
 from cxrgen.diffusion import diffusion_loss
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path, write_csv_atomic
@@ -169,11 +169,13 @@ class DreamBoothLoRAConfig(ZafarTrainConfig):
 
 
 def zafar_training_set(images: np.ndarray, manifest: pd.DataFrame, cfg: ZafarTrainConfig,
-                       where: str = "sample") -> tuple[np.ndarray, pd.DataFrame, list[str]]:
+                       where: str = "sample", tokenizer=None) -> tuple[np.ndarray, pd.DataFrame, list[str]]:
     """The rows a Zafar trainer uses and their prompts at ``cfg.prompt_level``.
 
     ``normal_only`` keeps rows with No Finding == 1 and no positive/uncertain pathology; ``max_images`` takes a
-    ``cfg.seed``-seeded random subset (kept in manifest order). Returns (images, manifest, prompts).
+    ``cfg.seed``-seeded random subset (kept in manifest order). With a ``tokenizer`` the compact prompts are fitted
+    to its context (:func:`fit_zafar_prompts`; the returned manifest gets a ``findings_dropped`` column). Returns
+    (images, manifest, prompts).
     """
     from cxrgen.data.sampling import sole_finding
 
@@ -192,16 +194,60 @@ def zafar_training_set(images: np.ndarray, manifest: pd.DataFrame, cfg: ZafarTra
     if len(idx) == 0:
         raise InputError(f"{where}: no images left after normal_only={cfg.normal_only}; expected at least one")
     sub = manifest.iloc[idx].reset_index(drop=True)
-    prompts = [zafar_prompt(row, cfg.prompt_level) for _, row in sub.iterrows()]
+    if tokenizer is None:
+        prompts = [zafar_prompt(row, cfg.prompt_level) for _, row in sub.iterrows()]
+    else:
+        prompts, dropped = fit_zafar_prompts(sub, cfg.prompt_level, tokenizer)
+        sub["findings_dropped"] = dropped
     return images[idx], sub, prompts
 
 
-def prompt_token_stats(tokenizer, prompts: list[str]) -> dict:
-    """Token counts of ``prompts`` (with start/end tokens) against the tokenizer's context length."""
-    lengths = [len(tokenizer(p).input_ids) for p in prompts]
+def n_tokens(tokenizer, prompt: str) -> int:
+    """Tokens of ``prompt`` under ``tokenizer``, start and end tokens included (untruncated)."""
+    return len(tokenizer(prompt).input_ids)
+
+
+def fit_zafar_prompts(manifest: pd.DataFrame, level: str, tokenizer) -> tuple[list[str], list[int]]:
+    """Each row's prompt at ``level``; at the compact level (:data:`cxrgen.data.prompts.ZAFAR_COMPACT`) with as
+    many of its findings (in the builder's order) as fit the tokenizer's context, at least one. Returns (prompts,
+    findings dropped per row). Other levels are the paper's prompts and stay whole (the text encoder truncates
+    them; :func:`prompt_token_stats` counts how often). A compact prompt whose first finding alone overflows
+    stays over the context, and is counted there too."""
     limit = int(tokenizer.model_max_length)
-    return {"max_tokens": int(max(lengths)) if lengths else 0, "context_length": limit,
-            "truncated_share": float(np.mean([n > limit for n in lengths])) if lengths else 0.0}
+    prompts, dropped = [], []
+    for _, row in manifest.iterrows():
+        text = zafar_prompt(row, level)
+        k = len(zafar_findings(row))
+        if level == ZAFAR_COMPACT:
+            while k > 1 and n_tokens(tokenizer, text) > limit:
+                k -= 1
+                text = zafar_prompt(row, level, max_findings=k)
+        prompts.append(text)
+        dropped.append(len(zafar_findings(row)) - k if level == ZAFAR_COMPACT else 0)
+    return prompts, dropped
+
+
+def prompt_token_stats(tokenizer, prompts: list[str], findings_dropped: list[int] | None = None) -> dict:
+    """Token counts of ``prompts`` (with start/end tokens) against the tokenizer's context length; with
+    ``findings_dropped`` (per prompt, :func:`fit_zafar_prompts`) also the share of prompts that list fewer findings
+    than their image has."""
+    lengths = [n_tokens(tokenizer, p) for p in prompts]
+    limit = int(tokenizer.model_max_length)
+    out = {"max_tokens": int(max(lengths)) if lengths else 0, "context_length": limit,
+           "truncated_share": float(np.mean([n > limit for n in lengths])) if lengths else 0.0}
+    if findings_dropped is not None:
+        out["findings_dropped_share"] = float(np.mean([d > 0 for d in findings_dropped])) if prompts else 0.0
+    return out
+
+
+def load_tokenizer(foundation):
+    """The foundation's tokenizer alone (no model weights), for counting and fitting prompts."""
+    from transformers import CLIPTokenizer
+
+    from cxrgen.models.registry import resolve_model
+
+    target = resolve_model(foundation)
+    return CLIPTokenizer.from_pretrained(target, subfolder="tokenizer", local_files_only=Path(target).is_dir())
 
 
 class StepSampler:
@@ -432,14 +478,26 @@ def train_lora(foundation, images, prompts, cfg: DreamBoothLoRAConfig, out_dir, 
 
 def train_lora_from_sample(foundation, sample_dir, cfg_dict: dict | None, out_dir, class_images_dir=None,
                            progress: bool = True) -> dict:
-    """:func:`train_lora` on a materialised sample folder (rows and prompts by :func:`zafar_training_set`)."""
+    """:func:`train_lora` on a materialised sample folder (rows and fitted prompts by
+    :func:`zafar_sample_training_set`)."""
+    cfg = DreamBoothLoRAConfig.from_dict(cfg_dict)
+    images, prompts, extra = zafar_sample_training_set(foundation, sample_dir, cfg)
+    return train_lora(foundation, images, prompts, cfg, out_dir, class_images_dir=class_images_dir,
+                      progress=progress, extra_adapter=extra)
+
+
+def zafar_sample_training_set(foundation, sample_dir, cfg: ZafarTrainConfig) -> tuple[np.ndarray, list[str], dict]:
+    """:func:`zafar_training_set` of a materialised sample folder with the prompts fitted to the foundation's
+    tokenizer; returns (images, prompts, adapter.json extras: the sample and the share of prompts that dropped
+    findings to fit the context)."""
     from cxrgen.data.sampling import load_images
 
-    cfg = DreamBoothLoRAConfig.from_dict(cfg_dict)
     images, manifest = load_images(sample_dir)
-    images, manifest, prompts = zafar_training_set(images, manifest, cfg, where=str(sample_dir))
-    return train_lora(foundation, images, prompts, cfg, out_dir, class_images_dir=class_images_dir,
-                      progress=progress, extra_adapter={"sample": str(sample_dir)})
+    images, manifest, prompts = zafar_training_set(images, manifest, cfg, where=str(sample_dir),
+                                                   tokenizer=load_tokenizer(foundation))
+    dropped = manifest["findings_dropped"].to_numpy()
+    return images, prompts, {"sample": str(sample_dir), "findings_dropped_share": float(np.mean(dropped > 0)),
+                             "max_findings_dropped": int(dropped.max()) if len(dropped) else 0}
 
 
 def artefact_bytes(adapter_dir) -> int:
@@ -457,5 +515,6 @@ def read_adapter_json(adapter_dir) -> dict:
 
 
 __all__ = ["PAPER", "LORA_FILE", "ZafarTrainConfig", "DreamBoothLoRAConfig", "zafar_training_set",
-           "prompt_token_stats", "StepSampler", "load_step_samples", "TrainableState", "count_trainable",
+           "zafar_sample_training_set", "fit_zafar_prompts", "n_tokens", "load_tokenizer", "prompt_token_stats",
+           "StepSampler", "load_step_samples", "TrainableState", "count_trainable",
            "train_lora", "train_lora_from_sample", "artefact_bytes"]

@@ -20,7 +20,7 @@ from cxrgen.adapt.dreambooth_lora import (
     ZafarTrainConfig,
     count_trainable,
     prompt_token_stats,
-    zafar_training_set,
+    zafar_sample_training_set,
 )
 from cxrgen.adapt.trainer import (
     BatchStream,
@@ -154,14 +154,11 @@ def train_full(foundation, images, prompts, cfg: FullFinetuneConfig, out_dir, pr
 
 
 def train_full_from_sample(foundation, sample_dir, cfg_dict: dict | None, out_dir, progress: bool = True) -> dict:
-    """:func:`train_full` on a materialised sample folder (rows and prompts by :func:`zafar_training_set`)."""
-    from cxrgen.data.sampling import load_images
-
+    """:func:`train_full` on a materialised sample folder (rows and fitted prompts by
+    :func:`zafar_sample_training_set`)."""
     cfg = FullFinetuneConfig.from_dict(cfg_dict)
-    images, manifest = load_images(sample_dir)
-    images, manifest, prompts = zafar_training_set(images, manifest, cfg, where=str(sample_dir))
-    return train_full(foundation, images, prompts, cfg, out_dir, progress=progress,
-                      extra_adapter={"sample": str(sample_dir)})
+    images, prompts, extra = zafar_sample_training_set(foundation, sample_dir, cfg)
+    return train_full(foundation, images, prompts, cfg, out_dir, progress=progress, extra_adapter=extra)
 
 
 __all__ = ["PAPER", "FullFinetuneConfig", "train_full", "train_full_from_sample"]

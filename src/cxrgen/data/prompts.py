@@ -52,7 +52,7 @@ def flatten_localizations(value: str) -> str:
     return ", ".join(flat)
 
 
-def zafar_prompt(row: pd.Series, level: str = "full") -> str:
+def zafar_prompt(row: pd.Series, level: str = "full", max_findings: int | None = None) -> str:
     """Zafar et al.'s PadChest-style prompt, e.g.
     ``chest x-ray, age 47 male, view PA, projection PA, modality DX, diagnosis pleural effusion``.
 
@@ -60,7 +60,9 @@ def zafar_prompt(row: pd.Series, level: str = "full") -> str:
     ``labels_localizations`` (LabelsLocalizationsBySentence), used for the diagnosis when present, and may carry
     ``view_position`` (ViewPosition_DICOM, see :func:`padchest_prompt_fields`), printed as the view when present.
     ``level="compact"`` (:data:`ZAFAR_COMPACT`, not one of the paper's levels) gives ``chest x-ray, male PA,
-    pleural effusion``.
+    pleural effusion``; ``max_findings`` (compact only) lists at most that many findings, the first ones in the
+    builder's order (CheXpert label order, or PadChest's sentence order), so a short text context keeps whole
+    findings instead of cutting one mid-word (see :func:`zafar_findings`).
     """
     if level not in ZAFAR_STYLES:
         raise InputError(f"unknown prompt level {level!r}; expected one of {list(ZAFAR_STYLES)}")
@@ -73,7 +75,14 @@ def zafar_prompt(row: pd.Series, level: str = "full") -> str:
     view = _text(row.get("view_position")) or _text(row.get("view"))
     if level == ZAFAR_COMPACT:
         who = " ".join(x for x in (sex, view) if x)
-        return ", ".join(parts + ([who] if who else []) + [_diagnosis(row)])
+        findings = zafar_findings(row)
+        if max_findings is not None:
+            if not (isinstance(max_findings, int) and max_findings >= 1):
+                raise InputError(f"max_findings={max_findings!r}; expected None or an integer >= 1")
+            findings = findings[:max_findings]
+        return ", ".join(parts + ([who] if who else []) + findings)
+    if max_findings is not None:
+        raise InputError(f"max_findings applies to the {ZAFAR_COMPACT!r} level only, not {level!r}")
     if level == "sex":
         return ", ".join(parts + ([sex] if sex else []))
     who = " ".join(x for x in (f"age {int(age)}" if has_age else "", sex) if x)
@@ -104,9 +113,15 @@ def _text(value) -> str:
 
 
 def _diagnosis(row: pd.Series) -> str:
+    return ", ".join(zafar_findings(row))
+
+
+def zafar_findings(row: pd.Series) -> list[str]:
+    """The diagnosis items a Zafar prompt prints, in order: PadChest's flattened ``labels_localizations`` when
+    present, else the positive CheXpert findings (label order), else ``["normal"]``."""
     diagnosis = row.get("labels_localizations")
     diagnosis = flatten_localizations(diagnosis) if isinstance(diagnosis, str) and diagnosis.strip() else ""
-    return diagnosis or ", ".join(_finding_list(row))
+    return [d.strip() for d in diagnosis.split(",") if d.strip()] if diagnosis else _finding_list(row)
 
 
 def padchest_prompt_fields(raw: pd.Series | dict) -> dict:

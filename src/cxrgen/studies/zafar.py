@@ -2,8 +2,9 @@
 FID, attribute controllability, a forgetting check, parameter counts and artefact sizes; training-step grids.
 
 * **Prompts** (:func:`prompt_levels_table`): every Zafar prompt level (:data:`cxrgen.data.prompts.ZAFAR_STYLES`)
-  for a few training rows, with the token count under the foundation's tokenizer (a prompt longer than the text
-  encoder's context is truncated, and the diagnosis, printed last, is what goes).
+  for a few training rows, with the token count under the foundation's tokenizer (a paper-level prompt longer than
+  the text encoder's context is truncated, and the diagnosis, printed last, is what goes; the compact prompt lists
+  only as many findings as fit, :func:`cxrgen.adapt.dreambooth_lora.fit_zafar_prompts`).
 * **Sampling** (:func:`sample_zafar_sets`), per model (the foundation as is, and each adapted model), one folder
   with three parts: ``fid`` (one image per real test row, from that row's own structured prompt), ``attribute``
   (for sex, view and finding: two prompts that differ in that attribute only, image i of both from seed + i) and
@@ -11,12 +12,14 @@ FID, attribute controllability, a forgetting check, parameter counts and artefac
 * **Classifiers**: :func:`train_attribute_classifier` (a small CNN on the real training images with binary heads
   for sex = F and view = AP; the phantom draws a breast shadow for F, scapulae, a magnified heart and higher
   diaphragm for AP) and :func:`train_corpus_classifier` (a small CNN on fresh images of the foundation's corpus,
-  :func:`cxrgen.models.corpus.make_corpus`, with colour and shape heads). The finding is scored with the
-  workflow's reference classifier (Pleural Effusion).
+  :func:`cxrgen.models.corpus.make_corpus`, crisp and degraded the way the foundation draws them,
+  :func:`degrade_like_generator`, with colour and shape heads). The finding is scored with the workflow's
+  reference classifier (Pleural Effusion).
 * **Evaluation** (:func:`evaluate_zafar`): per model the FID of the ``fid`` part against the real images (reference
   classifier features), per attribute the AUC of the attribute classifier separating the images of the two prompts
-  (0.5 = the prompt has no effect; bootstrap CI), the share of out-of-domain images whose colour and shape the
-  corpus classifier recognises (and that share relative to the foundation's: retained knowledge), trainable and
+  (0.5 = the prompt has no effect; bootstrap CI), the out-of-domain recognition (:func:`ood_recognition`: shares of
+  images whose colour / shape the corpus classifier names as prompted, and the colour AUC across prompts; retained
+  knowledge = colour AUC above chance relative to the foundation's, :func:`retained_vs`), trainable and
   total parameters, and the bytes the adaptation adds (LoRA file vs fine-tuned model folders).
 * **Rendering** (:func:`render_zafar`): the method table, the prompt-level table, the step grids (samples of
   fixed prompts and seeds at increasing training steps, Zafar Figs. 4-7) and a sample grid (Fig. 8's
@@ -102,16 +105,28 @@ def parse_corpus_prompt(prompt: str) -> tuple[str, str]:
 
 
 def prompt_levels_table(manifest: pd.DataFrame, tokenizer=None, n_rows: int = 2) -> pd.DataFrame:
-    """Every prompt level for the first ``n_rows`` rows, with token counts under ``tokenizer`` when given."""
+    """Every prompt level for the first ``n_rows`` rows (plus the row with the most findings, the longest compact
+    prompt), with token counts under ``tokenizer`` when given; the compact prompt is then fitted to the context as
+    in training (:func:`cxrgen.adapt.dreambooth_lora.fit_zafar_prompts`, findings dropped counted)."""
+    from cxrgen.adapt.dreambooth_lora import fit_zafar_prompts, n_tokens
+    from cxrgen.data.prompts import zafar_findings
+
+    shown = manifest.head(n_rows)
+    if len(manifest) > n_rows:
+        most = int(np.argmax([len(zafar_findings(r)) for _, r in manifest.iterrows()]))
+        if most >= n_rows:
+            shown = pd.concat([shown, manifest.iloc[[most]]])
     rows = []
-    for i, (_, r) in enumerate(manifest.head(n_rows).iterrows()):
+    for i, (_, r) in enumerate(shown.iterrows()):
         for level in ZAFAR_STYLES:
-            text = zafar_prompt(r, level)
-            row = {"image": str(r.get("image_id", i)), "level": level, "prompt": text}
-            if tokenizer is not None:
-                n = len(tokenizer(text).input_ids)
-                row.update(tokens=n, context=int(tokenizer.model_max_length),
-                           truncated="yes" if n > tokenizer.model_max_length else "no")
+            row = {"image": str(r.get("image_id", i)), "level": level}
+            if tokenizer is None:
+                row["prompt"] = zafar_prompt(r, level)
+            else:
+                (text,), (dropped,) = fit_zafar_prompts(pd.DataFrame([r]), level, tokenizer)
+                n = n_tokens(tokenizer, text)
+                row.update(prompt=text, tokens=n, context=int(tokenizer.model_max_length),
+                           truncated="yes" if n > tokenizer.model_max_length else "no", findings_dropped=dropped)
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -143,10 +158,13 @@ def sample_zafar_sets(pipeline, out_dir, real_manifest: pd.DataFrame, model: str
     for name, v, low in (("n_fid", n_fid, 0), ("n_per_prompt", n_per_prompt, 2), ("n_ood", n_ood, 1)):
         if int(v) < low:
             raise InputError(f"{name}={v!r}; expected an integer >= {low}")
+    from cxrgen.adapt.dreambooth_lora import fit_zafar_prompts
+
     rows: list[dict] = []
     real = real_manifest.sort_values("image_id").head(int(n_fid)) if n_fid else real_manifest.head(0)
-    for i, (_, r) in enumerate(real.iterrows()):
-        rows.append({"part": "fid", "prompt_name": "real_row", "prompt": zafar_prompt(r, prompt_level), "index": i,
+    real_prompts, _ = fit_zafar_prompts(real, prompt_level, pipeline.pipe.tokenizer)  # as the trainers fit them
+    for i, ((_, r), prompt) in enumerate(zip(real.iterrows(), real_prompts)):
+        rows.append({"part": "fid", "prompt_name": "real_row", "prompt": prompt, "index": i,
                      "seed": seed + i, "real_image_id": str(r["image_id"])})
     for name, spec in attribute_prompts(prompt_level, base).items():
         for i in range(int(n_per_prompt)):
@@ -334,13 +352,41 @@ def train_attribute_classifier(train_dir, val_dir, out_dir, epochs: int = 8, bat
     return clf.meta
 
 
-def train_corpus_classifier(out_dir, n_images: int = 1500, epochs: int = 6, batch_size: int = 64, lr: float = 2e-3,
-                            image_size: int = 64, seed: int = 0) -> dict:
-    """Colour and shape classifier on fresh single-shape images of the foundation's corpus (seed offset so they are
-    not the pretraining images); validation accuracy on a held-out fifth in classifier.json."""
+def degrade_like_generator(images: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Crisp corpus images (uint8 (N,H,W,3), flat background) rendered the way the foundation's samples look:
+    the shape's colour shifted in hue (+-8 degrees), saturation (x0.6-1.1) and value (x0.35-1.1; the miniature
+    draws e.g. "green" dark), a global tint (per-channel gain 5%, offset 4%), the image downscaled to 1/4-3/4 of its
+    side and back up (blur) and pixel noise (sigma up to 3%). Deterministic in ``seed``."""
+    from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
+
+    rng = np.random.default_rng(int(seed))
+    x = np.asarray(images, np.float32) / 255.0
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise InputError(f"degrade_like_generator: images of shape {x.shape}; expected (N, H, W, 3)")
+    n, h, w, _ = x.shape
+    b = max(1, h // 16)
+    border = np.concatenate([x[:, :b].reshape(n, -1, 3), x[:, -b:].reshape(n, -1, 3),
+                             x[:, :, :b].reshape(n, -1, 3), x[:, :, -b:].reshape(n, -1, 3)], 1)
+    shape_mask = np.linalg.norm(x - np.median(border, 1)[:, None, None], axis=-1) > 0.12
+    hsv = rgb_to_hsv(x)
+    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-8, 8, (n, 1, 1)) / 360.0) % 1.0
+    hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.6, 1.1, (n, 1, 1)), 0, 1)
+    hsv[..., 2] = np.clip(hsv[..., 2] * rng.uniform(0.35, 1.1, (n, 1, 1)), 0, 1)
+    x = np.where(shape_mask[..., None], hsv_to_rgb(hsv), x)
+    x = x * (1 + rng.normal(0, 0.05, (n, 1, 1, 3))) + rng.normal(0, 0.04, (n, 1, 1, 3))
+    t = torch.from_numpy(np.clip(x, 0, 1).astype(np.float32)).permute(0, 3, 1, 2)
+    sides = rng.choice([max(2, h // 4), max(2, h * 3 // 8), max(2, h // 2), max(2, h * 3 // 4)], n)
+    t = torch.cat([F.interpolate(F.interpolate(t[i:i + 1], size=(int(s_), int(s_)), mode="bilinear", antialias=True),
+                                 size=(h, w), mode="bicubic", align_corners=False) for i, s_ in enumerate(sides)])
+    noise = torch.from_numpy(rng.normal(0, 1, t.shape).astype(np.float32) * rng.uniform(0, 0.03, (n, 1, 1, 1)))
+    return ((t + noise.float()).clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def _single_shape_corpus(n_images: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fresh single-shape corpus images with colour and shape indices (scenes and shape pairs left out)."""
     from cxrgen.models.corpus import COLOURS, SHAPES, make_corpus
 
-    images, captions = make_corpus(int(n_images), image_size, seed=int(seed) + 7777, xray_share=0.0)
+    images, captions = make_corpus(int(n_images), size, seed=int(seed), xray_share=0.0)
     keep, colours, shapes = [], [], []
     for i, cap in enumerate(captions):
         if " above " in cap:
@@ -352,17 +398,39 @@ def train_corpus_classifier(out_dir, n_images: int = 1500, epochs: int = 6, batc
         keep.append(i)
         colours.append(list(COLOURS).index(c))
         shapes.append(SHAPES.index(s))
-    x = _to_tensor(images[keep], 3, image_size)
-    yc, ys = torch.tensor(colours), torch.tensor(shapes)
-    n_val = max(1, len(keep) // 5)
+    return images[keep], np.array(colours), np.array(shapes)
+
+
+def train_corpus_classifier(out_dir, n_images: int = 1500, epochs: int = 6, batch_size: int = 64, lr: float = 2e-3,
+                            image_size: int = 32, augment_copies: int = 3, seed: int = 0) -> dict:
+    """Colour and shape classifier on fresh single-shape images of the foundation's corpus (seed offset so they are
+    not the pretraining images), drawn at the foundation's 64 px and trained on the crisp images plus
+    ``augment_copies`` copies through :func:`degrade_like_generator` (the foundation's samples are blurry blobs in
+    shifted colours: a classifier of crisp images alone calls their pale background the colour). classifier.json
+    holds the accuracy on a held-out fifth, crisp (``val_accuracy``) and degraded with a different seed
+    (``val_accuracy_degraded``)."""
+    from cxrgen.models.corpus import COLOURS, SHAPES
+
+    if not (isinstance(augment_copies, int) and augment_copies >= 0):
+        raise InputError(f"augment_copies={augment_copies!r}; expected an integer >= 0")
+    images, yc, ys = _single_shape_corpus(n_images, 64, int(seed) + 7777)
+    n_val = max(1, len(images) // 5)
+    train = images[n_val:]
+    parts = [train] + [degrade_like_generator(train, int(seed) + 1 + k) for k in range(augment_copies)]
+    x = _to_tensor(list(np.concatenate(parts)), 3, image_size)
+    reps = len(parts)
     heads = {"colour": len(COLOURS), "shape": len(SHAPES)}
-    model = _fit(x[n_val:], {"colour": yc[n_val:], "shape": ys[n_val:]}, heads, epochs, batch_size, lr, seed)
+    model = _fit(x, {"colour": torch.from_numpy(np.tile(yc[n_val:], reps)),
+                     "shape": torch.from_numpy(np.tile(ys[n_val:], reps))}, heads, epochs, batch_size, lr, seed)
     clf = HeadClassifier(model, {"kind": "corpus", "heads": heads, "channels": 3, "image_size": image_size,
                                  "classes": {"colour": list(COLOURS), "shape": list(SHAPES)},
-                                 "n_train": len(keep) - n_val, "epochs": epochs})
-    p = clf.predict(list(images[keep][:n_val]))
-    clf.meta["val_accuracy"] = {"colour": float((p["colour"].argmax(1) == yc[:n_val].numpy()).mean()),
-                                "shape": float((p["shape"].argmax(1) == ys[:n_val].numpy()).mean())}
+                                 "n_train": len(x), "n_train_distinct": len(train), "augment_copies": augment_copies,
+                                 "augmentation": "cxrgen.studies.zafar.degrade_like_generator", "epochs": epochs})
+    for key, val in (("val_accuracy", images[:n_val]),
+                     ("val_accuracy_degraded", degrade_like_generator(images[:n_val], int(seed) + 999))):
+        p = clf.predict(list(val))
+        clf.meta[key] = {"colour": float((p["colour"].argmax(1) == yc[:n_val]).mean()),
+                         "shape": float((p["shape"].argmax(1) == ys[:n_val]).mean())}
     clf.meta["n_val"] = n_val
     clf.save(out_dir)
     return clf.meta
@@ -381,7 +449,51 @@ def _adapter_info(adapter_dir) -> dict:
             "artefact_bytes": artefact_bytes(adapter_dir), "n_train_images": a.get("n_images"),
             "train_prompt_level": a.get("prompt_level"), "max_tokens": a.get("max_tokens"),
             "context_length": a.get("context_length"), "truncated_share": a.get("truncated_share"),
+            "findings_dropped_share": a.get("findings_dropped_share"),
             "train_seconds": seconds, "train_steps": a.get("steps"), "prompt_example": a.get("prompt_example")}
+
+
+def ood_recognition(probs: Mapping[str, np.ndarray], ood: pd.DataFrame, classes: Mapping[str, Sequence[str]]
+                    ) -> tuple[list[dict], dict]:
+    """How well one model's out-of-domain images show their prompt's colour and shape under the corpus classifier.
+
+    ``probs``: the classifier's ``{"colour": (N, C), "shape": (N, S)}`` for the rows of ``ood`` (columns prompt,
+    colour, shape). Per prompt and over all: the share whose predicted colour / shape / both is the prompt's
+    (``colour_share``, ``shape_share``, ``both_share``), and the one-vs-rest AUC of P(prompt's colour) separating
+    that prompt's images from the other prompts' (``colour_auc``; ``shape_auc`` likewise), averaged over the
+    prompts. A model that draws the same picture for every prompt gets AUC 0.5 but a share of 1/#prompts when that
+    picture's colour happens to be one prompt's; the AUC needs two prompts of different colour (else NaN).
+    Returns (per-prompt rows, summary with ``recognised_share`` = both_share over all).
+    """
+    if not len(ood):
+        return [], {k: np.nan for k in ("colour_share", "shape_share", "recognised_share", "colour_auc", "shape_auc")}
+    ok, auc = {}, {}
+    for head in ("colour", "shape"):
+        names = list(classes[head])
+        p = np.asarray(probs[head], float)
+        truth = ood[head].to_numpy()
+        ok[head] = np.array(names)[p.argmax(1)] == truth
+        auc[head] = {v: _auc(truth == v, p[:, names.index(v)]) for v in dict.fromkeys(truth)}
+    both = ok["colour"] & ok["shape"]
+    rows = []
+    for prompt, idx in ood.groupby("prompt", sort=False).indices.items():
+        first = ood.iloc[idx[0]]
+        rows.append({"prompt": prompt, "n": len(idx), "colour_share": float(ok["colour"][idx].mean()),
+                     "shape_share": float(ok["shape"][idx].mean()), "both_share": float(both[idx].mean()),
+                     "colour_auc": auc["colour"][first["colour"]], "shape_auc": auc["shape"][first["shape"]]})
+    mean_auc = {h: float(np.mean(list(a.values()))) if len(a) > 1 else np.nan for h, a in auc.items()}
+    return rows, {"colour_share": float(ok["colour"].mean()), "shape_share": float(ok["shape"].mean()),
+                  "recognised_share": float(both.mean()), "colour_auc": mean_auc["colour"],
+                  "shape_auc": mean_auc["shape"]}
+
+
+def retained_vs(methods: pd.DataFrame, baseline: str, column: str = "colour_auc") -> pd.Series:
+    """Retained knowledge: each model's ``column`` AUC above chance (0.5) as a share of the ``baseline``'s (1 = as
+    well as the foundation, 0 = the prompts' colours no longer show); NaN where the baseline is not above chance."""
+    base = float(methods.loc[methods["model"] == baseline, column].iloc[0])
+    if not np.isfinite(base) or base <= 0.5:
+        return pd.Series(np.nan, index=methods.index)
+    return (methods[column] - 0.5) / (base - 0.5)
 
 
 def evaluate_zafar(set_dirs: Mapping[str, object], adapter_dirs: Mapping[str, object], real_dir, reference_spec,
@@ -406,7 +518,6 @@ def evaluate_zafar(set_dirs: Mapping[str, object], adapter_dirs: Mapping[str, ob
     real_images, real_manifest = load_images(real_dir)
     ext = make_fid_extractor("reference", ref)
     f_real = ext(np.asarray(real_images)).double().numpy()
-    colours, shapes = corpus_clf.meta["classes"]["colour"], corpus_clf.meta["classes"]["shape"]
     ctrl_rows, forget_rows, method_rows = [], [], []
     for model, folder in set_dirs.items():
         imgs, man = load_zafar_set(folder)
@@ -438,34 +549,24 @@ def evaluate_zafar(set_dirs: Mapping[str, object], adapter_dirs: Mapping[str, ob
             scores_by_attr[attr] = ci["value"]
         # forgetting
         ood = man[man["part"] == "ood"]
-        ok_all = []
-        if len(ood):
-            p = corpus_clf.predict([imgs[i] for i in ood.index])
-            pc = np.array(colours)[p["colour"].argmax(1)]
-            ps = np.array(shapes)[p["shape"].argmax(1)]
-            okc, oks = pc == ood["colour"].to_numpy(), ps == ood["shape"].to_numpy()
-            ok_all = okc & oks
-            for (prompt, grp_idx) in ood.groupby("prompt", sort=False).indices.items():
-                forget_rows.append({"model": model, "prompt": prompt, "n": len(grp_idx),
-                                    "colour_share": float(okc[grp_idx].mean()), "shape_share": float(oks[grp_idx].mean()),
-                                    "both_share": float(ok_all[grp_idx].mean())})
+        per_prompt, summary = ood_recognition(corpus_clf.predict([imgs[i] for i in ood.index]) if len(ood) else {},
+                                              ood.reset_index(drop=True), corpus_clf.meta["classes"])
+        forget_rows += [{"model": model, **r} for r in per_prompt]
         info = _adapter_info(adapter_dirs.get(model))
         method_rows.append({"model": model, "method": str(man["method"].iloc[0]), "fid": fid,
                             "n_fid": int(len(fid_idx)), "n_real": int(len(real_images)),
                             **{f"{a}_auc": scores_by_attr.get(a, np.nan) for a in ATTRIBUTES},
-                            "recognised_share": float(np.mean(ok_all)) if len(ood) else np.nan,
-                            "n_ood": int(len(ood)), **info})
+                            **summary, "n_ood": int(len(ood)), **info})
     methods = pd.DataFrame(method_rows)
-    base_share = float(methods.loc[methods["model"] == baseline, "recognised_share"].iloc[0])
-    methods["retained_vs_foundation"] = methods["recognised_share"] / base_share if base_share > 0 else np.nan
+    methods["retained_vs_foundation"] = retained_vs(methods, baseline)
     frames = {"methods": methods, "controllability": pd.DataFrame(ctrl_rows), "forgetting": pd.DataFrame(forget_rows)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for key, fname in EVAL_FILES.items():
         write_csv_atomic(frames[key], out / fname)
     for _, r in methods.iterrows():
-        log.info("%s: FID %.4g, AUC sex %.3f view %.3f finding %.3f, recognised %.3f", r["model"], r["fid"],
-                 r["sex_auc"], r["view_auc"], r["finding_auc"], r["recognised_share"])
+        log.info("%s: FID %.4g, AUC sex %.3f view %.3f finding %.3f, OOD colour share %.3f AUC %.3f", r["model"],
+                 r["fid"], r["sex_auc"], r["view_auc"], r["finding_auc"], r["colour_share"], r["colour_auc"])
     return frames
 
 
@@ -499,11 +600,14 @@ def methods_table(eval_dir, paper_runs: Mapping[str, str | None] | None = None) 
             cc = c[(c["model"] == r["model"]) & (c["attribute"] == attr)]
             row[f"{attr} AUC {OURS}"] = (format_ci(cc["auc"].iloc[0], cc["auc_ci_low"].iloc[0], cc["auc_ci_high"].iloc[0])
                                          if len(cc) else "")
-        row.update({f"OOD recognised {OURS}": r["recognised_share"], f"retained vs foundation {OURS}":
-                    r["retained_vs_foundation"], f"trainable params {OURS}": r["trainable_params"],
+        row.update({f"OOD colour recognised {OURS}": r["colour_share"], f"OOD shape recognised {OURS}":
+                    r["shape_share"], f"OOD colour AUC {OURS}": r["colour_auc"],
+                    f"retained vs foundation {OURS}": r["retained_vs_foundation"],
+                    f"trainable params {OURS}": r["trainable_params"],
                     f"artefact MB {OURS}": float(r["artefact_bytes"]) / 1e6,
                     f"prompt tokens / context {OURS}": (f"{int(r['max_tokens'])} / {int(r['context_length'])}"
                                                         if pd.notna(r.get("max_tokens")) else ""),
+                    f"prompts with findings dropped {OURS}": r.get("findings_dropped_share"),
                     f"train steps {OURS}": r.get("train_steps")})  # wall time lives in benchmarks/ (tables stay byte-reproducible)
         rows.append(row)
     out = pd.DataFrame(rows)
@@ -581,28 +685,35 @@ def render_zafar(eval_dir, set_dirs: Mapping[str, object], adapter_dirs: Mapping
                  "rows vs the real test images (reference classifier features; lower is better). sex / view / finding "
                  "AUC: a classifier separating images generated from two prompts that differ only in that attribute "
                  "(F vs M, AP vs PA, pleural effusion vs normal; paired seeds; 0.5 = the prompt has no effect; "
-                 "bootstrap 95% CI). OOD recognised: share of out-of-domain images ('a photo of a red circle', ...) "
-                 "whose colour and shape a classifier trained on the foundation's corpus recognises; retained vs "
-                 "foundation: that share over the foundation's (forgetting check, Zafar Fig. 8). Artefact: bytes the "
-                 "adaptation adds to the foundation (LoRA file vs fine-tuned U-Net + text encoder). The paper reports "
-                 "no numbers for any of these; its columns give only the run design."),
+                 "bootstrap 95% CI). Forgetting check (Zafar Fig. 8): out-of-domain prompts of the foundation's corpus "
+                 "('a photo of a red circle', ...) scored by a colour + shape classifier trained on corpus images "
+                 "degraded the way the foundation draws them (blur, shifted colour); OOD colour / shape recognised: "
+                 "share of images whose predicted colour / shape is the prompt's; OOD colour AUC: how well "
+                 "P(prompt's colour) separates each prompt's images from the other prompts' (one-vs-rest, mean over "
+                 "prompts; 0.5 = the prompt's colour does not show). Retained vs foundation uses colour, not shape, "
+                 "and the AUC, not the share: the foundation's own shapes are blobs the classifier cannot name, and a "
+                 "model that draws the same picture for every prompt still scores a share when that picture's colour "
+                 "matches one prompt; retained = (AUC - 0.5) / (foundation's AUC - 0.5). Prompt tokens: the longest "
+                 "training prompt against the text encoder's context; findings dropped: share of training prompts "
+                 "that list fewer findings than their image has, to fit the context (compact level). Artefact: bytes "
+                 "the adaptation adds to the foundation (LoRA file vs fine-tuned U-Net + text encoder). The paper "
+                 "reports no numbers for any of these; its columns give only the run design."),
         scale=scale, paper_table=paper_table_label(meta), float_format=".3f")
     _, train_manifest = load_images(train_dir)
     tokenizer = None
     if foundation is not None:
-        from transformers import CLIPTokenizer
+        from cxrgen.adapt.dreambooth_lora import load_tokenizer
 
-        from cxrgen.models.registry import resolve_model
-
-        target = resolve_model(foundation)
-        tokenizer = CLIPTokenizer.from_pretrained(target, subfolder="tokenizer",
-                                                  local_files_only=Path(target).is_dir())
+        tokenizer = load_tokenizer(foundation)
     prompts = prompt_levels_table(train_manifest, tokenizer)
     paths["prompts"] = write_table(
         prompts, stems["prompts"],
-        caption=("Zafar et al.'s prompt complexity levels (IV.C) for two training images, from 'chest x-ray' to the full "
-                 "structured prompt, plus this project's 'compact' form; tokens under the foundation's tokenizer "
-                 "(with start/end), truncated = longer than the text encoder's context."),
+        caption=("Zafar et al.'s prompt complexity levels (IV.C) for two training images and the training image with the "
+                 "most findings, from 'chest x-ray' to the full structured prompt, plus this project's 'compact' form; "
+                 "tokens under the foundation's tokenizer (with start/end), truncated = longer than the text "
+                 "encoder's context (the text encoder drops the rest). The compact prompt lists as many of the "
+                 "image's findings as fit the context (findings dropped: how many it leaves out, trailing first), "
+                 "as in training and in the FID prompts; the paper's levels are never shortened."),
         scale=scale)
     paths["step_grid"] = step_grid_figure(adapter_dirs, stems["step_grid"],
                                           title=f"Samples at increasing training steps ({scale})")
@@ -613,5 +724,6 @@ def render_zafar(eval_dir, set_dirs: Mapping[str, object], adapter_dirs: Mapping
 
 __all__ = ["ATTRIBUTES", "DEFAULT_OOD_PROMPTS", "attribute_prompts", "parse_corpus_prompt", "prompt_levels_table",
            "generate_rgb", "sample_zafar_sets", "load_zafar_set", "SmallCNN", "HeadClassifier", "load_head_classifier",
-           "train_attribute_classifier", "train_corpus_classifier", "evaluate_zafar", "methods_table",
+           "train_attribute_classifier", "degrade_like_generator", "train_corpus_classifier", "ood_recognition",
+           "retained_vs", "evaluate_zafar", "methods_table",
            "step_grid_figure", "samples_figure", "render_zafar"]
