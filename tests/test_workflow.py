@@ -4,8 +4,10 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,9 +16,11 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg"}
+
+
 def run_snakemake(*args, cwd=REPO, check=True):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg"}
-    proc = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, env=env)
+    proc = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, env=ENV)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
@@ -155,10 +159,24 @@ def test_smoke_run_completes_and_is_deterministic(workdir):
     for training in ("foundation", "reference_classifier", "vae_study", "text_encoder_study", "adapt_few_shot",
                      "adapt_textual_projection", "synthesize"):
         assert f"rule {training}:" not in plan, plan
-    # a second run from scratch (same config, seed and threads) gives byte-identical data and tables
+    # a second run from scratch (same config, seed and threads), killed with SIGTERM (Ctrl-C, a SLURM preemption)
+    # while jobs run and then resumed, gives byte-identical data and tables: nothing half-written was trusted
     (results / "tables" / "chambon2022_table1.md").write_text(md_table1)
     first = {tree: _hash_tree(results / tree) for tree in ("data/smoke", "tables")}
     shutil.rmtree(results)
+    killed = subprocess.Popen([*SNAKEMAKE, *SMOKE], cwd=workdir, env=ENV, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while not (results / "models" / "foundation" / "model_index.json").is_file():
+            assert killed.poll() is None, "the run to interrupt ended before its foundation was written"
+            time.sleep(0.5)
+        time.sleep(3)  # the foundation's dependants are now running
+        os.killpg(killed.pid, signal.SIGTERM)
+        assert killed.wait(timeout=300) != 0, "the run finished before SIGTERM reached it"
+    finally:
+        if killed.poll() is None:
+            os.killpg(killed.pid, signal.SIGKILL)
+    assert not (results / "tables" / "privacy_memorization.md").exists()
     run_snakemake(*SMOKE, cwd=workdir)
     for tree, digest in first.items():
         assert _hash_tree(results / tree) == digest, f"results/{tree} differs between two runs from scratch"
