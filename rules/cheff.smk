@@ -1,7 +1,8 @@
 # Cheff (Weber et al. 2023): a cascaded latent diffusion model trained from scratch on a MaCheX-style collection.
 # MaCheX (sec. 4, Table 1) -> KL autoencoder (7.3.1) -> semantic diffusion model, unconditional and report-conditioned
 # (7.3.2) -> super-resolution on bicubic x_LR (SR_base), fine-tuned on D(z) (SR_fine, 7.3.3) -> reconstruction
-# workflows (Table 2, Fig. 3), unconditional synthesis FID/KID (sec. 5), report-to-image samples (Fig. 8),
+# workflows (Table 2, Fig. 3), unconditional synthesis FID/KID (sec. 5) alone and beside the adapted Stable
+# Diffusion models of the other studies on one real set, report-to-image samples (Fig. 8),
 # in-/outpainting (Figs. 5, 7) and the forward-process check of the max-beta fix (7.6, Fig. 13).
 
 CHEFF = config["cheff"]
@@ -244,6 +245,40 @@ rule cheff_synthesis:
         "../scripts/cheff_synthesis.py"
 
 
+rule cheff_synthesis_comparison:
+    """FID/KID of the cascade's samples and of every adapted Stable Diffusion set (Chambon's methods, Zafar's models)
+    against one real set, with one extractor, one resizing and equal synthetic counts."""
+    input:
+        cheff=rules.cheff_synthesis.output.samples,
+        sd_sets=expand(f"{SYNTH_DIR}/{{adapted}}", adapted=list(ADAPTED)),
+        zafar_sets=expand(f"{ZAFAR_DIR}/samples/{{model}}", model=ZAFAR_SETS),
+        real=f"{DATA_DIR}/samples/{config['synthesis']['real_sample']}",
+        classifier=CHEFF_CLASSIFIER_INPUT,
+    output:
+        csv=f"{CHEFF_DIR}/synthesis/comparison.csv",
+        **cheff_report("results/tables/weber2023_synthesis_comparison", TABLE_EXTS, "cheff_synthesis_comparison"),
+    params:
+        cheff=CHEFF,
+        sd_names=list(ADAPTED),
+        zafar_names=ZAFAR_SETS,
+        classifier=REFERENCE_CLASSIFIER,
+        scale=config["scale"],
+        seed=config["seed"],
+    log:
+        "logs/cheff/synthesis_comparison.log",
+    benchmark:
+        "benchmarks/cheff/synthesis_comparison.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/cxrgen.yaml"
+    script:
+        "../scripts/cheff_synthesis_comparison.py"
+
+
 rule cheff_inpainting:
     """Inpainting (a region removed and refilled, Fig. 5) and outpainting (completions around a provided area,
     Fig. 7) with the unconditional SDM; how well the known region is preserved."""
@@ -311,6 +346,7 @@ CHEFF_REPORTED = [
     ("results/tables/weber2023_fid_kid.md", "cheff_synthesis", "FID/KID of unconditional cascade samples (Weber sec. 5)"),
     ("results/figures/weber2023_samples.png", "cheff_synthesis", "unconditional cascade samples: D(z) and SR(D(z)) (Weber Fig. 4e)"),
     ("results/figures/weber2023_report_samples.png", "cheff_synthesis", "report-conditioned cascade samples (Weber Fig. 8)"),
+    ("results/tables/weber2023_synthesis_comparison.md", "cheff_synthesis_comparison", "FID/KID of Cheff and every adapted Stable Diffusion model on one real set (Weber sec. 5, miniature)"),
     ("results/figures/weber2023_inpainting.png", "cheff_inpainting", "inpainting with the unconditional SDM (Weber Fig. 5)"),
     ("results/figures/weber2023_outpainting.png", "cheff_inpainting", "outpainting completions of one provided area (Weber Fig. 7)"),
     ("results/tables/weber2023_beta_check.md", "cheff_beta_check", "terminal signal and corr(z_T, z_0) for max beta 0.0195 vs 0.0295 (Weber 7.6)"),

@@ -100,6 +100,38 @@ def test_sr_trained_on_crops_upscales_whole_images(tmp_path):
     assert out.shape == (2, 32, 32) and out.dtype == np.uint8
 
 
+def test_sr_sampler_clips_pixels_and_starts_from_pure_noise(tmp_path):
+    """The SR samples pixels: x_0 estimates clipped to [-1, 1] and the first DDIM step at t = T - 1, also for SR
+    folders saved before (whose scheduler config says no clipping, leading steps)."""
+    import json
+
+    from cxrgen.cheff.diffusion import ddim_sample
+    from cxrgen.cheff.schedules import ddim_from, make_scheduler
+    from cxrgen.cheff.super_resolution import sr_sampler
+
+    ddpm = make_scheduler("ddpm", 2000, beta_schedule="squaredcos_cap_v2")
+    old, new = ddim_from(ddpm), sr_sampler(ddim_from(ddpm).config)
+    old.set_timesteps(10)
+    new.set_timesteps(10)
+    assert int(old.timesteps[0]) == 1801 and int(new.timesteps[0]) == 1999 and int(new.timesteps[-1]) == 199
+    # an eps model that predicts ~0 (as a fresh U-Net does): unclipped, x_0 = x_t / sqrt(alpha_bar) is the start
+    # noise blown up 6x and the image leaves [-1, 1] far; clipped, every iterate stays in range
+    bad_eps = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    x_old = ddim_sample(bad_eps, old, (2, 1, 16, 16), 10, torch.Generator().manual_seed(1))
+    x_new = ddim_sample(bad_eps, new, (2, 1, 16, 16), 10, torch.Generator().manual_seed(1))
+    assert x_old.abs().max() > 5 and x_new.abs().max() <= 1.05
+    # an SR folder saved with the plain latent sampler config loads with the pixel sampler
+    cfg = SRConfig.preset("smoke", steps=1)
+    train_sr(np.random.default_rng(0).integers(0, 255, (4, 32, 32), dtype=np.uint8), cfg, tmp_path / "sr",
+             progress=False)
+    saved = json.loads((tmp_path / "sr" / "scheduler" / "scheduler_config.json").read_text())
+    assert saved["clip_sample"] is True and saved["timestep_spacing"] == "trailing"
+    saved.update(clip_sample=False, timestep_spacing="leading")
+    (tmp_path / "sr" / "scheduler" / "scheduler_config.json").write_text(json.dumps(saved))
+    loaded = SuperResolution.load(tmp_path / "sr").scheduler.config
+    assert loaded.clip_sample and loaded.timestep_spacing == "trailing"
+
+
 def test_stages_end_to_end_at_toy_size(tmp_path):
     """machex -> autoencoder -> SDMs -> SR base/fine -> Table 2, inpainting and the beta check, via the stage functions."""
     from cxrgen.cheff import stages
@@ -140,3 +172,132 @@ def test_stages_end_to_end_at_toy_size(tmp_path):
     assert beta["terminal_signal"].iloc[1] < beta["terminal_signal"].iloc[0]  # the higher max beta leaves less signal
     md3 = (tmp_path / "t" / "beta.md").read_text()
     assert "LDM default" in md3 and "Cheff" in md3 and "(paper)" not in md3
+
+
+# ------------------------------------------------------------------------------------------------ synthesis comparison
+class _PoolExtractor:
+    """4 x 4 mean-pooled pixels: a cheap stand-in with the extractor interface (callable + name)."""
+    name = "pool4x4"
+
+    def __call__(self, images):
+        x = torch.from_numpy(np.asarray(images, np.float32))[:, None]
+        return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+
+
+def _blobs(n, size, seed):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    cx, cy = rng.uniform(0.3, 0.7, (2, n, 1, 1))
+    return np.clip(255 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.05), 0, 255).astype(np.uint8)
+
+
+def test_synthesis_comparison_scores_every_set_on_equal_terms(tmp_path):
+    from cxrgen.cheff import evaluate as ev
+    from cxrgen.studies.vae_reconstruction import resize_images
+
+    real = _blobs(12, 16, 0)
+    cheff = _blobs(8, 32, 1)  # higher resolution, fewest images
+    sets = [{"model": "Cheff", "study": "Weber", "images": cheff},
+            {"model": "same", "study": "SD", "images": _blobs(10, 16, 2)},
+            {"model": "noise", "study": "SD", "images": np.random.default_rng(3).integers(0, 255, (10, 16, 16), np.uint8)}]
+    df = ev.synthesis_comparison(sets, real, _PoolExtractor(), kid_subset_size=50, seed=0)
+    assert list(df["model"]) == ["Cheff", "same", "noise"]
+    assert (df["resolution"] == 16).all() and (df["n_synthetic"] == 8).all() and (df["n_real"] == 12).all()
+    assert list(df["n_available"]) == [8, 10, 10] and list(df["native_resolution"]) == [32, 16, 16]
+    assert (df["kid_subset_size"] == 8).all() and (df["extractor"] == "pool4x4").all()
+    d = df.set_index("model")
+    assert d.loc["noise", "fid"] > 3 * max(d.loc["same", "fid"], d.loc["Cheff", "fid"])
+    assert d.loc["noise", "kid"] > d.loc["same", "kid"] and (df["kid_std"] >= 0).all()
+    # the 32 px set goes through the same resizing as everything else: pre-resized, it scores the same
+    sets16 = [{**sets[0], "images": resize_images(cheff, 16)}, *sets[1:]]
+    df16 = ev.synthesis_comparison(sets16, real, _PoolExtractor(), kid_subset_size=50, seed=0)
+    assert np.allclose(df16["fid"], df["fid"]) and np.allclose(df16["kid"], df["kid"])
+    assert ev.synthesis_comparison(sets, real, _PoolExtractor(), seed=0).equals(df)  # deterministic
+    with pytest.raises(InputError, match="uint8"):
+        ev.synthesis_comparison([{"model": "x", "study": "y", "images": real.astype(float)}], real, _PoolExtractor())
+
+    paths = ev.write_synthesis_comparison(df, tmp_path / "cmp", "miniature")
+    table = pd.read_csv(paths["csv"]).set_index("model")
+    assert table.loc["Cheff", "fid (paper)"] == 11.58 and np.isclose(table.loc["Cheff", "fid (this run)"], d.loc["Cheff", "fid"])
+    assert np.isnan(table.loc["noise", "fid (paper)"]) and table.loc["noise", "n synthetic"] == 8
+    assert table.loc["Triple cascaded diffusion model (64->256->1024 px)", "study"] == "paper only"
+    assert list(table.columns[:5]) == ["study", "n synthetic", "n real", "native px", "scored px"]
+    md = paths["md"].read_text()
+    assert "miniature" in md and "pool4x4" in md and "16 px" in md and "KID sd (this run)" in md
+
+
+def test_run_synthesis_comparison_reads_the_three_studies(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from cxrgen.cheff import stages
+
+    def folder(path, images, **columns):
+        (path / "images").mkdir(parents=True)
+        files = []
+        for i, img in enumerate(images):
+            files.append(f"images/{i}.png")
+            Image.fromarray(img).save(path / files[-1])
+        pd.DataFrame({"image_id": [str(i) for i in range(len(images))], "file": files, **columns}).to_csv(
+            path / "manifest.csv", index=False)
+        return path
+
+    np.savez(tmp_path / "samples.npz", lr=_blobs(6, 16, 1), hr=_blobs(6, 32, 1))
+    sd = folder(tmp_path / "sd", _blobs(8, 16, 2), prompt_name="normal", method="original")
+    zafar = folder(tmp_path / "zafar", _blobs(9, 16, 3), part=["fid"] * 7 + ["ood"] * 2)
+    real = folder(tmp_path / "real", _blobs(10, 16, 4))
+    monkeypatch.setattr(stages, "_fid_extractor", lambda name, classifier=None: _PoolExtractor())
+    df = stages.run_synthesis_comparison(tmp_path / "samples.npz", {"original": sd}, {"full_ft": zafar}, real,
+                                         CheffConfig.from_dict({"preset": "smoke"}), tmp_path / "cmp.csv",
+                                         tmp_path / "t" / "cmp", "miniature")
+    assert list(df["model"]) == ["Cheff", "original", "full_ft (Zafar)"]
+    assert list(df["n_available"]) == [6, 8, 7] and (df["n_synthetic"] == 6).all() and (df["n_real"] == 10).all()
+    assert pd.read_csv(tmp_path / "cmp.csv").shape[0] == 3 and (tmp_path / "t" / "cmp.md").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ figure labels
+def test_grid_label_wraps_whole_words_within_the_cell():
+    from cxrgen.cheff.evaluate import grid_label
+
+    assert grid_label("Cardiomegaly.") == "Cardiomegaly."
+    assert grid_label("D(z_T), max beta 0.0195") == "D(z_T), max beta\n0.0195"
+    long = grid_label("No acute cardiopulmonary process, small bilateral pleural effusions with basal atelectasis.")
+    lines = long.split("\n")
+    assert len(lines) == 3 and all(len(line) <= 16 for line in lines) and lines[-1].endswith("...")
+    assert all(w in "No acute cardiopulmonary process, small bilateral pleural effusions" for w in long.split()[:-1])
+
+
+def _overlaps(a, b, gap: float = 0.0) -> bool:
+    """Whether two display boxes overlap or come closer than ``gap`` pixels."""
+    return a.x0 - gap < b.x1 and b.x0 - gap < a.x1 and a.y0 - gap < b.y1 and b.y0 - gap < a.y1
+
+
+@pytest.mark.parametrize("which", ["fig13", "report_samples"])
+def test_cheff_grid_labels_do_not_overlap_images_or_each_other(tmp_path, monkeypatch, which):
+    import cxrgen.render.figures as figures
+    from cxrgen.cheff import evaluate as ev
+
+    captured = []
+    real_save = figures.save_figure
+    monkeypatch.setattr(figures, "save_figure", lambda fig, stem, close=True: (captured.append(fig),
+                                                                               real_save(fig, stem, close=False))[1])
+    img = np.zeros((32, 32), np.uint8)
+    if which == "fig13":  # the beta check's column names (run_beta_check -> write_grid)
+        names = ["x_0", "D(z_0)", "D(z_T), max beta 0.0195", "D(z_T), max beta 0.0295"]
+        ev.write_grid({k: [img] * 4 for k in names}, tmp_path / which, "Forward process check (Weber Fig. 13)", n=4)
+    else:  # the report-conditioned grid's row labels (run_synthesis), the default prompts
+        prompts = CheffConfig.from_dict({"preset": "default"}).evaluation.prompts
+        figures.image_grid([[img] * 4 for _ in prompts], [ev.grid_label(p) for p in prompts],
+                           [f"seed {j + 1}" for j in range(4)], tmp_path / which, title="Report-conditioned samples")
+    fig = captured[0]
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    axes = [ax.get_window_extent(r) for ax in fig.axes]
+    labels = [t.get_window_extent(r) for ax in fig.axes for t in (ax.title, ax.yaxis.label) if t.get_text()]
+    labels.append(fig._suptitle.get_window_extent(r))
+    assert not any(_overlaps(lab, box) for lab in labels for box in axes)
+    # unwrapped, fig13's two "D(z_T), max beta ..." titles ran into each other (3 px apart at 100 dpi)
+    assert not any(_overlaps(a, b, gap=8) for i, a in enumerate(labels) for b in labels[i + 1:])
+    assert (tmp_path / f"{which}.png").is_file()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

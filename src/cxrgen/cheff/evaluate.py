@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,7 @@ WORKFLOWS = {
     2: "x_HR -bicubic-> x_LR -E-> z -D-> x^_LR",
     3: "x_HR -bicubic-> x_LR -SR-> x^_HR",
 }
+KID_SUBSETS = 50  # random subsets the KID is averaged over (its sd is over these)
 
 
 def _upsample_bicubic(lr: np.ndarray, size: int) -> np.ndarray:
@@ -112,7 +114,7 @@ def synthesis_metrics(real: np.ndarray, fake: np.ndarray, extractor, kid_subset:
     from cxrgen.metrics.fid import fid, kid
 
     f = fid(real, fake, extractor)
-    k = kid(real, fake, extractor, subsets=50, subset_size=kid_subset, seed=seed)
+    k = kid(real, fake, extractor, subsets=KID_SUBSETS, subset_size=kid_subset, seed=seed)
     return pd.DataFrame([{"model": model, "fid": f["value"], "kid": k["mean"], "kid_std": k["std"],
                           "extractor": f["extractor"], "n_real": f["n_real"], "n_fake": f["n_fake"],
                           "kid_subset_size": k["subset_size"]}])
@@ -130,6 +132,81 @@ def write_fid_kid(ours: pd.DataFrame, out_stem, scale: str) -> dict:
                        f"features of this run: {ext} (the paper does not state its sample size or extractor). "
                        "Numbers from different extractors and sample sizes are not comparable", scale,
                        paper_table_label(meta), float_format=".4f")
+
+
+def synthesis_comparison(sets: Sequence[Mapping], real: np.ndarray, extractor, kid_subset_size: int = 50,
+                         seed: int = 0, resolution: int | None = None) -> pd.DataFrame:
+    """FID and KID of several synthetic sets against ONE real set, on equal terms.
+
+    ``sets``: ``{"model", "study", "images"}`` dicts (images uint8 (N,H,W)). Every set and ``real`` is resized to
+    one ``resolution`` (default: the smallest native one among them; antialiased bicubic,
+    :func:`cxrgen.studies.vae_reconstruction.resize_images`), every synthetic set is cut to the size of the
+    smallest (a ``seed``-seeded subset; FID's small-sample bias then weighs the same on every row), features come
+    from one ``extractor`` with the real features computed once, and KID uses one subset size (the smallest of
+    ``kid_subset_size``, the real and the synthetic count) and the same seed for every row. One row per set.
+    """
+    from cxrgen.metrics.fid import frechet_distance, kernel_inception_distance
+    from cxrgen.studies.vae_reconstruction import resize_images
+
+    if not sets:
+        raise InputError("synthesis_comparison: no synthetic sets; expected at least one")
+    arrays = [np.asarray(s["images"]) for s in sets]
+    for s, a in zip(sets, arrays):
+        if a.dtype != np.uint8 or a.ndim != 3 or len(a) < 2:
+            raise InputError(f"synthetic set {s.get('model')!r}: dtype {a.dtype}, shape {a.shape}; expected uint8 "
+                             "(N, H, W) with N >= 2")
+    real = np.asarray(real)
+    if real.dtype != np.uint8 or real.ndim != 3 or len(real) < 2:
+        raise InputError(f"real set: dtype {real.dtype}, shape {real.shape}; expected uint8 (N, H, W) with N >= 2")
+    res = int(resolution) if resolution else int(min(a.shape[-1] for a in [real, *arrays]))
+    n = int(min(len(a) for a in arrays))
+    k = int(min(kid_subset_size, n, len(real)))
+    f_real = extractor(resize_images(real, res)).double().numpy()
+    rows = []
+    for s, a in zip(sets, arrays):
+        idx = np.sort(np.random.default_rng(seed).permutation(len(a))[:n])
+        f_fake = extractor(resize_images(a[idx], res)).double().numpy()
+        kd = kernel_inception_distance(f_real, f_fake, subsets=KID_SUBSETS, subset_size=k, seed=seed)
+        rows.append({"model": s["model"], "study": s["study"], "n_synthetic": n, "n_available": len(a),
+                     "n_real": len(real), "native_resolution": int(a.shape[-1]), "resolution": res,
+                     "fid": frechet_distance(f_real, f_fake), "kid": kd["mean"], "kid_std": kd["std"],
+                     "kid_subset_size": k, "extractor": extractor.name})
+    return pd.DataFrame(rows)
+
+
+COMPARISON_COLUMNS = {"study": "study", "n_synthetic": "n synthetic", "n_real": "n real",
+                      "native_resolution": "native px", "resolution": "scored px", "kid_std": "KID sd (this run)"}
+
+
+def write_synthesis_comparison(ours: pd.DataFrame, out_stem, scale: str, real_name: str = "the real test sample"
+                               ) -> dict:
+    """The comparison table beside the paper's FID/KID (Weber sec. 5 reports Cheff and the pixel cascade only; the
+    adapted Stable Diffusion models have no paper numbers, Weber shows them as images, Fig. 4)."""
+    from cxrgen.render.reference import load_reference, paper_table_label
+    from cxrgen.render.tables import side_by_side, write_table
+
+    paper, meta = load_reference(PAPER, "fid_kid")
+    df = side_by_side(paper[["model", "fid", "kid"]], ours, ["model"], ["fid", "kid"])
+    extra = ours.set_index("model")
+    for col, name in COMPARISON_COLUMNS.items():
+        df[name] = df["model"].map(extra[col])
+    df["study"] = df["study"].fillna("paper only")
+    for col in ("n synthetic", "n real", "native px", "scored px"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").round().astype("Int64").array
+    metrics = [c for c in df.columns if c.startswith(("fid ", "kid "))]
+    df = df[["model", "study", "n synthetic", "n real", "native px", "scored px", *metrics, "KID sd (this run)"]]
+    r = ours.iloc[0]
+    caption = (f"FID and KID of the Cheff cascade's unconditional samples and of every adapted Stable Diffusion "
+               f"model's synthetic set, all against one real set ({real_name}, n real = {int(r['n_real'])}) with "
+               f"the same features ({r['extractor']}), the same resizing (antialiased bicubic to "
+               f"{int(r['resolution'])} px) and the same number of synthetic images per model (n synthetic, a "
+               f"seeded subset of each set); KID: mean and sd over {KID_SUBSETS} subsets of "
+               f"{int(r['kid_subset_size'])}. Lower is better. The paper's numbers (Cheff and the full pixel-space "
+               "cascade, 1024 px, Weber sec. 5) use Inception features and samples of unstated size; it reports "
+               "no FID for Stable Diffusion, only images (Fig. 4), so those rows have this run's numbers only. "
+               "This Cheff row differs from the weber2023_fid_kid table, which scores the cascade at its own "
+               "resolution against the MaCheX test images")
+    return write_table(df, out_stem, caption, scale, paper_table_label(meta), float_format=".4f")
 
 
 def beta_check(vae, images: np.ndarray, beta_ends=(schedules.LDM_BETA_END, schedules.CHEFF_BETA_END),
@@ -183,11 +260,30 @@ def write_beta_table(df: pd.DataFrame, out_stem, scale: str, n_images: int | Non
                        "the N(0, I) that sampling starts from", scale, float_format=".4g")
 
 
+#: characters per line of a grid label: a 1.6-inch cell holds about 24 characters at 8 pt, less a margin
+LABEL_WIDTH = 16
+LABEL_LINES = 3
+
+
+def grid_label(text: str, width: int = LABEL_WIDTH, lines: int = LABEL_LINES) -> str:
+    """``text`` wrapped at word boundaries into at most ``lines`` lines of ``width`` characters (cut at a word with
+    '...' if longer), so a row or column label of :func:`cxrgen.render.figures.image_grid` stays within its cell."""
+    import textwrap
+
+    text = " ".join(str(text).split())
+    short = textwrap.shorten(text, width * lines, placeholder=" ...") if len(text) > width * lines else text
+    wrapped = textwrap.wrap(short, width, break_long_words=False) or [""]
+    if len(wrapped) > lines:  # long words wrapped onto more lines than the characters suggest
+        wrapped = wrapped[:lines - 1] + [textwrap.shorten(" ".join(wrapped[lines - 1:]), width, placeholder=" ...")]
+    return "\n".join(wrapped)
+
+
 def write_grid(images: dict, out_stem, title: str, n: int = 6, transpose: bool = False) -> dict:
-    """Columns = the named image sets, rows = the first ``n`` images of each (sets may differ in size)."""
+    """Columns = the named image sets, rows = the first ``n`` images of each (sets may differ in size); the set
+    names are wrapped to fit their column (:func:`grid_label`)."""
     from cxrgen.render.figures import image_grid
 
     names = list(images)
     n = min(n, min(len(v) for v in images.values()))
     grid = [[images[k][i] for k in names] for i in range(n)]
-    return image_grid(grid, [str(i + 1) for i in range(n)], names, out_stem, title=title)
+    return image_grid(grid, [str(i + 1) for i in range(n)], [grid_label(k) for k in names], out_stem, title=title)

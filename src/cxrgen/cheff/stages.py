@@ -124,23 +124,29 @@ def run_reconstruction(machex_dir, ae_dir, sr_base_dir, sr_fine_dir, cfg: CheffC
     return summary
 
 
-def run_synthesis(machex_dir, ae_dir, sdm_dir, sdm_report_dir, sr_dir, cfg: CheffConfig, out_dir, table_stem,
-                  grid_stem, report_grid_stem, scale: str, classifier=None, seed: int = 0) -> pd.DataFrame:
-    """Unconditional cascade samples -> FID/KID vs held-out real x_HR; report-conditioned samples per prompt."""
+def _fid_extractor(name: str, classifier=None):
+    """The FID/KID feature extractor ``cheff.evaluation.fid_extractor`` names (``reference`` loads the reference
+    classifier from ``classifier``, a folder or ``xrv:<weights>``)."""
     from cxrgen.studies.vae_reconstruction import make_fid_extractor
 
-    e = cfg.evaluation
-    vae, sr = load_autoencoder(ae_dir), SuperResolution.load(sr_dir)
-    lr, hr = sample_cascade(SDM.load(sdm_dir), vae, sr, e.n_samples, seed=seed)
-    real, _ = load_split(machex_dir, "test", cfg.sr.hr_size)
     clf = None
-    if e.fid_extractor == "reference":
+    if name == "reference":
         from cxrgen.classify.reference import load_reference_classifier
 
         if classifier is None:
             raise InputError("cheff.evaluation.fid_extractor='reference' needs the reference classifier folder")
         clf = load_reference_classifier(classifier)
-    ext = make_fid_extractor(e.fid_extractor, classifier=clf)
+    return make_fid_extractor(name, classifier=clf)
+
+
+def run_synthesis(machex_dir, ae_dir, sdm_dir, sdm_report_dir, sr_dir, cfg: CheffConfig, out_dir, table_stem,
+                  grid_stem, report_grid_stem, scale: str, classifier=None, seed: int = 0) -> pd.DataFrame:
+    """Unconditional cascade samples -> FID/KID vs held-out real x_HR; report-conditioned samples per prompt."""
+    e = cfg.evaluation
+    vae, sr = load_autoencoder(ae_dir), SuperResolution.load(sr_dir)
+    lr, hr = sample_cascade(SDM.load(sdm_dir), vae, sr, e.n_samples, seed=seed)
+    real, _ = load_split(machex_dir, "test", cfg.sr.hr_size)
+    ext = _fid_extractor(e.fid_extractor, classifier)
     ours = ev.synthesis_metrics(real, hr, ext, min(e.kid_subset_size, len(real), len(hr)), seed)
     write_csv_atomic(ours, Path(out_dir) / "fid_kid.csv")
     with atomic_path(Path(out_dir) / "samples.npz") as tmp:
@@ -155,9 +161,40 @@ def run_synthesis(machex_dir, ae_dir, sdm_dir, sdm_report_dir, sr_dir, cfg: Chef
     _, rhr = sample_cascade(rep, vae, sr, n_each * len(prompts), [p for p in prompts for _ in range(n_each)], seed=seed)
     from cxrgen.render.figures import image_grid
 
-    image_grid([list(rhr[i * n_each:(i + 1) * n_each]) for i in range(len(prompts))], [p[:28] for p in prompts],
+    image_grid([list(rhr[i * n_each:(i + 1) * n_each]) for i in range(len(prompts))],
+               [ev.grid_label(p) for p in prompts],
                [f"seed {j + 1}" for j in range(n_each)], report_grid_stem,
                title="Report-conditioned Cheff samples (Weber Fig. 8)")
+    return ours
+
+
+def run_synthesis_comparison(cheff_samples, sd_sets: dict, zafar_sets: dict, real_dir, cfg: CheffConfig, out_csv,
+                             table_stem, scale: str, classifier=None, seed: int = 0) -> pd.DataFrame:
+    """The Cheff cascade's samples (``samples.npz`` of :func:`run_synthesis`, the SR output) beside every adapted
+    Stable Diffusion set (``sd_sets``: method -> folder of :func:`cxrgen.studies.synthesis.generate_set`) and the
+    Zafar models' FID images (``zafar_sets``: model -> folder of :func:`cxrgen.studies.zafar.sample_zafar_sets`, part
+    ``fid``), all scored against the real sample ``real_dir`` (:func:`cxrgen.cheff.evaluate.synthesis_comparison`)."""
+    from cxrgen.data.sampling import load_images
+    from cxrgen.studies.synthesis import load_set
+    from cxrgen.studies.zafar import load_zafar_set
+
+    with np.load(cheff_samples) as z:
+        sets = [{"model": "Cheff", "study": "Weber 2023 (cascade SDM -> D -> SR_fine, trained from scratch)",
+                 "images": z["hr"]}]
+    for name, folder in sd_sets.items():
+        sets.append({"model": name, "study": "Chambon 2022 (adapted Stable Diffusion)", "images": load_set(folder)[0]})
+    for name, folder in zafar_sets.items():
+        imgs, man = load_zafar_set(folder)
+        fid_part = [imgs[i] for i in np.flatnonzero((man["part"] == "fid").to_numpy())]
+        if len(fid_part) < 2:
+            raise InputError(f"{folder}: {len(fid_part)} images in its fid part; expected zafar.evaluation.n_fid >= 2")
+        sets.append({"model": f"{name} (Zafar)", "study": "Zafar 2023 (adapted Stable Diffusion, structured prompts)",
+                     "images": np.stack(fid_part)})
+    real, _ = load_images(real_dir)
+    ext = _fid_extractor(cfg.evaluation.fid_extractor, classifier)
+    ours = ev.synthesis_comparison(sets, real, ext, cfg.evaluation.kid_subset_size, seed)
+    write_csv_atomic(ours, out_csv)
+    ev.write_synthesis_comparison(ours, table_stem, scale, real_name=f"the real sample {Path(real_dir).name!r}")
     return ours
 
 

@@ -1,6 +1,7 @@
 """Cheff's super-resolution diffusion model (Weber et al. 2023, sec. 3 eq. 3 and 7.3.3), SR3-style: a diffusers
 ``UNet2DModel`` that sees the noisy high-resolution image concatenated on the channel axis with the low-resolution
-image upsampled (bicubic) to the same size, epsilon prediction, cosine schedule with 2000 steps, DDIM sampling.
+image upsampled (bicubic) to the same size, epsilon prediction, cosine schedule with 2000 steps, DDIM sampling
+(pixel space: x_0 estimates clipped to [-1, 1], steps from t = T - 1, :data:`SR_SAMPLER`).
 
 Trained first on bicubic downsamples x_LR of x_HR ("SR_base"), then fine-tuned on decoded latents D(E(x_LR))
 ("SR_fine"), which carry the autoencoder's blur and artefacts that the cascade feeds it at sampling time.
@@ -38,6 +39,20 @@ from cxrgen.io import atomic_path
 log = logging.getLogger(__name__)
 LR_SOURCES = ("bicubic", "decoded")
 META_FILE = "cheff_sr.json"
+#: DDIM settings of the SR sampler, over the training schedule's. The SR model works in pixel space (x_0 in
+#: [-1, 1]), so its x_0 estimate is clipped to that range at every step, as DDPM / SR3 sample pixels: unclipped,
+#: an epsilon error at high noise reaches x_0 multiplied by sqrt(1 - alpha_bar) / sqrt(alpha_bar) (13x at t = 1900
+#: of the 2000-step cosine schedule) and saturates the image. The steps are "trailing", so the first is t = T - 1,
+#: where x_T ~ N(0, I) is what the model was trained on ("leading" started at t = 1801, where the model expects 15%
+#: signal). The SDM samples unbounded latents and keeps its own sampler.
+SR_SAMPLER = {"clip_sample": True, "clip_sample_range": 1.0, "timestep_spacing": "trailing"}
+
+
+def sr_sampler(scheduler_config):
+    """The SR's DDIM sampler: a (training or saved) scheduler config with :data:`SR_SAMPLER` over it."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config({**dict(scheduler_config), **SR_SAMPLER})
 
 
 @dataclass
@@ -203,7 +218,7 @@ def train_sr(
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         unet.save_pretrained(str(tmp / "unet"))
-        ddim_from(ddpm).save_pretrained(str(tmp / "scheduler"))
+        sr_sampler(ddim_from(ddpm).config).save_pretrained(str(tmp / "scheduler"))
         (tmp / META_FILE).write_text(json.dumps({"config": asdict(cfg), "lr_source": lr_source,
                                                  "init_from": str(init_from) if init_from else None}, indent=2))
     write_training_log(log_df, out_dir, f"Cheff {name}")
@@ -225,8 +240,8 @@ class SuperResolution:
         if not (folder / META_FILE).is_file():
             raise InputError(f"{folder} holds no Cheff SR model ({META_FILE} missing); expected a train_sr output")
         meta = json.loads((folder / META_FILE).read_text())
-        return cls(UNet2DModel.from_pretrained(str(folder / "unet")), DDIMScheduler.from_pretrained(str(folder / "scheduler")),
-                   meta["config"]["ddim_steps"])
+        saved = DDIMScheduler.from_pretrained(str(folder / "scheduler"))  # folders from before SR_SAMPLER get it too
+        return cls(UNet2DModel.from_pretrained(str(folder / "unet")), sr_sampler(saved.config), meta["config"]["ddim_steps"])
 
     @torch.no_grad()
     def upscale(self, lr_images: np.ndarray, steps: int | None = None, generator: torch.Generator | None = None,
