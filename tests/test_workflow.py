@@ -45,30 +45,29 @@ def test_lint_is_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_bad_config_value_names_the_key(workdir):
-    bad = workdir / "bad.yaml"
-    bad.write_text("data:\n  source: dicomland\n")
-    proc = run_snakemake("-n", "--configfile", str(bad), cwd=workdir, check=False)
+def failed_dry_run(workdir, name: str, config_yaml: str) -> str:
+    """Output of ``snakemake -n`` with ``config_yaml`` merged over the default; the dry run must fail."""
+    cfg = workdir / name
+    cfg.write_text(config_yaml)
+    proc = run_snakemake("-n", "--configfile", str(cfg), cwd=workdir, check=False)
     assert proc.returncode != 0
-    out = proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def test_bad_config_value_names_the_key(workdir):
+    out = failed_dry_run(workdir, "bad.yaml", "data:\n  source: dicomland\n")
     assert "source" in out and "dicomland" in out and "phantom" in out
 
 
 def test_composed_prompt_with_an_unlearned_token_is_a_config_error(workdir):
-    cfg = workdir / "multi.yaml"
-    cfg.write_text("dewilde:\n  composability:\n    multi: [{prompt: '<pleural-effusion> AND <pneumonia>'}]\n")
-    proc = run_snakemake("-n", "--configfile", str(cfg), cwd=workdir, check=False)
-    assert proc.returncode != 0
-    out = proc.stdout + proc.stderr
+    out = failed_dry_run(workdir, "multi.yaml",
+                         "dewilde:\n  composability:\n    multi: [{prompt: '<pleural-effusion> AND <pneumonia>'}]\n")
     assert "dewilde.composability.multi" in out and "<pneumonia>" in out and "<cardiomegaly>" in out
 
 
 def test_missing_dataset_root_is_a_clear_error(workdir):
-    cfg = workdir / "mimic.yaml"
-    cfg.write_text("data:\n  source: mimic\n  root: /nonexistent/mimic-cxr-jpg\n")
-    proc = run_snakemake("-n", "--configfile", str(cfg), cwd=workdir, check=False)
-    assert proc.returncode != 0
-    assert "/nonexistent/mimic-cxr-jpg" in proc.stdout + proc.stderr
+    out = failed_dry_run(workdir, "mimic.yaml", "data:\n  source: mimic\n  root: /nonexistent/mimic-cxr-jpg\n")
+    assert "/nonexistent/mimic-cxr-jpg" in out
 
 
 def test_default_dry_run_plans_every_stage(workdir):

@@ -151,13 +151,10 @@ def synthesis_comparison(sets: Sequence[Mapping], real: np.ndarray, extractor, k
     if not sets:
         raise InputError("synthesis_comparison: no synthetic sets; expected at least one")
     arrays = [np.asarray(s["images"]) for s in sets]
-    for s, a in zip(sets, arrays):
-        if a.dtype != np.uint8 or a.ndim != 3 or len(a) < 2:
-            raise InputError(f"synthetic set {s.get('model')!r}: dtype {a.dtype}, shape {a.shape}; expected uint8 "
-                             "(N, H, W) with N >= 2")
     real = np.asarray(real)
-    if real.dtype != np.uint8 or real.ndim != 3 or len(real) < 2:
-        raise InputError(f"real set: dtype {real.dtype}, shape {real.shape}; expected uint8 (N, H, W) with N >= 2")
+    for name, a in [*((f"synthetic set {s.get('model')!r}", a) for s, a in zip(sets, arrays)), ("real set", real)]:
+        if a.dtype != np.uint8 or a.ndim != 3 or len(a) < 2:
+            raise InputError(f"{name}: dtype {a.dtype}, shape {a.shape}; expected uint8 (N, H, W) with N >= 2")
     res = int(resolution) if resolution else int(min(a.shape[-1] for a in [real, *arrays]))
     n = int(min(len(a) for a in arrays))
     k = int(min(kid_subset_size, n, len(real)))
