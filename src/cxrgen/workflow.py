@@ -23,6 +23,22 @@ def seed_everything(seed: int) -> None:
 
 
 @contextmanager
+def _step_flops(snakemake, log_path):
+    """Measure the job's FLOPs per optimizer step when the rehearsal asks for it (cxrgen.flop_meter)."""
+    from cxrgen.flop_meter import ENV_VAR, measure_step_flops
+
+    folder = os.environ.get(ENV_VAR)
+    if not folder:
+        yield
+        return
+    name = (log_path or snakemake.rule).replace(os.sep, "__")
+    info = {"rule": snakemake.rule, "wildcards": dict(snakemake.wildcards.items()), "log": log_path,
+            "output": [str(o) for o in snakemake.output]}
+    with measure_step_flops(os.path.join(folder, f"{name}.json"), info):
+        yield
+
+
+@contextmanager
 def script_context(snakemake):
     """Redirect stdout/stderr into the rule's log, cap torch threads to the rule's, seed from config."""
     log_path = snakemake.log[0] if len(snakemake.log) else None
@@ -41,7 +57,8 @@ def script_context(snakemake):
         if "torch" in sys.modules:  # already imported: cap it now (data-only rules never pay for the import)
             sys.modules["torch"].set_num_threads(threads)
         seed_everything(int(snakemake.config.get("seed", 0)))
-        yield logging.getLogger(f"cxrgen.{snakemake.rule}")
+        with _step_flops(snakemake, log_path):
+            yield logging.getLogger(f"cxrgen.{snakemake.rule}")
     except BaseException:
         logging.getLogger("cxrgen").exception("rule %s failed", snakemake.rule)
         raise

@@ -1,0 +1,45 @@
+"""FLOPs of a job's optimizer steps, measured while it runs (the full-size rehearsal's FLOPs/step column).
+
+:func:`measure_step_flops` runs a block under :class:`torch.utils.flop_counter.FlopCounterMode` and notes the running
+FLOP total after every ``optimizer.step()`` of any optimizer (a global step post-hook), so the FLOPs of one training
+step are the difference between two consecutive notes: forward, backward and everything else the trainer does per step
+(e.g. a VAE encode), counted on the real tensors of the real trainer. FlopCounterMode counts matrix products,
+convolutions and attention, not normalisations, activations or the optimizer's element-wise updates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from cxrgen.io import write_text_atomic
+
+#: environment variable naming a folder: when set, every Snakemake script measures its steps into a JSON file there
+#: (``cxrgen.workflow.script_context``; the rehearsal sets it)
+ENV_VAR = "CXRGEN_STEP_FLOPS_DIR"
+
+
+@contextmanager
+def measure_step_flops(path: str | os.PathLike, info: dict | None = None):
+    """Count FLOPs inside the block; write ``{**info, total_flops, step_totals, flops_per_step}`` to ``path`` (JSON)
+    when it ends, also on failure (then with ``"failed": true``). ``flops_per_step`` is the last step's FLOPs (the
+    difference of the last two step totals), None with fewer than two steps."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    step_totals: list[int] = []
+    handle = register_optimizer_step_post_hook(lambda *_: step_totals.append(int(counter.get_total_flops())))
+    failed = True
+    try:
+        with counter:
+            yield step_totals
+        failed = False
+    finally:
+        handle.remove()
+        per_step = step_totals[-1] - step_totals[-2] if len(step_totals) >= 2 else None
+        record = {**(info or {}), "total_flops": int(counter.get_total_flops()), "step_totals": step_totals,
+                  "flops_per_step": per_step, "failed": failed}
+        write_text_atomic(Path(path), json.dumps(record, indent=2))
