@@ -16,7 +16,7 @@ export MPLBACKEND := Agg
 CPU_ONLY := $(if $(shell command -v nvidia-smi 2>/dev/null),,yes)
 SNAKEMAKE_FLAGS ?= $(if $(CPU_ONLY),--max-threads 1 --resources gpu=$(shell nproc))
 
-.PHONY: env reproduce smoke test lint dryrun report publish clean
+.PHONY: env reproduce smoke test lint dryrun report publish clean rehearse
 
 env: $(STAMP)
 
@@ -35,6 +35,14 @@ reproduce: $(STAMP)
 # every rule at toy size (results apart from the default's, under results/ with the smoke dataset name)
 smoke: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_FLAGS) --configfile configs/smoke.yaml
+
+# The four paper configs end to end with their real architectures at full size (random weights built from the
+# published configs), 2 optimizer steps per trainer, on the CPU: configs/rehearsal/<paper>.yaml over
+# configs/<paper>.yaml, each in rehearsal/<paper>/; per-stage table in rehearsal/table.{csv,md}. One full-size job at
+# a time (peak ~16 GB); not part of `make test`. One paper: make rehearse REHEARSE_FLAGS="--paper zafar2023"
+REHEARSE_FLAGS ?=
+rehearse: $(STAMP)
+	$(BIN)/python -m cxrgen.rehearsal $(REHEARSE_FLAGS)
 
 test: $(STAMP) lint dryrun
 	$(BIN)/python -m pytest -q --durations=15

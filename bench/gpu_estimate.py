@@ -11,6 +11,11 @@ full fine-tuning ~3x forward; gradient checkpointing adds one forward). FlopCoun
 convolutions and attention; normalisations, activations, the optimizer and data loading are left out, as is
 GPU idle time, so the hours are a lower bound of what a real run takes at the stated sustained throughput.
 
+Where the full-size rehearsal has run (``make rehearse``: the paper configs' real trainers at reduced size, FLOPs per
+optimizer step measured with FlopCounterMode on the real tensors, ``rehearsal/table.csv``), each training row is scaled
+by its stage's measured / counted FLOPs per step at the rehearsal's size (:func:`calibrate`; column
+``measured/counted``).
+
 Run: ``python bench/gpu_estimate.py [--tflops 30] [--fp32-tflops 10] [--config configs/zafar2023.yaml ...]``.
 """
 
@@ -26,6 +31,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REPO_ROOT, markdown_table  # noqa: E402
+from cxrgen.models.architectures import FOUNDATION_ARCHITECTURE  # noqa: E402
 
 #: sustained-throughput assumptions (TFLOP/s actually achieved, not peak)
 TFLOPS_MIXED = 30.0  # V100 fp16 tensor cores: 125 TFLOP/s peak, ~25 % sustained in a diffusers training/sampling loop
@@ -36,27 +42,22 @@ ASSUMPTION = (f"GPU-hours = counted FLOPs / sustained throughput: {TFLOPS_MIXED:
               "architectures counted by torch.utils.flop_counter on the meta device (normalisation, optimizer, data "
               "loading and idle time not counted).")
 
-_SD_V1_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, norm_num_groups=32,
-                   block_out_channels=(320, 640, 1280, 1280), attention_head_dim=8, cross_attention_dim=768,
-                   down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                   up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
-_SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
-               block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-               up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512)
+def _published_archs() -> dict:
+    """The published ``config.json`` values of the foundations (reference/architectures/, cxrgen.models.architectures)."""
+    from cxrgen.models.architectures import ARCHITECTURES, architecture_config
+
+    out = {}
+    for name in ARCHITECTURES:
+        cfg = architecture_config(name)
+        strip = lambda d: {k: v for k, v in d.items() if not k.startswith("_")}  # noqa: E731
+        out[name] = {"unet": strip(cfg["unet"]), "vae": strip(cfg["vae"]), "text": cfg["text_encoder"],
+                     "text_len": cfg["text_encoder"]["max_position_embeddings"]}
+    return out
+
+
 #: published configs (``unet/``, ``vae/``, ``text_encoder/`` ``config.json``) of the foundations the configs name
-ARCHS = {
-    "sd-v1": {"unet": _SD_V1_UNET, "vae": _SD_VAE, "text_len": 77,
-              "text": dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                           num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu")},
-    "sd-2-base": {"unet": {**_SD_V1_UNET, "attention_head_dim": (5, 10, 20, 20), "cross_attention_dim": 1024,
-                           "use_linear_projection": True},
-                  "vae": _SD_VAE, "text_len": 77,
-                  "text": dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
-                               num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu")},
-}
-FOUNDATIONS = {"sd-v1-4": "sd-v1", "sd-v1-5": "sd-v1", "CompVis/stable-diffusion-v1-4": "sd-v1",
-               "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd-v1", "runwayml/stable-diffusion-v1-5": "sd-v1",
-               "sd-2-base": "sd-2-base", "stabilityai/stable-diffusion-2-base": "sd-2-base"}
+ARCHS = _published_archs()
+FOUNDATIONS = FOUNDATION_ARCHITECTURE
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 
 #: what each paper reports about compute (section / table cited)
@@ -248,6 +249,9 @@ class Job:
     cached: float = 0.0  # FLOPs of it that cxrgen's trainers do once instead of per step (VAE / frozen text)
     paper: str = ""
     kind: str = "train"
+    steps: int = 0  # optimizer steps of a training job (FLOPs per step = flops / steps)
+    stage: str = ""  # the rehearsal stage (Snakemake log stem) whose measured FLOPs/step calibrate it
+    measured_ratio: float | None = None  # measured / counted FLOPs per step at rehearsal size (set by calibrate)
 
 
 def _sampling_flops(f: Flops, arch: str, res: int, n: int, steps: int, guidance: float, evals: int | None = None):
@@ -282,7 +286,7 @@ def _trainer_config(method: str, settings: dict):
     return classes[method].from_dict(known)
 
 
-def _adaptation_jobs(f, arch, method: str, name: str, settings: dict, paper: dict) -> list[Job]:
+def _adaptation_jobs(f, arch, method: str, name: str, settings: dict, paper: dict, stage: str = "") -> list[Job]:
     jobs = []
     c = _trainer_config(method, settings)
     res, steps, bs, ga = c.resolution, c.steps, c.batch_size, c.gradient_accumulation_steps
@@ -292,7 +296,7 @@ def _adaptation_jobs(f, arch, method: str, name: str, settings: dict, paper: dic
     prec = "fp16" if c.mixed_precision in ("fp16", "bf16") else "fp32"
     jobs.append(Job(f"{name}: {method} training", f"{steps} steps x batch {bs}" + (f" x accum {ga}" if ga > 1 else "")
                     + (" x 2 (prior)" if prior else "") + f", {res}px", samples * per, prec, samples * cached,
-                    paper.get(method, "")))
+                    paper.get(method, ""), steps=steps, stage=stage))
     if prior:
         n = c.num_class_images
         jobs.append(Job(f"{name}: class images (prior)", f"{n} x {c.class_sample_steps} steps, CFG {c.class_guidance}",
@@ -328,7 +332,7 @@ def chambon_jobs(cfg: dict, f: Flops) -> list[Job]:
             if s.get("variant") != "none":
                 jobs.append(_textual_projection_job(m["name"], s, paper))
         elif m["method"] in ("textual_inversion", "unet"):
-            jobs += _adaptation_jobs(f, arch, m["method"], m["name"], s, paper)
+            jobs += _adaptation_jobs(f, arch, m["method"], m["name"], s, paper, f"adapt/{m['name']}")
     syn = cfg["synthesis"]
     n_prompts = len(syn.get("prompts") or {"normal": 1, "effusion": 1, "style": 1})
     n = len(methods) * n_prompts * int(syn["n_per_prompt"])
@@ -349,7 +353,8 @@ def zafar_jobs(cfg: dict, f: Flops) -> list[Job]:
     arch = FOUNDATIONS[cfg["foundation"]["model"]]
     jobs = []
     for m in z["methods"]:
-        jobs += _adaptation_jobs(f, arch, m["method"], m["name"], m.get("settings", {}), paper)
+        jobs += _adaptation_jobs(f, arch, m["method"], m["name"], m.get("settings", {}), paper,
+                                 f"zafar/train_{m['name']}")
     e = z["evaluation"]
     from cxrgen.studies.zafar import ATTRIBUTES, DEFAULT_OOD_PROMPTS
 
@@ -394,7 +399,7 @@ def dewilde_jobs(cfg: dict, f: Flops) -> list[Job]:
     samples = len(embs) * int(ti["steps"]) * int(ti.get("batch_size", 1)) * int(ti.get("gradient_accumulation_steps", 1))
     jobs = [Job("textual inversion embeddings", f"{len(embs)} embeddings x {ti['steps']} steps x batch "
                 f"{ti.get('batch_size', 1)}, {res}px", samples * per, "fp32", samples * cached,
-                paper.get("textual_inversion", ""))]
+                paper.get("textual_inversion", ""), steps=len(embs) * int(ti["steps"]), stage="dewilde/embedding_")]
     sw = d["sweep"]
     pts = _dewilde_points(d)
     fl = sum(_sampling_flops(f, arch, res, int(sw["n_generated"]), s, g) for s, g, _, _ in pts)
@@ -425,7 +430,7 @@ def dewilde_jobs(cfg: dict, f: Flops) -> list[Job]:
     runs = len(confs) * len(k["seeds"])
     jobs.append(Job("ResNet-18 classifiers (Table 4)", f"{runs} runs x {t['steps']} steps x batch {t['batch_size']}, "
                     f"{t['image_size']}px", runs * t["steps"] * t["batch_size"] * f.resnet18_train(t["image_size"]),
-                    "fp32"))
+                    "fp32", steps=runs * t["steps"], stage="dewilde/classifier_seed"))
     return jobs
 
 
@@ -435,19 +440,22 @@ def weber_jobs(cfg: dict, f: Flops) -> list[Job]:
     c = CheffConfig.from_dict(cfg["cheff"])
     ae, sr, ev = c.autoencoder, c.sr, c.evaluation
     jobs = [Job("autoencoder training", f"{ae.steps} steps x batch {ae.batch_size}, {ae.image_size}px (perceptual "
-                "loss network not counted)", ae.steps * ae.batch_size * f.cheff(c, "ae", "train"), "fp32")]
+                "loss network not counted)", ae.steps * ae.batch_size * f.cheff(c, "ae", "train"), "fp32",
+                steps=ae.steps, stage="cheff/autoencoder")]
     lat = ae.image_size // ae.downsampling_factor
     for variant, what in (("unconditional", "sdm"), ("report", "sdm_report")):
         s = c.sdm_for(variant)
         per = f.cheff(c, what, "train") + f.cheff(c, "ae_enc")
         jobs.append(Job(f"SDM training ({variant})", f"{s.steps} steps x batch {s.batch_size}, latent "
                         f"{ae.latent_channels}x{lat}x{lat}" + (" + report encoder" if variant == "report" else ""),
-                        s.steps * s.batch_size * per, "fp32", s.steps * s.batch_size * f.cheff(c, "ae_enc")))
+                        s.steps * s.batch_size * per, "fp32", s.steps * s.batch_size * f.cheff(c, "ae_enc"),
+                        steps=s.steps, stage=f"cheff/sdm_{variant}"))
     jobs.append(Job("SR training", f"{sr.steps} steps x batch {sr.batch_size}, {sr.lr_size}->{sr.hr_size}px",
-                    sr.steps * sr.batch_size * f.cheff(c, "sr", "train"), "fp32"))
+                    sr.steps * sr.batch_size * f.cheff(c, "sr", "train"), "fp32", steps=sr.steps, stage="cheff/sr_base"))
     jobs.append(Job("SR fine-tuning on D(z)", f"{sr.finetune_steps} steps x batch {sr.batch_size} (+ AE encode/decode)",
                     sr.finetune_steps * sr.batch_size * (f.cheff(c, "sr", "train") + f.cheff(c, "ae")), "fp32",
-                    sr.finetune_steps * sr.batch_size * f.cheff(c, "ae")))
+                    sr.finetune_steps * sr.batch_size * f.cheff(c, "ae"), steps=sr.finetune_steps,
+                    stage="cheff/sr_fine"))
     sdm = c.sdm_for("unconditional")
     cascade = sdm.ddim_steps * f.cheff(c, "sdm") + f.cheff(c, "ae_dec") + sr.ddim_steps * f.cheff(c, "sr")
     jobs.append(Job("cascade samples (FID/KID)", f"{ev.n_samples} images: SDM {sdm.ddim_steps} + SR {sr.ddim_steps} "
@@ -466,6 +474,47 @@ def load_config(path: Path) -> dict:
     return yaml.safe_load(Path(path).read_text())
 
 
+#: the full-size rehearsal's table (``make rehearse``, cxrgen.rehearsal): measured FLOPs per optimizer step
+REHEARSAL_TABLE = REPO_ROOT / "rehearsal" / "table.csv"
+
+
+def rehearsal_config(paper: str) -> dict:
+    """configs/rehearsal/<paper>.yaml over configs/<paper>.yaml; the foundation named as the paper names it (the
+    rehearsal's is a folder of that architecture)."""
+    from snakemake.utils import update_config
+
+    cfg = load_config(REPO_ROOT / "configs" / f"{paper}.yaml")
+    foundation = dict(cfg.get("foundation") or {})  # update_config merges nested mappings in place
+    update_config(cfg, load_config(REPO_ROOT / "configs" / "rehearsal" / f"{paper}.yaml"))
+    if foundation:
+        cfg["foundation"] = foundation
+    return cfg
+
+
+def calibrate(paper: str, jobs: list[Job], f: "Flops", table_path: Path = REHEARSAL_TABLE) -> bool:
+    """Scale each training job by its rehearsal stage's measured / counted FLOPs per step, where the rehearsal ran.
+
+    The rehearsal (configs/rehearsal/<paper>.yaml over the paper config) ran the real trainers at reduced size under
+    FlopCounterMode; the same counting as here, applied to the rehearsal's settings, gives the counted FLOPs per step
+    of each of its stages. Their ratio (what this project's trainer does per step -- cached latents, prior batches,
+    recomputation -- against the diffusers-style count) then scales the paper-size count. Returns whether a table
+    was read; jobs whose stage did not run keep their count (measured_ratio None)."""
+    import pandas as pd
+
+    if not Path(table_path).is_file():
+        return False
+    table = pd.read_csv(table_path)
+    table = table[(table["paper"] == paper) & table["flops_per_step"].notna()]
+    counted = {j.stage: j.flops / j.steps for j in estimate(paper, rehearsal_config(paper), f) if j.stage and j.steps}
+    for job in jobs:
+        rows = table[table["stage"].str.startswith(job.stage)] if job.stage else table.iloc[0:0]
+        if job.stage in counted and len(rows):
+            job.measured_ratio = float(rows["flops_per_step"].median()) / counted[job.stage]
+            job.flops *= job.measured_ratio
+            job.cached *= job.measured_ratio
+    return True
+
+
 def estimate(paper: str, cfg: dict, f: Flops | None = None) -> list[Job]:
     return PAPERS[paper](cfg, f or Flops())
 
@@ -474,7 +523,8 @@ def hours(flops: float, tflops: float) -> float:
     return flops / (tflops * 1e12) / 3600.0
 
 
-def report(configs=None, tflops: float = TFLOPS_MIXED, fp32_tflops: float = TFLOPS_FP32) -> tuple[str, list[dict]]:
+def report(configs=None, tflops: float = TFLOPS_MIXED, fp32_tflops: float = TFLOPS_FP32,
+           rehearsal_table: Path = REHEARSAL_TABLE) -> tuple[str, list[dict]]:
     """The Markdown tables (one per config, then totals) and the rows as dicts."""
     f = Flops()
     configs = configs or [REPO_ROOT / "configs" / f"{p}.yaml" for p in PAPERS]
@@ -492,6 +542,7 @@ def report(configs=None, tflops: float = TFLOPS_MIXED, fp32_tflops: float = TFLO
         if paper not in PAPERS:
             raise SystemExit(f"no estimate for {path}; expected one of {[f'configs/{p}.yaml' for p in PAPERS]}")
         jobs = estimate(paper, load_config(path), f)
+        calibrated = calibrate(paper, jobs, f, rehearsal_table)
         body = []
         tot = {"fp16": 0.0, "fp32": 0.0, "flops": 0.0}
         for j in jobs:
@@ -500,17 +551,22 @@ def report(configs=None, tflops: float = TFLOPS_MIXED, fp32_tflops: float = TFLO
             tot["flops"] += j.flops
             tot["fp16" if j.precision == "fp16" else "fp32"] += h
             body.append([j.what, j.count, f"{j.flops / 1e15:.3g}", j.precision, f"{h:.3g}",
-                         f"{hours(j.flops, tflops):.3g}", f"{j.cached / j.flops:.0%}" if j.cached else "-", j.paper])
+                         f"{hours(j.flops, tflops):.3g}", f"{j.cached / j.flops:.0%}" if j.cached else "-",
+                         f"{j.measured_ratio:.2f}" if j.measured_ratio is not None else "-", j.paper])
             records.append({"config": paper, "job": j.what, "count": j.count, "pflop": j.flops / 1e15,
                             "precision": j.precision, "gpu_hours": h, "gpu_hours_fp16": hours(j.flops, tflops),
-                            "cached_share": j.cached / j.flops if j.flops else 0.0, "paper": j.paper})
+                            "cached_share": j.cached / j.flops if j.flops else 0.0, "paper": j.paper,
+                            "measured_ratio": j.measured_ratio})
         body.append(["**total**", "", f"{tot['flops'] / 1e15:.3g}", "", f"{tot['fp16'] + tot['fp32']:.3g}",
-                     f"{hours(tot['flops'], tflops):.3g}", "", PAPER_TIMES[paper].get("total", "")])
+                     f"{hours(tot['flops'], tflops):.3g}", "", "", PAPER_TIMES[paper].get("total", "")])
         totals.append([paper, f"{tot['flops'] / 1e15:.3g}", f"{tot['fp16'] + tot['fp32']:.3g}",
                        f"{hours(tot['flops'], tflops):.3g}", PAPER_TIMES[paper].get("total", "")])
         out += [f"### configs/{paper}.yaml (estimate)", "",
                 markdown_table(["job", "count", "PFLOP", "precision", "GPU-h", f"GPU-h all fp16 ({tflops:g} TFLOP/s)",
-                                "cxrgen caches", "paper reports"], body), ""]
+                                "cxrgen caches", "measured/counted (rehearsal)", "paper reports"], body), ""]
+        if calibrated:
+            out.insert(len(out) - 3, f"Training rows with a measured/counted ratio are scaled by the FLOPs per step "
+                                     f"measured in the full-size rehearsal ({Path(rehearsal_table).name}).\n")
     out += ["### totals (estimate)", "", markdown_table(["config", "PFLOP", "GPU-h", "GPU-h all fp16", "paper reports"],
                                                         totals), ""]
     return "\n".join(out), records
@@ -521,8 +577,11 @@ def main(argv=None) -> int:
     ap.add_argument("--config", action="append", help="paper config (default: all four)")
     ap.add_argument("--tflops", type=float, default=TFLOPS_MIXED, help="sustained fp16 TFLOP/s (default %(default)s)")
     ap.add_argument("--fp32-tflops", type=float, default=TFLOPS_FP32, help="sustained fp32 TFLOP/s (default %(default)s)")
+    ap.add_argument("--rehearsal-table", type=Path, default=REHEARSAL_TABLE,
+                    help="the full-size rehearsal's table; its measured FLOPs/step scale the training rows where it "
+                         "exists (default %(default)s)")
     a = ap.parse_args(argv)
-    text, _ = report(a.config, a.tflops, a.fp32_tflops)
+    text, _ = report(a.config, a.tflops, a.fp32_tflops, a.rehearsal_table)
     print(text)
     return 0
 

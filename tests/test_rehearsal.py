@@ -145,3 +145,39 @@ def test_script_context_measures_flops_only_when_asked(tmp_path, monkeypatch):
     (rec_file,) = (tmp_path / "flops").glob("*.json")
     rec = json.loads(rec_file.read_text())
     assert rec["rule"] == "toy" and rec["wildcards"] == {"name": "a"} and rec["flops_per_step"] == 16  # forward 2*1*2*2, weight gradient 2*2*1*2
+
+
+def test_gpu_estimate_scales_training_rows_by_the_measured_flops_per_step(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(rehearsal.REPO_ROOT))
+    from bench import gpu_estimate
+
+    class CheapFlops(gpu_estimate.Flops):  # counting the real models on the meta device takes a minute: stand-ins
+        def unet(self, arch, res, mode="fwd"):
+            return res**2 * {"fwd": 1.0, "full": 3.0, "input": 2.0, "lora": 2.1}[mode]
+
+        def vae(self, arch, res, part):
+            return 0.5 * res**2
+
+        def text(self, arch, mode="fwd"):
+            return 7.0
+
+    f = CheapFlops()
+    cfg = gpu_estimate.load_config(rehearsal.REPO_ROOT / "configs" / "zafar2023.yaml")
+    small = gpu_estimate.rehearsal_config("zafar2023")
+    assert small["zafar"]["methods"][0]["settings"]["resolution"] == 128 and small["foundation"] == cfg["foundation"]
+    (rehearsed,) = [j for j in gpu_estimate.estimate("zafar2023", small, f) if j.stage == "zafar/train_full_ft_325"]
+    counted_step = rehearsed.flops / rehearsed.steps
+    pd.DataFrame([{"paper": "zafar2023", "stage": "zafar/train_full_ft_325", "flops_per_step": 2 * counted_step},
+                  {"paper": "weber2023", "stage": "zafar/train_dreambooth_lora_960", "flops_per_step": 1.0}]).to_csv(
+        tmp_path / "table.csv", index=False)
+    plain = gpu_estimate.estimate("zafar2023", cfg, f)
+    jobs = gpu_estimate.estimate("zafar2023", cfg, f)
+    assert gpu_estimate.calibrate("zafar2023", jobs, f, tmp_path / "table.csv")
+    for before, after in zip(plain, jobs):
+        if after.stage == "zafar/train_full_ft_325":
+            assert after.measured_ratio == pytest.approx(2.0) and after.flops == pytest.approx(2 * before.flops)
+        else:  # the LoRA row of another paper and the sampling rows keep their counts
+            assert after.measured_ratio is None and after.flops == before.flops
+    assert not gpu_estimate.calibrate("zafar2023", jobs, f, tmp_path / "missing.csv")

@@ -35,6 +35,8 @@ from cxrgen.io import write_csv_atomic, write_text_atomic
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: the built foundations' default sampling size: 128 px on the CPU (published 512 px; weights unchanged)
+NATIVE_SIZE = 128
 
 
 @dataclass(frozen=True)
@@ -74,12 +76,13 @@ def snakemake_command(paper: str, workdir: Path, cores: int = 2, extra: tuple[st
 
 
 def build_foundation(architecture: str, root: Path) -> Path:
-    """``<root>/models/<architecture>``, built once (random weights from the published configs)."""
+    """``<root>/models/<architecture>``, built once (random weights from the published configs, sampling by default
+    at :data:`NATIVE_SIZE`)."""
     from cxrgen.models.architectures import build_pipeline_folder
 
     folder = root / "models" / architecture
     if not (folder / "model_index.json").is_file():
-        build_pipeline_folder(architecture, folder)
+        build_pipeline_folder(architecture, folder, native_size=NATIVE_SIZE)
     return folder
 
 

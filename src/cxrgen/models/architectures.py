@@ -62,15 +62,22 @@ def foundation_architecture(model: str) -> str:
     return FOUNDATION_ARCHITECTURE[model]
 
 
-def build_components(name: str) -> dict:
+def build_components(name: str, native_size: int | None = None) -> dict:
     """``unet``, ``vae``, ``text_encoder`` of ``name`` with fresh random weights on the current default device
-    (wrap in ``with torch.device("meta"):`` to allocate nothing)."""
+    (wrap in ``with torch.device("meta"):`` to allocate nothing). ``native_size`` (pixels) replaces the published
+    ``sample_size`` (512 px), the size pipelines sample at by default; it changes no weight."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     cfg = architecture_config(name)
-    strip = lambda d: {k: v for k, v in d.items() if not k.startswith("_")}  # noqa: E731
-    return {"unet": UNet2DConditionModel(**strip(cfg["unet"])), "vae": AutoencoderKL(**strip(cfg["vae"])),
+    unet_cfg = {k: v for k, v in cfg["unet"].items() if not k.startswith("_")}
+    vae_cfg = {k: v for k, v in cfg["vae"].items() if not k.startswith("_")}
+    if native_size is not None:
+        factor = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
+        if native_size % factor:
+            raise InputError(f"native_size={native_size}; expected a multiple of the VAE factor {factor}")
+        unet_cfg["sample_size"], vae_cfg["sample_size"] = native_size // factor, native_size
+    return {"unet": UNet2DConditionModel(**unet_cfg), "vae": AutoencoderKL(**vae_cfg),
             "text_encoder": CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))}
 
 
@@ -93,15 +100,16 @@ def build_tokenizer(name: str):
     return train_clip_tokenizer([TOKENIZER_TEXT] * 4, vocab_size=1024, model_max_length=context)
 
 
-def build_pipeline_folder(name: str, out_dir: str | os.PathLike, seed: int = 0) -> dict[str, int]:
+def build_pipeline_folder(name: str, out_dir: str | os.PathLike, seed: int = 0,
+                          native_size: int | None = None) -> dict[str, int]:
     """Save a full-size random-weight ``StableDiffusionPipeline`` of ``name`` to ``out_dir`` (atomically; fp32,
-    safetensors) and return its parameter counts."""
+    safetensors) and return its parameter counts. ``native_size``: see :func:`build_components`."""
     import torch
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
     cfg = architecture_config(name)
     torch.manual_seed(seed)
-    parts = build_components(name)
+    parts = build_components(name, native_size)
     scheduler = PNDMScheduler.from_config({k: v for k, v in cfg["scheduler"].items() if not k.startswith("_")})
     pipe = StableDiffusionPipeline(**parts, tokenizer=build_tokenizer(name), scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -109,6 +117,7 @@ def build_pipeline_folder(name: str, out_dir: str | os.PathLike, seed: int = 0) 
     with atomic_path(out_dir) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / "architecture.json").write_text(json.dumps(
-            {"architecture": name, "seed": seed, "weights": "random", "parameters": counts}, indent=2))
+            {"architecture": name, "seed": seed, "weights": "random", "native_size": native_size or "published",
+             "parameters": counts}, indent=2))
     log.info("wrote %s (%s, random weights): %s", out_dir, name, counts)
     return counts
