@@ -15,7 +15,8 @@ import torch
 from cxrgen import rehearsal
 from cxrgen.errors import InputError
 from cxrgen.flop_meter import measure_step_flops
-from cxrgen.models.architectures import architecture_config, count_parameters, foundation_architecture
+from cxrgen.models.architectures import (architecture_config, build_components, count_parameters,
+                                         foundation_architecture)
 
 
 def test_every_paper_overlay_validates_and_dry_runs(tmp_path):
@@ -58,6 +59,12 @@ def test_architectures_have_the_published_parameter_counts():
     assert round(v2["unet"] / 1e6) == 866 and round(v2["text_encoder"] / 1e6) == 340
     assert architecture_config("sd-v1")["text_encoder"]["max_position_embeddings"] == 77
     assert foundation_architecture("sd-v1-5") == "sd-v1"
+    with torch.device("meta"):  # the rehearsal's default sampling size changes no weight
+        parts = build_components("sd-v1", native_size=128)
+    assert parts["unet"].config.sample_size == 16 and parts["vae"].config.sample_size == 128
+    assert sum(p.numel() for p in parts["unet"].parameters()) == v1["unet"]
+    with pytest.raises(InputError, match="multiple of the VAE factor 8"):
+        build_components("sd-v1", native_size=100)
     with pytest.raises(InputError, match="sd-v1-4"):
         foundation_architecture("sd-3")
 
