@@ -10,6 +10,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from cxrgen import launch
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -40,25 +42,51 @@ def _step_flops(snakemake, log_path):
 
 @contextmanager
 def script_context(snakemake):
-    """Redirect stdout/stderr into the rule's log, cap torch threads to the rule's, seed from config."""
+    """Redirect stdout/stderr into the rule's log, cap torch threads to the rule's, seed from config.
+
+    A rule with ``resources: gpu=N`` > 1 runs as N processes (:mod:`cxrgen.launch`): in the process Snakemake
+    started, the block does not run; it starts the N workers, which run the block (each one rank, all writing to
+    the same log), and ends the script with their exit status.
+    """
+    worker = launch.current_rank() if os.environ.get(launch.LAUNCHED) else None
     log_path = snakemake.log[0] if len(snakemake.log) else None
-    stream = open(log_path, "w", buffering=1) if log_path else None
+    # workers (and a multi-node job's per-node tasks) inherit the log file as stdout/stderr from the job's process
+    inherits_log = bool(os.environ.get(launch.LAUNCHED) or os.environ.get(launch.NODE_TASK))
+    stream = open(log_path, "w", buffering=1) if log_path and not inherits_log else None
     old_out, old_err = sys.stdout, sys.stderr
     if stream:
         sys.stdout = sys.stderr = stream
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
+    prefix = f"[rank {worker.rank}/{worker.world}] " if worker else ""
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format=f"%(asctime)s {prefix}%(name)s %(levelname)s %(message)s", force=True)
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # matplotlib's PDF font subsetting logs every glyph
     placement = {k: os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_JOB_PARTITION", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "CUDA_VISIBLE_DEVICES") if k in os.environ}
     if placement:  # where a cluster job ran and which accelerators it was given
         logging.getLogger("cxrgen").info("placement %s", " ".join(f"{k}={v}" for k, v in placement.items()))
+    if worker:
+        logging.getLogger("cxrgen").info("process %s", worker)
     try:
+        status = launch.relaunch(snakemake, stream)
+        if status is not None:
+            if status:
+                raise RuntimeError(f"rule {snakemake.rule}: its {launch.processes(snakemake)} processes exited with "
+                                   f"status {status}; see the ranks' messages above")
+            logging.getLogger("cxrgen").info("all %d processes finished", launch.processes(snakemake))
+            raise SystemExit(0)  # the workers ran the block; nothing left for this process
         threads = max(1, int(getattr(snakemake, "threads", 1)))
+        if worker:  # the job's threads are shared by the processes on this node
+            threads = max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", worker.world)))
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # read by torch at import
         if "torch" in sys.modules:  # already imported: cap it now (data-only rules never pay for the import)
             sys.modules["torch"].set_num_threads(threads)
         seed_everything(int(snakemake.config.get("seed", 0)))
         with _step_flops(snakemake, log_path):
             yield logging.getLogger(f"cxrgen.{snakemake.rule}")
+        if worker:
+            launch.end_process_group()
+    except SystemExit as stop:
+        if stop.code:
+            logging.getLogger("cxrgen").error("rule %s exited with status %s", snakemake.rule, stop.code)
+        raise
     except BaseException:
         logging.getLogger("cxrgen").exception("rule %s failed", snakemake.rule)
         raise
