@@ -21,7 +21,7 @@ rule adapt_textual_projection:
         "benchmarks/adapt/{adapted}.tsv"
     threads: workflow.cores
     resources:
-        gpu=1,
+        gpu=config["gpus"]["adapt_textual_projection"],
         mem_mb=4000,
         runtime=120,
     conda:
@@ -52,7 +52,7 @@ rule adapt_few_shot:
         "benchmarks/adapt/{adapted}.tsv"
     threads: workflow.cores
     resources:
-        gpu=1,
+        gpu=config["gpus"]["adapt_few_shot"],
         mem_mb=4000,
         runtime=120,
     conda:

@@ -88,7 +88,7 @@ rule cheff_autoencoder:
         "benchmarks/cheff/autoencoder.tsv"
     threads: workflow.cores
     resources:
-        gpu=1,
+        gpu=config["gpus"]["cheff_autoencoder"],
         mem_mb=8000,
         runtime=240,
     conda:
@@ -117,7 +117,7 @@ rule cheff_sdm:
         "benchmarks/cheff/sdm_{variant}.tsv"
     threads: workflow.cores
     resources:
-        gpu=1,
+        gpu=config["gpus"]["cheff_sdm"],
         mem_mb=8000,
         runtime=720,
     conda:
@@ -142,7 +142,7 @@ rule cheff_sr_base:
         "benchmarks/cheff/sr_base.tsv"
     threads: workflow.cores
     resources:
-        gpu=1,
+        gpu=config["gpus"]["cheff_sr"],
         mem_mb=16000,
         runtime=1440,
     conda:
@@ -169,7 +169,7 @@ rule cheff_sr_fine:
         "benchmarks/cheff/sr_fine.tsv"
     threads: workflow.cores
     resources:
-        gpu=1,
+        gpu=config["gpus"]["cheff_sr"],
         mem_mb=16000,
         runtime=1440,
     conda:

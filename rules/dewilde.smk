@@ -28,7 +28,7 @@ rule dewilde_embedding:
         "benchmarks/dewilde/embedding_{cls}_v{vectors}_n{cases}.tsv"
     threads: workflow.cores
     resources:
-        gpu=1,
+        gpu=config["gpus"]["dewilde_embedding"],
         mem_mb=4000,
         runtime=60,
     conda:
@@ -183,7 +183,7 @@ rule dewilde_classifier:
         "benchmarks/dewilde/classifier_seed{seed}.tsv"
     threads: workflow.cores
     resources:
-        gpu=1,
+        gpu=config["gpus"]["dewilde_classifier"],
         mem_mb=4000,
         runtime=60,
     conda:

@@ -17,7 +17,7 @@ if config["foundation"]["model"] == "build":
             "benchmarks/foundation.tsv"
         threads: workflow.cores
         resources:
-            gpu=1,
+            gpu=config["gpus"]["foundation"],
             mem_mb=4000,
             runtime=60,
         conda:

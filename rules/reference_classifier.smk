@@ -20,7 +20,7 @@ if config["reference_classifier"]["model"] == "train":
             "benchmarks/reference_classifier/train.tsv"
         threads: workflow.cores
         resources:
-            gpu=1,
+            gpu=config["gpus"]["reference_classifier"],
             mem_mb=4000,
             runtime=60,
         conda:

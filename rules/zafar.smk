@@ -48,7 +48,7 @@ rule zafar_train:
         "benchmarks/zafar/train_{name}.tsv"
     threads: workflow.cores
     resources:
-        gpu=1,
+        gpu=config["gpus"]["zafar_train"],
         mem_mb=8000,
         runtime=240,
     conda:
@@ -73,7 +73,7 @@ rule zafar_attribute_classifier:
         "benchmarks/zafar/attribute_classifier.tsv"
     threads: workflow.cores
     resources:
-        gpu=1,
+        gpu=config["gpus"]["zafar_classifier"],
         mem_mb=4000,
         runtime=60,
     conda:
@@ -95,7 +95,7 @@ rule zafar_corpus_classifier:
         "benchmarks/zafar/corpus_classifier.tsv"
     threads: workflow.cores
     resources:
-        gpu=1,
+        gpu=config["gpus"]["zafar_classifier"],
         mem_mb=4000,
         runtime=60,
     conda:

@@ -182,14 +182,41 @@ def test_gpu_only_profile_keeps_cpu_rules_on_the_submit_host(workdir):
     assert where.get("SLURM_JOB_PARTITION") == "gpu" and where.get("CUDA_VISIBLE_DEVICES") in ("0", "1"), where
 
 
+def _smoke_with(workdir, name: str, overlay: str, target: str):
+    """The smoke config plus ``overlay`` (YAML written to ``name``) on the test cluster, for ``target``."""
+    (workdir / name).write_text(overlay)
+    return _snakemake(workdir, "--workflow-profile", "profiles/slurm-ci", "--configfile", "configs/smoke.yaml",
+                      str(workdir / name), "--", target)
+
+
 def test_a_failing_slurm_job_fails_the_run_and_names_its_log(workdir):
-    bad = workdir / "bad.yaml"
-    bad.write_text("foundation:\n  overrides: {no_such_setting: 1}\n")
-    proc, _ = _snakemake(workdir, "--workflow-profile", "profiles/slurm-ci", "--configfile", "configs/smoke.yaml",
-                         str(bad), "--", "results/models/foundation")
+    proc, _ = _smoke_with(workdir, "bad.yaml", "foundation:\n  overrides: {no_such_setting: 1}\n",
+                          "results/models/foundation")
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-4000:]
     assert re.search(r"Error in rule foundation", out), out[-4000:]
     assert "logs/foundation.log" in out, out[-4000:]
     assert re.search(r"\.snakemake/slurm_logs/rule_foundation/\S*\d+\.log", out), out[-4000:]
     assert "no_such_setting" in (workdir / "logs" / "foundation.log").read_text()
+
+
+def test_a_two_gpu_cheff_stage_is_one_slurm_job_of_two_processes(workdir):
+    # gpus.cheff_autoencoder: 2 -> resources gpu=2 -> sbatch/srun --gpus=2 (two fake GPUs) -> accelerate launch runs
+    # two ranks (CPU processes over gloo: the fake GPUs are no devices)
+    proc, seconds = _smoke_with(workdir, "two_gpus.yaml", "gpus: {cheff_autoencoder: 2}\n"
+                                "cheff: {preset: smoke, autoencoder: {steps: 2}}\n", "results/models/cheff/autoencoder")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    print(f"\n2-GPU cheff_autoencoder on SLURM (with its data jobs): {seconds:.1f} s")
+    assert re.search(r"rule cheff_autoencoder:(?:\n.*)*?\n\s+resources: .*\bgpu=2\b", out), out[-6000:]
+    assert _jobs(out)["cheff_autoencoder"]["partitions"] == {"gpu"}
+    log = workdir / "logs" / "cheff" / "autoencoder.log"
+    text = log.read_text()
+    where = _placement(log)
+    assert where.get("SLURM_JOB_PARTITION") == "gpu" and where.get("CUDA_VISIBLE_DEVICES") == "0,1", where
+    assert sorted(set(re.findall(r"process rank (\d) of (\d)", text))) == [("0", "2"), ("1", "2")], text[-4000:]
+    assert "all 2 processes finished" in text
+    job = subprocess.run(["scontrol", "show", "job", where["SLURM_JOB_ID"]], capture_output=True, text=True,
+                         env=_env()).stdout
+    assert re.search(r"gres[/:]gpu(?::fake)?[=:]2\b", job), job  # TresPerJob=gres:gpu:2 or TRES ...gres/gpu=2
+    assert (workdir / "results" / "models" / "cheff" / "autoencoder").is_dir()

@@ -159,7 +159,8 @@ def relaunch(snakemake, stream) -> int | None:
     if n == 1:
         return None
     threads = max(1, int(getattr(snakemake, "threads", 1)))
-    devices = cuda_device_count()
+    in_node = m == 1 or bool(os.environ.get(NODE_TASK))
+    devices = cuda_device_count() if in_node else 0
     if devices and devices < n // m:
         raise InputError(f"rule {snakemake.rule}: resources gpu={n} over {m} node(s) needs {n // m} CUDA device(s) "
                          f"per node; this node has {devices}")
@@ -176,7 +177,7 @@ def relaunch(snakemake, stream) -> int | None:
     if not (os.environ.get("SLURM_JOB_ID") and shutil.which("srun")):
         raise InputError(f"rule {snakemake.rule}: resources nodes={m} needs a SLURM allocation (srun and "
                          "SLURM_JOB_ID); expected the job to run through profiles/slurm with nodes set there")
-    srun = ["srun", f"--nodes={m}", f"--ntasks={m}", "--ntasks-per-node=1", f"--cpus-per-task={threads}"]
-    if devices:
-        srun.append(f"--gpus-per-node={n // m}")
+    # the allocation's GPUs, n / m on each node (a step gets no GPU it does not ask for)
+    srun = ["srun", f"--nodes={m}", f"--ntasks={m}", "--ntasks-per-node=1", f"--cpus-per-task={threads}",
+            f"--gpus-per-node={n // m}"]
     return _run([*srun, sys.executable, _script()], {**os.environ, NODE_TASK: "1"}, stream)
