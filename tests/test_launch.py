@@ -123,3 +123,33 @@ def test_worker_environment_uses_gloo_without_cuda_and_shares_the_threads():
     env = launch.worker_env(2, threads=8, cuda_devices=0, env={})
     assert env == {launch.LAUNCHED: "1", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "4"}
     assert "ACCELERATE_USE_CPU" not in launch.worker_env(2, threads=8, cuda_devices=2, env={})
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _dry_run(tmp_path, overlay: str, *args):
+    cfg = tmp_path / "gpus.yaml"
+    cfg.write_text(overlay)
+    return subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(cfg), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _planned_gpus(output: str) -> dict:
+    """rule -> the gpu resource of its planned job, from the dry run's job announcements."""
+    return {m.group(1): int(m.group(2))
+            for m in re.finditer(r"^rule (\w+):\n(?:\s+\w+: .*\n)*?\s+resources: .*?\bgpu=(\d+)", output, re.M)}
+
+
+def test_the_gpus_config_sets_a_training_rules_gpu_resource(tmp_path):
+    proc = _dry_run(tmp_path, "gpus: {cheff_sdm: 4}\n", "--resources", "gpu=4", "--", "results/models/cheff/sdm_report")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _planned_gpus(proc.stdout) == {"cheff_autoencoder": 1, "cheff_sdm": 4}, proc.stdout[-3000:]
+
+
+@pytest.mark.parametrize("overlay, named", [("gpus: {cheff_sdm: 0}\n", "cheff_sdm"),
+                                            ("gpus: {cheff_sdms: 2}\n", "cheff_sdms")])
+def test_a_bad_gpus_entry_stops_the_run_naming_it(tmp_path, overlay, named):
+    proc = _dry_run(tmp_path, overlay)
+    assert proc.returncode != 0
+    assert named in proc.stdout + proc.stderr and "gpus" in proc.stdout + proc.stderr
