@@ -21,15 +21,17 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ("training", "sampling", "metrics", "snakemake", "gpu")
+BENCHES = ("training", "sampling", "metrics", "snakemake", "gpu", "memory")
+#: what a plain `bench/run.py` runs: memory writes and reads 11k images (minutes), so it runs when named
+DEFAULT_BENCHES = ("training", "sampling", "metrics", "snakemake", "gpu")
 #: what the issue asks of each ratio (printed beside the figures; never an exit status)
 TARGETS = {"training": (1.0, 1.5), "sampling": (1.0, 1.0)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", default=",".join(BENCHES),
-                    help=f"comma-separated subset of {','.join(BENCHES)} (default: all)")
+    ap.add_argument("--only", default=",".join(DEFAULT_BENCHES),
+                    help=f"comma-separated subset of {','.join(BENCHES)} (default: all but memory)")
     ap.add_argument("--foundation", default="default", choices=("default", "smoke"),
                     help="tiny foundation architecture: the embedded workflow's (default) or the tests' (smoke)")
     ap.add_argument("--foundation-dir", help="use this foundation pipeline folder instead of building one")
@@ -48,6 +50,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="minimal sizes (a smoke check of the bench code; the figures mean little)")
     ap.add_argument("--workdir", help="folder of a completed workflow run, for the Snakemake no-op dry run")
     ap.add_argument("--snakemake-args", default="", help="extra arguments for the --workdir dry run")
+    ap.add_argument("--memory-sizes", default="1000,10000",
+                    help="memory: dataset sizes (images) the Cheff stage trains on (default %(default)s)")
+    ap.add_argument("--memory-stage", default="autoencoder", choices=("autoencoder", "sdm", "sr"),
+                    help="memory: the Cheff stage measured (default %(default)s)")
     ap.add_argument("--tflops", type=float, default=None, help="GPU estimate: sustained fp16 TFLOP/s")
     ap.add_argument("--json", help="also write every figure to this JSON file")
     a = ap.parse_args(argv)
@@ -57,6 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error(f"unknown benchmark(s) {bad}; expected some of {list(BENCHES)}")
     if a.quick:
         a.steps, a.warmup, a.repeats, a.sample_n, a.sample_steps, a.sample_repeats = 3, 1, 1, 2, 2, 1
+        a.memory_sizes = "20,60"
     return a
 
 
@@ -133,6 +140,13 @@ def main(argv=None) -> int:
             from bench import snakemake_overhead
 
             rows += snakemake_overhead.run(a.workdir, a.snakemake_args.split(), repeats=1 if a.quick else 3, log=log)
+        elif bench == "memory":
+            from bench import cheff_memory
+
+            sizes = [int(x) for x in a.memory_sizes.split(",") if x.strip()]
+            mem = cheff_memory.run(sizes, a.memory_stage, steps=1 if a.quick else 3, batch_size=2 if a.quick else 8,
+                                   log=log)
+            rows += cheff_memory.bench_rows(mem)
         elif bench == "gpu":
             from bench import gpu_estimate
 

@@ -98,3 +98,16 @@ def test_run_py_quick_metrics_exit_status(capsys, monkeypatch, one_thread):
     assert run.main(["--only", "metrics", "--quick", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "agreement checks: all within tolerance" in out and "| metrics" in out
+
+
+def test_cheff_memory_bench_measures_one_stage_at_two_dataset_sizes(tmp_path):
+    from bench import cheff_memory
+
+    rows = cheff_memory.run(sizes=(20, 40), stage="autoencoder", steps=1, batch_size=2, hr_size=32,
+                            workdir=tmp_path, preset="smoke", log=lambda *a: None)
+    assert [r["images"] for r in rows] == [20, 40]
+    assert 0 < rows[0]["train_images"] < rows[1]["train_images"] <= 40
+    assert all(_positive(r["peak_tree_pss_mb"]) and _positive(r["peak_rss_mb"]) for r in rows)
+    figures = cheff_memory.bench_rows(rows)
+    assert [r.unit for r in figures] == ["MB", "MB"] and all(r.lower_is_better and _positive(r.ratio) for r in figures)
+    assert f"{rows[1]['train_images']} vs {rows[0]['train_images']} train images" in figures[0].note

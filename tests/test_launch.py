@@ -153,3 +153,21 @@ def test_a_bad_gpus_entry_stops_the_run_naming_it(tmp_path, overlay, named):
     proc = _dry_run(tmp_path, overlay)
     assert proc.returncode != 0
     assert named in proc.stdout + proc.stderr and "gpus" in proc.stdout + proc.stderr
+
+
+def test_a_multi_process_job_whose_code_never_joins_the_group_fails(tmp_path):
+    script = tmp_path / "lonely.py"
+    script.write_text(textwrap.dedent(f"""
+        import types
+        from cxrgen.workflow import script_context
+        snakemake = types.SimpleNamespace(log=[{str(tmp_path / 'lonely.log')!r}], rule="lonely", threads=2,
+                                          config={{"seed": 0}}, resources={{"gpu": 2}})
+        with script_context(snakemake) as log:
+            log.info("training alone")
+        """))
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop(launch.LAUNCHED, None)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    text = (tmp_path / "lonely.log").read_text()
+    assert proc.returncode != 0
+    assert text.count("training alone") == 2 and "never joined their process group" in text, text

@@ -62,12 +62,22 @@ def current_rank(env=None) -> Rank:
     return Rank(rank, world, local, rank // max(1, local_world))
 
 
-def end_process_group() -> None:
-    """A worker's clean exit: wait for the other ranks, then close the process group (a worker that exits with it
-    open can abort in gloo's threads, "terminate called without an active exception", failing the job)."""
-    import torch.distributed as dist
+def finish_worker(rule: str, rank: Rank) -> None:
+    """A worker's end: check that the job's code joined the process group, then leave it cleanly.
 
-    if dist.is_available() and dist.is_initialized():
+    A body whose trainer never made an ``Accelerator`` (or process group) ran N independent copies of the whole job:
+    that is an error, not N-fold data parallelism. Leaving: wait for the other ranks, then close the group (a worker
+    that exits with it open can abort in gloo's threads, "terminate called without an active exception")."""
+    import torch.distributed as dist
+    from accelerate.state import PartialState
+
+    joined = dist.is_available() and dist.is_initialized()
+    # a trainer may have closed the group itself (Accelerator.end_training); accelerate's state still shows the world
+    if not joined and PartialState._shared_state.get("num_processes", 1) != rank.world:
+        raise RuntimeError(f"rule {rule} ran as {rank.world} processes, but its code never joined their process "
+                           "group (its trainer does not use accelerate): each process ran the whole job alone; "
+                           "set its gpus entry to 1")
+    if joined:
         dist.barrier()
         dist.destroy_process_group()
 

@@ -82,7 +82,7 @@ def script_context(snakemake):
         with _step_flops(snakemake, log_path):
             yield logging.getLogger(f"cxrgen.{snakemake.rule}")
         if worker:
-            launch.end_process_group()
+            launch.finish_worker(snakemake.rule, worker)
     except SystemExit as stop:
         if stop.code:
             logging.getLogger("cxrgen").error("rule %s exited with status %s", snakemake.rule, stop.code)
