@@ -178,7 +178,7 @@ def table(rows: list[dict]) -> str:
     from bench.common import markdown_table
 
     body = [[r["stage"], str(r["images"]), str(r["train_images"]), str(r["batch_size"]), str(r["steps"]),
-             r["peak_tree_pss_mb"], r["peak_rss_mb"], r["stage_s"]] for r in rows]
+             f"{r['peak_tree_pss_mb']:.0f}", f"{r['peak_rss_mb']:.0f}", f"{r['stage_s']:.0f}"] for r in rows]
     return markdown_table(["stage", "images", "MaCheX train", "batch", "steps", "peak PSS MB (tree)",
                            "peak RSS MB (main)", "stage s"], body)
 
