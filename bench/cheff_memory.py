@@ -215,7 +215,7 @@ def main(argv=None) -> int:
     rows = run(sizes, a.stage, a.steps, a.batch_size, a.hr_size, a.workdir, a.preset,
                log=lambda *x: print(*x, file=sys.stderr, flush=True))
     print(f"# peak memory of the Cheff {a.stage} stage against dataset size (same batch {a.batch_size}, "
-          f"{a.steps} steps; miniature sizes, phantom images)\n")
+          f"{a.steps} steps; Cheff preset {a.preset}, x_HR {a.hr_size} px, phantom images)\n")
     print(table(rows))
     if len(rows) > 1:
         for r in bench_rows(rows):
