@@ -171,3 +171,35 @@ def test_a_multi_process_job_whose_code_never_joins_the_group_fails(tmp_path):
     text = (tmp_path / "lonely.log").read_text()
     assert proc.returncode != 0
     assert text.count("training alone") == 2 and "never joined their process group" in text, text
+
+
+def test_terminating_the_job_stops_its_workers(tmp_path):
+    """A preempted / cancelled job (SIGTERM to the process Snakemake started) leaves no worker running."""
+    import signal
+    import time
+
+    import psutil
+
+    log = tmp_path / "term.log"
+    script = tmp_path / "term.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, time, types
+        from cxrgen.workflow import script_context
+        snakemake = types.SimpleNamespace(log=[{str(log)!r}], rule="term", threads=2, config={{"seed": 0}},
+                                          resources={{"gpu": 2}})
+        with script_context(snakemake) as log:
+            log.info("worker pid %d ready", os.getpid())
+            time.sleep(120)
+        """))
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop(launch.LAUNCHED, None)
+    job = subprocess.Popen([sys.executable, str(script)], env=env)
+    deadline = time.monotonic() + 240
+    while len(pids := re.findall(r"worker pid (\d+) ready", log.read_text() if log.is_file() else "")) < 2:
+        assert time.monotonic() < deadline and job.poll() is None, log.read_text() if log.is_file() else ""
+        time.sleep(0.5)
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=60) != 0
+    time.sleep(1)
+    alive = [p for p in map(int, pids) if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], log.read_text()

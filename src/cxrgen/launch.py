@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -141,10 +142,19 @@ def cuda_device_count() -> int:
 
 
 def _run(cmd: list[str], env: dict, stream) -> int:
+    """Run the launcher and wait; SIGTERM / SIGINT reaching this process (a preempted or cancelled job) go on to it,
+    and torchrun passes them to the workers, so none is left behind."""
     log.info("launching: %s", " ".join(cmd))
     for h in logging.getLogger().handlers:
         h.flush()
-    return subprocess.run(cmd, env=env, stdout=stream, stderr=subprocess.STDOUT).returncode
+    proc = subprocess.Popen(cmd, env=env, stdout=stream, stderr=subprocess.STDOUT)
+    forward = {sig: signal.signal(sig, lambda signum, frame: proc.send_signal(signum))
+               for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in forward.items():
+            signal.signal(sig, handler)
 
 
 def _script() -> str:
