@@ -3,7 +3,8 @@
 Layout of a checkpoint folder::
 
     <name>.safetensors   one file per model (``save_file`` of its state_dict)
-    state.pt             optimizer / lr-scheduler state, step, RNG states, extra (weights_only-safe)
+    state.pt             optimizer / lr-scheduler state, step, RNG states (Python, NumPy, torch CPU and, once
+                         CUDA is initialised, every CUDA device's), extra (weights_only-safe)
 
 Written atomically, so a killed job leaves either the previous checkpoint or the new one.
 ``load_checkpoint`` reads with ``torch.load(weights_only=True)``.
@@ -38,6 +39,8 @@ def get_rng_state(generators: Mapping[str, torch.Generator] | None = None) -> di
             float(np_state[4]),
         ],
         "torch": torch.get_rng_state(),
+        # only once CUDA is in use: querying it would otherwise initialise CUDA in CPU-only runs
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
         "generators": {k: g.get_state() for k, g in (generators or {}).items()},
     }
 
@@ -48,6 +51,9 @@ def set_rng_state(state: dict, generators: Mapping[str, torch.Generator] | None 
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
     for k, g in (generators or {}).items():
         if k in state["generators"]:
             g.set_state(state["generators"][k])
@@ -92,7 +98,7 @@ def load_checkpoint(
     path = Path(path)
     for name, m in models.items():
         m.load_state_dict(load_file(str(path / f"{name}.safetensors")))
-    state = torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")
+    state = read_checkpoint_state(path)
     if optimizer is not None and state["optimizer"] is not None:
         optimizer.load_state_dict(state["optimizer"])
     if lr_scheduler is not None and state["lr_scheduler"] is not None:
@@ -100,6 +106,11 @@ def load_checkpoint(
     if restore_rng:
         set_rng_state(state["rng"], generators)
     return state
+
+
+def read_checkpoint_state(path: str | os.PathLike) -> dict:
+    """The checkpoint's ``state.pt`` (step, optimizer, RNG, extra) without touching any model."""
+    return torch.load(Path(path) / STATE_FILE, weights_only=True, map_location="cpu")
 
 
 def has_checkpoint(path: str | os.PathLike) -> bool:

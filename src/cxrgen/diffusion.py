@@ -86,8 +86,13 @@ def diffusion_loss(
     timesteps: torch.Tensor | None = None,
     noise_offset: float = 0.0,
     reduction: str = "mean",
+    rows: slice | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean diffusion training loss for one batch (optionally Min-SNR-gamma weighted).
+
+    ``rows`` (a slice or index tensor into the batch; None = all): the rows this process computes in a
+    distributed run (``Engine.local_rows``). Noise and timesteps are drawn for the whole batch first, so every
+    process draws the same numbers as a single process would; ``text_emb`` holds the ``rows`` rows only.
 
     ``noise``/``timesteps`` are drawn from ``generator`` (a CPU ``torch.Generator``) unless given.
     ``noise_offset`` > 0 adds ``noise_offset * N(0, 1)`` per sample and channel to drawn noise (the
@@ -103,6 +108,8 @@ def diffusion_loss(
             n = n + noise_offset * off.to(latents.device)
         noise = n if noise is None else noise
         timesteps = t if timesteps is None else timesteps
+    if rows is not None:
+        latents, noise, timesteps = latents[rows], noise[rows], timesteps[rows]
     noisy, target = add_noise_and_target(scheduler, latents, noise, timesteps)
     pred = unet(noisy, timesteps, encoder_hidden_states=text_emb).sample
     if snr_gamma is None:

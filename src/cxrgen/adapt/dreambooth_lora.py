@@ -366,9 +366,9 @@ def train_lora(foundation, images, prompts, cfg: DreamBoothLoRAConfig, out_dir, 
     from peft.utils import get_peft_model_state_dict
 
     from cxrgen.adapt.unet_finetune import ensure_class_images, prior_preservation_loss
-    pixels, prompts, accelerator, pipe = prepare_prompted_training(foundation, images, prompts, cfg, DreamBoothLoRAConfig)
+    pixels, prompts, engine, pipe = prepare_prompted_training(foundation, images, prompts, cfg, DreamBoothLoRAConfig)
     out_dir = Path(out_dir)
-    device = accelerator.device
+    device = engine.device
     tokenizer, text_encoder, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
     total_params = sum(p.numel() for m in (unet, text_encoder) for p in m.parameters())
     tokens = prompt_token_stats(tokenizer, prompts)
@@ -376,10 +376,12 @@ def train_lora(foundation, images, prompts, cfg: DreamBoothLoRAConfig, out_dir, 
     class_pixels = None
     if cfg.prior_preservation:  # sampled from the untouched foundation, before any adapter exists
         cdir = Path(class_images_dir) if class_images_dir else partial_dir(out_dir) / "class_images"
-        class_pixels = images_to_tensor(ensure_class_images(pipe, cfg, cdir, str(foundation), progress),
-                                        cfg.resolution, what="class images")
+        with engine.accelerator.main_process_first():  # the main process fills the cache, the others read it
+            class_pixels = images_to_tensor(ensure_class_images(pipe, cfg, cdir, str(foundation), progress),
+                                            cfg.resolution, what="class images")
     sampler = StepSampler(pipe, cfg, list(cfg.sample_prompts) or prompts[:1], partial_dir(out_dir) / STEP_DIR)
-    sampler.maybe_sample(0)
+    if engine.is_main:  # the step samples are written once, by the main process
+        sampler.maybe_sample(0)
 
     for m in (vae, text_encoder, unet):
         m.requires_grad_(False)
@@ -415,21 +417,24 @@ def train_lora(foundation, images, prompts, cfg: DreamBoothLoRAConfig, out_dir, 
         state["step"] = micro // cfg.gradient_accumulation_steps + 1
         idx = stream.batch(micro).to(device)
         lat = latents.sample(idx, gen)
-        emb = table[prompt_idx[idx]] if table is not None else text_encoder(ids[prompt_idx[idx]])[0]
+        rows = engine.local_rows(len(idx))
+        mine = prompt_idx[idx[rows]]
+        emb = table[mine] if table is not None else text_encoder(ids[mine])[0]
         if class_pixels is None:
             loss = diffusion_loss(unet, scheduler, lat, emb, gen, snr_gamma=cfg.snr_gamma,
-                                  noise_offset=float(cfg.noise_offset))
+                                  noise_offset=float(cfg.noise_offset), rows=rows)
             return loss, {}
         cidx = class_stream.batch(micro).to(device)
         clat = class_latents.sample(cidx, gen)
         cemb = class_table if class_table is not None else text_encoder(class_ids)[0]
         loss, inst, prior = prior_preservation_loss(
-            unet, scheduler, lat, emb, clat, cemb.expand(len(cidx), -1, -1), cfg.prior_loss_weight, gen,
-            snr_gamma=cfg.snr_gamma, noise_offset=float(cfg.noise_offset))
+            unet, scheduler, lat, emb, clat, cemb.expand(len(emb), -1, -1), cfg.prior_loss_weight, gen,
+            snr_gamma=cfg.snr_gamma, noise_offset=float(cfg.noise_offset), rows=rows)
         return loss, {"instance_loss": float(inst.detach()), "prior_loss": float(prior.detach())}
 
     def after_step():
-        sampler.maybe_sample(state["step"], modules=(unet, text_encoder))
+        if engine.is_main:
+            sampler.maybe_sample(state["step"], modules=(unet, text_encoder))
 
     params = [p for m in (unet, text_encoder) for p in m.parameters() if p.requires_grad]
     modules = {"unet_lora": TrainableState(unet)}
@@ -437,7 +442,7 @@ def train_lora(foundation, images, prompts, cfg: DreamBoothLoRAConfig, out_dir, 
         modules["text_encoder_lora"] = TrainableState(text_encoder)
     task = TrainTask(params=params, state_modules=modules, loss_fn=loss_fn, after_step=after_step,
                      desc="dreambooth lora")
-    result = run_training(cfg, task, partial_dir(out_dir) / "checkpoint", accelerator, progress)
+    result = run_training(cfg, task, partial_dir(out_dir) / "checkpoint", engine, progress)
     if not result.finished:
         return summarise(result, out_dir, "lora", {"checkpoint": str(partial_dir(out_dir))})
     unet.eval()
@@ -472,7 +477,7 @@ def train_lora(foundation, images, prompts, cfg: DreamBoothLoRAConfig, out_dir, 
             text_encoder_lora_adapter_metadata=text_lora.to_dict() if text_lora else None)
         sampler.write(d)
 
-    finish_output(out_dir, write, result.rows, train_config, adapter)
+    finish_output(out_dir, write, result.rows, train_config, adapter, engine)
     return summarise(result, out_dir, "lora", {"trainable_params": trainable, **tokens})
 
 

@@ -75,13 +75,14 @@ def train_full(foundation, images, prompts, cfg: FullFinetuneConfig, out_dir, pr
     trainable / total parameters, ...), ``step_samples/``, ``training_log.csv``, ``loss_curve.png/.pdf`` and
     ``train_config.json``. Returns a summary dict.
     """
-    pixels, prompts, accelerator, pipe = prepare_prompted_training(foundation, images, prompts, cfg, FullFinetuneConfig)
+    pixels, prompts, engine, pipe = prepare_prompted_training(foundation, images, prompts, cfg, FullFinetuneConfig)
     out_dir = Path(out_dir)
-    device = accelerator.device
+    device = engine.device
     tokenizer, text_encoder, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
     tokens = prompt_token_stats(tokenizer, prompts)
     sampler = StepSampler(pipe, cfg, list(cfg.sample_prompts) or prompts[:1], partial_dir(out_dir) / STEP_DIR)
-    sampler.maybe_sample(0)
+    if engine.is_main:  # the step samples are written once, by the main process
+        sampler.maybe_sample(0)
 
     vae.requires_grad_(False)
     unet.requires_grad_(True)
@@ -113,18 +114,21 @@ def train_full(foundation, images, prompts, cfg: FullFinetuneConfig, out_dir, pr
         state["step"] = micro // cfg.gradient_accumulation_steps + 1
         idx = stream.batch(micro).to(device)
         lat = latents.sample(idx, gen)
-        emb = text_encoder(ids[prompt_idx[idx]])[0] if cfg.train_text_encoder else frozen_table[prompt_idx[idx]]
+        rows = engine.local_rows(len(idx))
+        mine = prompt_idx[idx[rows]]
+        emb = text_encoder(ids[mine])[0] if cfg.train_text_encoder else frozen_table[mine]
         return diffusion_loss(unet, scheduler, lat, emb, gen, snr_gamma=cfg.snr_gamma,
-                              noise_offset=float(cfg.noise_offset)), {}
+                              noise_offset=float(cfg.noise_offset), rows=rows), {}
 
     def after_step():
-        sampler.maybe_sample(state["step"], modules=(unet, text_encoder))
+        if engine.is_main:
+            sampler.maybe_sample(state["step"], modules=(unet, text_encoder))
 
     params = [p for m in (unet, text_encoder) for p in m.parameters() if p.requires_grad]
     modules = {"unet": unet, **({"text_encoder": text_encoder} if cfg.train_text_encoder else {})}
     task = TrainTask(params=params, state_modules=modules, loss_fn=loss_fn, after_step=after_step,
                      desc="full fine-tuning")
-    result = run_training(cfg, task, partial_dir(out_dir) / "checkpoint", accelerator, progress)
+    result = run_training(cfg, task, partial_dir(out_dir) / "checkpoint", engine, progress)
     if not result.finished:
         return summarise(result, out_dir, "full", {"checkpoint": str(partial_dir(out_dir))})
     unet.eval()
@@ -149,7 +153,7 @@ def train_full(foundation, images, prompts, cfg: FullFinetuneConfig, out_dir, pr
             text_encoder.save_pretrained(d / "text_encoder", safe_serialization=True)
         sampler.write(d)
 
-    finish_output(out_dir, write, result.rows, train_config, adapter)
+    finish_output(out_dir, write, result.rows, train_config, adapter, engine)
     return summarise(result, out_dir, "full", {"trainable_params": trainable, **tokens})
 
 

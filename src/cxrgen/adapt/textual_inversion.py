@@ -31,7 +31,7 @@ from cxrgen.adapt.trainer import (
     check_resolution,
     finish_output,
     images_to_tensor,
-    make_accelerator,
+    make_engine,
     partial_dir,
     run_training,
     summarise,
@@ -215,8 +215,8 @@ def train_textual_inversion(foundation, images, prompts_or_none, cfg: TextualInv
         if prompts_or_none is not None:
             prompts_or_none = [list(prompts_or_none)[i] for i in pick]
     pixels = images_to_tensor(images, cfg.resolution)
-    accelerator = make_accelerator(cfg.mixed_precision)
-    device = accelerator.device
+    engine = make_engine(cfg)
+    device = engine.device
 
     pipe = load_pipeline(foundation)
     check_resolution(pipe, cfg.resolution)
@@ -269,15 +269,16 @@ def train_textual_inversion(foundation, images, prompts_or_none, cfg: TextualInv
             pick = torch.randint(len(choices), (len(idx),), generator=gen)
         else:
             pick = idx
-        emb = text_encoder(choices[pick].to(device))[0]
+        rows = engine.local_rows(len(idx))
+        emb = text_encoder(choices[pick[rows]].to(device))[0]
         loss = diffusion_loss(unet, scheduler, lat, emb.to(lat.dtype), gen, snr_gamma=cfg.snr_gamma,
-                              noise_offset=float(cfg.noise_offset))
+                              noise_offset=float(cfg.noise_offset), rows=rows)
         return loss, {}
 
     task = TrainTask(params=[embedding.weight], state_modules={"token_embedding": embedding},
                      loss_fn=loss_fn, after_step=restore_rows, desc="textual inversion")
     out_dir = Path(out_dir)
-    result = run_training(cfg, task, partial_dir(out_dir) / "checkpoint", accelerator, progress)
+    result = run_training(cfg, task, partial_dir(out_dir) / "checkpoint", engine, progress)
     if not result.finished:
         return summarise(result, out_dir, "textual_inversion", {"checkpoint": str(partial_dir(out_dir))})
 
@@ -301,7 +302,7 @@ def train_textual_inversion(foundation, images, prompts_or_none, cfg: TextualInv
                     "n_images": int(len(pixels)), "prompts": prompts, "device": str(device),
                     "train_seconds": result.seconds, "resumed_from": result.resumed_from}
     finish_output(out_dir, lambda d: save_learned_embeds(text_encoder, info["ids"], cfg.token, d / EMBEDS_FILE),
-                  result.rows, train_config, adapter)
+                  result.rows, train_config, adapter, engine)
     return summarise(result, out_dir, "textual_inversion", {"token": cfg.token, "tokens": info["tokens"]})
 
 

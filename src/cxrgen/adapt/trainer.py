@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import logging
 import os
 import shutil
 import sys
@@ -33,15 +34,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxrgen.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from cxrgen.engine import MIXED_PRECISION, Engine, RuntimeConfig
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path
 
 LOG_FILE = "training_log.csv"
 CURVE_STEM = "loss_curve"
+log = logging.getLogger(__name__)
 CONFIG_FILE = "train_config.json"
 ADAPTER_FILE = "adapter.json"
-MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 # keys that may change between an interrupted run and its resumption without invalidating the checkpoint
 _RESUME_FREE = {"stop_after", "num_threads", "checkpoint_every"}
@@ -51,8 +52,10 @@ _RESUME_FREE = {"stop_after", "num_threads", "checkpoint_every"}
 class TrainConfig:
     """Settings of the shared loop (method configs subclass this and add their own fields).
 
-    steps: optimizer steps. batch_size: images per micro-batch; gradient_accumulation_steps micro-batches
-    make one step. lr: AdamW learning rate, multiplied by ``batch_size * gradient_accumulation_steps`` when
+    steps: optimizer steps. batch_size: images per micro-batch summed over all processes;
+    gradient_accumulation_steps micro-batches make one step, so the global batch of a step is
+    ``batch_size * gradient_accumulation_steps`` whatever the process count (each of N processes takes
+    ``batch_size / N`` images of every micro-batch; see :mod:`cxrgen.engine`). lr: AdamW learning rate, multiplied by ``batch_size * gradient_accumulation_steps`` when
     ``scale_lr`` (diffusers' ``--scale_lr``). lr_scheduler: a diffusers ``get_scheduler`` name; warmup: its
     warm-up steps. mixed_precision: "no" | "fp16" | "bf16" (accelerate autocast). gradient_checkpointing:
     trade compute for memory in the U-Net (and text encoder). use_ema: keep an EMA (diffusers ``EMAModel``,
@@ -246,7 +249,7 @@ def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
 def prepare_prompted_training(foundation, images, prompts, cfg: TrainConfig, config_class: type):
     """Set-up shared by the trainers that pair each image with its own prompt (U-Net, LoRA, full fine-tuning):
     the config checked, the images as model-resolution pixels, the prompts checked (one non-empty string per image),
-    an accelerator, and the foundation pipeline on its device. Returns ``(pixels, prompts, accelerator, pipe)``."""
+    the training engine, and the foundation pipeline on its device. Returns ``(pixels, prompts, engine, pipe)``."""
     from cxrgen.models.registry import load_pipeline
 
     if not isinstance(cfg, config_class):
@@ -259,22 +262,21 @@ def prepare_prompted_training(foundation, images, prompts, cfg: TrainConfig, con
     if prompts is None or len(prompts) != len(pixels) or not all(isinstance(p, str) and p.strip() for p in prompts):
         raise InputError(f"prompts={prompts!r:.200}; expected one non-empty prompt string per image "
                          f"({len(pixels)} images)")
-    accelerator = make_accelerator(cfg.mixed_precision)
+    engine = make_engine(cfg)
     pipe = load_pipeline(foundation)
     check_resolution(pipe, cfg.resolution)
-    pipe.to(accelerator.device)
-    return pixels, prompts, accelerator, pipe
+    pipe.to(engine.device)
+    return pixels, prompts, engine, pipe
 
 
-def make_accelerator(mixed_precision: str):
-    """A fresh ``Accelerator`` (accelerate keeps a process-wide state; reset it so each run can pick its own
-    mixed-precision mode)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=1)
+def make_engine(cfg: TrainConfig) -> Engine:
+    """The training engine for an adaptation config (its mixed precision and gradient accumulation); checks that
+    ``batch_size`` splits evenly over the processes."""
+    engine = Engine(RuntimeConfig(mixed_precision=cfg.mixed_precision,
+                                  gradient_accumulation_steps=cfg.gradient_accumulation_steps))
+    engine.micro_batch(cfg.batch_size * cfg.gradient_accumulation_steps,
+                       f"batch_size * gradient_accumulation_steps ({cfg.batch_size} x {cfg.gradient_accumulation_steps})")
+    return engine
 
 
 # ------------------------------------------------------------------------------------------------
@@ -311,51 +313,50 @@ def _comparable(cfg_dict: dict) -> dict:
     return {k: v for k, v in cfg_dict.items() if k not in _RESUME_FREE}
 
 
-def run_training(cfg: TrainConfig, task: TrainTask, checkpoint_dir: str | os.PathLike, accelerator,
+def run_training(cfg: TrainConfig, task: TrainTask, checkpoint_dir: str | os.PathLike, engine: Engine,
                  progress: bool = True) -> TrainResult:
-    """Run (or resume) ``cfg.steps`` optimizer steps of ``task``; checkpoints go to ``checkpoint_dir``."""
+    """Run (or resume, by :meth:`Engine.resume`'s policy) ``cfg.steps`` optimizer steps of ``task``; checkpoints
+    go to ``checkpoint_dir``.
+
+    The optimizer and LR scheduler are prepared by the engine; the task's gradients are averaged over the
+    processes once per step (its modules are called inside ``loss_fn``, not as one DDP module). The logged
+    loss is the mean over processes. Settings that may change between an interrupted run and its resumption:
+    ``stop_after``, ``num_threads``, ``checkpoint_every``.
+    """
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
     from tqdm import tqdm
 
+    accelerator = engine.accelerator
     ckpt = Path(checkpoint_dir)
     gen = torch.Generator().manual_seed(int(cfg.seed))
     optimizer = torch.optim.AdamW(task.params, lr=cfg.effective_lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
     lr_sched = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup,
                              num_training_steps=cfg.steps)
-    optimizer, lr_sched = accelerator.prepare(optimizer, lr_sched)
+    optimizer, lr_sched = engine.prepare(optimizer, lr_sched)
     ema = EMAModel(task.params, decay=cfg.ema_decay) if cfg.use_ema else None
 
     result = TrainResult()
-    cfg_now = _comparable(cfg.to_dict())
-    if has_checkpoint(ckpt):
-        st = load_checkpoint(ckpt, task.state_modules, optimizer, lr_sched, {"data": gen})
-        saved = st["extra"].get("config", {})
-        if saved != cfg_now:
-            diff = sorted(k for k in set(saved) | set(cfg_now) if saved.get(k) != cfg_now.get(k))
-            raise InputError(f"checkpoint {ckpt} was written with different settings ({diff}); expected the "
-                             f"same config to resume, or delete {ckpt} to start over")
+    settings = _comparable(cfg.to_dict())
+    st = engine.resume(ckpt, settings, task.state_modules, optimizer, lr_sched, {"data": gen})
+    if st is not None:
         result.step = result.resumed_from = int(st["step"])
         result.rows = list(st["extra"]["log"])
         if ema is not None:
             ema.load_state_dict(st["extra"]["ema"])
-        if accelerator.scaler is not None and st["extra"].get("scaler"):
-            accelerator.scaler.load_state_dict(st["extra"]["scaler"])
-        if progress:
-            print(f"[{task.desc}] resumed from step {result.step} ({ckpt})", file=sys.stderr, flush=True)
+        log.info("[%s] resumed from step %d (%s)", task.desc, result.step, ckpt)
 
     def checkpoint(step: int) -> None:
-        extra: dict[str, Any] = {"log": result.rows, "config": cfg_now}
+        extra: dict[str, Any] = {"log": result.rows}
         if ema is not None:
             extra["ema"] = ema.state_dict()
-        if accelerator.scaler is not None:
-            extra["scaler"] = accelerator.scaler.state_dict()
-        save_checkpoint(ckpt, task.state_modules, optimizer, lr_sched, step, {"data": gen}, extra=extra)
+        engine.save(ckpt, settings, task.state_modules, optimizer, lr_sched, step, {"data": gen}, extra=extra)
 
     t0 = time.perf_counter() - (result.rows[-1]["seconds"] if result.rows else 0.0)
     ga = cfg.gradient_accumulation_steps
-    bar = tqdm(total=cfg.steps, initial=result.step, disable=not progress, desc=task.desc, file=sys.stderr)
+    bar = tqdm(total=cfg.steps, initial=result.step, disable=not (progress and engine.is_main), desc=task.desc,
+               file=sys.stderr)
     for step in range(result.step + 1, cfg.steps + 1):
         optimizer.zero_grad(set_to_none=True)
         total, parts = 0.0, {}
@@ -363,11 +364,12 @@ def run_training(cfg: TrainConfig, task: TrainTask, checkpoint_dir: str | os.Pat
             with accelerator.autocast():
                 loss, logs = task.loss_fn((step - 1) * ga + micro, gen)
             accelerator.backward(loss / ga)
-            total += float(loss.detach()) / ga
+            total += engine.mean(loss) / ga
             for k, v in logs.items():
-                parts[k] = parts.get(k, 0.0) + float(v) / ga
+                parts[k] = parts.get(k, 0.0) + engine.mean(v) / ga
         if not math.isfinite(total):
             raise FloatingPointError(f"[{task.desc}] loss became {total} at step {step}; lower the lr")
+        engine.average_gradients(task.params)
         if cfg.max_grad_norm is not None:
             accelerator.clip_grad_norm_(task.params, float(cfg.max_grad_norm))
         lr_now = float(lr_sched.get_last_lr()[0])
@@ -388,9 +390,7 @@ def run_training(cfg: TrainConfig, task: TrainTask, checkpoint_dir: str | os.Pat
         if stopping:
             bar.close()
             result.seconds = result.rows[-1]["seconds"]
-            if progress:
-                print(f"[{task.desc}] stopped after step {step} (stop_after); checkpoint in {ckpt}",
-                      file=sys.stderr, flush=True)
+            log.info("[%s] stopped after step %d (stop_after); checkpoint in %s", task.desc, step, ckpt)
             return result
     bar.close()
     if ema is not None:
@@ -442,14 +442,20 @@ def write_training_outputs(folder: Path, rows: list[dict], train_config: dict, a
 
 
 def finish_output(out_dir: str | os.PathLike, write_artefacts: Callable[[Path], None], rows: list[dict],
-                  train_config: dict, adapter: dict) -> Path:
-    """Build the output folder in a temp sibling, rename it onto ``out_dir``, then drop the checkpoints."""
+                  train_config: dict, adapter: dict, engine: Engine | None = None) -> Path:
+    """Build the output folder in a temp sibling, rename it onto ``out_dir``, then drop the checkpoints.
+
+    With an ``engine``, only its main process writes; every process returns once the folder is in place.
+    """
     out_dir = Path(out_dir)
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        write_artefacts(tmp)
-        write_training_outputs(tmp, rows, train_config, adapter)
-    shutil.rmtree(partial_dir(out_dir), ignore_errors=True)
+    if engine is None or engine.is_main:
+        with atomic_path(out_dir) as tmp:
+            tmp.mkdir()
+            write_artefacts(tmp)
+            write_training_outputs(tmp, rows, train_config, adapter)
+        shutil.rmtree(partial_dir(out_dir), ignore_errors=True)
+    if engine is not None:
+        engine.accelerator.wait_for_everyone()
     return out_dir
 
 

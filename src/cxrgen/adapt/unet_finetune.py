@@ -103,17 +103,22 @@ class UNetFinetuneConfig(TrainConfig):
 
 def prior_preservation_loss(unet, scheduler, instance_latents, instance_emb, class_latents, class_emb,
                             prior_loss_weight: float, generator=None, snr_gamma=None, noise_offset: float = 0.0,
-                            noise=None, timesteps=None):
+                            noise=None, timesteps=None, rows: slice | None = None):
     """DreamBooth loss on one concatenated batch: returns ``(total, instance_loss, prior_loss)`` with
     ``total = instance_loss + prior_loss_weight * prior_loss``, each the mean over its half of the batch.
 
-    ``noise``/``timesteps`` cover the concatenated batch (instance rows first) when given.
+    ``noise``/``timesteps`` cover the concatenated batch (instance rows first) when given. ``rows``: this
+    process's rows of each half (``Engine.local_rows``; None = all); the embeddings hold those rows only.
     """
-    n = instance_latents.shape[0]
+    n, n_class = instance_latents.shape[0], class_latents.shape[0]
     latents = torch.cat([instance_latents, class_latents])
     emb = torch.cat([instance_emb, class_emb])
+    keep = None
+    if rows is not None:
+        keep = torch.cat([torch.arange(n)[rows], n + torch.arange(n_class)[rows]]).to(latents.device)
+        n = len(torch.arange(n)[rows])
     per = diffusion_loss(unet, scheduler, latents, emb, generator, snr_gamma=snr_gamma, noise=noise,
-                         timesteps=timesteps, noise_offset=noise_offset, reduction="none")
+                         timesteps=timesteps, noise_offset=noise_offset, reduction="none", rows=keep)
     inst, prior = per[:n].mean(), per[n:].mean()
     return inst + float(prior_loss_weight) * prior, inst, prior
 
@@ -172,20 +177,21 @@ def train_unet(foundation, images, prompts, cfg: UNetFinetuneConfig, out_dir, cl
     (method, foundation, prior_preservation, classes, ...), ``training_log.csv``, ``loss_curve.png/.pdf``
     and ``train_config.json``. Returns a summary dict.
     """
-    pixels, prompts, accelerator, pipe = prepare_prompted_training(foundation, images, prompts, cfg,
+    pixels, prompts, engine, pipe = prepare_prompted_training(foundation, images, prompts, cfg,
                                                                    UNetFinetuneConfig)
     if labels is not None and len(list(labels)) != len(pixels):
         raise InputError(f"{len(list(labels))} labels for {len(pixels)} images; expected one label per image")
     out_dir = Path(out_dir)
-    device = accelerator.device
+    device = engine.device
     tokenizer, text_encoder, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
 
     class_pixels = None
     if cfg.prior_preservation:
         # sampled before any training step, from the untouched foundation
         cdir = Path(class_images_dir) if class_images_dir else partial_dir(out_dir) / "class_images"
-        class_pixels = images_to_tensor(ensure_class_images(pipe, cfg, cdir, str(foundation), progress),
-                                        cfg.resolution, what="class images")
+        with engine.accelerator.main_process_first():  # the main process fills the cache, the others read it
+            class_pixels = images_to_tensor(ensure_class_images(pipe, cfg, cdir, str(foundation), progress),
+                                            cfg.resolution, what="class images")
 
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)
@@ -213,21 +219,22 @@ def train_unet(foundation, images, prompts, cfg: UNetFinetuneConfig, out_dir, cl
     def loss_fn(micro: int, gen: torch.Generator):
         idx = stream.batch(micro).to(device)
         lat = latents.sample(idx, gen)
-        emb = table[prompt_idx[idx]]
+        rows = engine.local_rows(len(idx))
+        emb = table[prompt_idx[idx[rows]]]
         if class_pixels is None:
             loss = diffusion_loss(unet, scheduler, lat, emb, gen, snr_gamma=cfg.snr_gamma,
-                                  noise_offset=float(cfg.noise_offset))
+                                  noise_offset=float(cfg.noise_offset), rows=rows)
             return loss, {}
         cidx = class_stream.batch(micro).to(device)
         clat = class_latents.sample(cidx, gen)
         loss, inst, prior = prior_preservation_loss(
-            unet, scheduler, lat, emb, clat, class_emb.expand(len(cidx), -1, -1), cfg.prior_loss_weight, gen,
-            snr_gamma=cfg.snr_gamma, noise_offset=float(cfg.noise_offset))
+            unet, scheduler, lat, emb, clat, class_emb.expand(len(emb), -1, -1), cfg.prior_loss_weight, gen,
+            snr_gamma=cfg.snr_gamma, noise_offset=float(cfg.noise_offset), rows=rows)
         return loss, {"instance_loss": float(inst.detach()), "prior_loss": float(prior.detach())}
 
     params = [p for p in unet.parameters() if p.requires_grad]
     task = TrainTask(params=params, state_modules={"unet": unet}, loss_fn=loss_fn, desc="unet fine-tuning")
-    result = run_training(cfg, task, partial_dir(out_dir) / "checkpoint", accelerator, progress)
+    result = run_training(cfg, task, partial_dir(out_dir) / "checkpoint", engine, progress)
     if not result.finished:
         return summarise(result, out_dir, "unet", {"checkpoint": str(partial_dir(out_dir))})
     unet.eval()
@@ -255,7 +262,7 @@ def train_unet(foundation, images, prompts, cfg: UNetFinetuneConfig, out_dir, cl
     def write(d: Path) -> None:
         unet.save_pretrained(d / "unet", safe_serialization=True)
 
-    finish_output(out_dir, write, result.rows, train_config, adapter)
+    finish_output(out_dir, write, result.rows, train_config, adapter, engine)
     return summarise(result, out_dir, "unet", {"prior_preservation": bool(cfg.prior_preservation),
                                                "classes": classes})
 
