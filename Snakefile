@@ -20,6 +20,7 @@ include: "rules/synthesis.smk"
 include: "rules/dewilde.smk"
 include: "rules/zafar.smk"
 include: "rules/cheff.smk"
+include: "rules/findings.smk"
 include: "rules/report.smk"
 
 

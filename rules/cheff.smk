@@ -316,6 +316,7 @@ rule cheff_beta_check:
         sdm=f"{CHEFF_MODELS}/sdm_unconditional",
     output:
         csv=f"{CHEFF_DIR}/beta_check/beta_check.csv",
+        per_image=f"{CHEFF_DIR}/beta_check/per_image.csv",
         **cheff_report("results/tables/weber2023_beta_check", TABLE_EXTS, "cheff_beta_check"),
         **cheff_report("results/figures/weber2023_fig13", FIGURE_EXTS, "cheff_fig13"),
     params:

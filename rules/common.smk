@@ -131,6 +131,7 @@ def reported_outputs():
     items += cheff_reported_outputs()
     items += zafar_reported_outputs()
     items += dewilde_reported_outputs()
+    items.append(("results/tables/findings.md", "findings", "the papers' directional claims: this run's effect, interval and verdict (issue 17)"))
     if config["foundation"]["model"] == "build":
         items.append((f"{FOUNDATION}/preview.png", "foundation", "samples of the miniature foundation model"))
     return [{"path": path, "rule": rule, "description": what} for path, rule, what in items]

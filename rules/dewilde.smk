@@ -47,6 +47,7 @@ rule dewilde_sweep_point:
     output:
         images=directory(f"{DW_DIR}/sweep/{{cls}}_v{{vectors}}_n{{cases}}/steps{{steps}}_cfg{{cfg}}/set"),
         fid=f"{DW_DIR}/sweep/{{cls}}_v{{vectors}}_n{{cases}}/steps{{steps}}_cfg{{cfg}}/fid.csv",
+        features=f"{DW_DIR}/sweep/{{cls}}_v{{vectors}}_n{{cases}}/steps{{steps}}_cfg{{cfg}}/features.npz",
     wildcard_constraints:
         cls=name_pattern(list(DW_SLUGS)),
         vectors=r"\d+",

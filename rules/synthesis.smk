@@ -41,6 +41,7 @@ rule evaluate_synthesis:
     output:
         table4=f"{SYNTH_DIR}/evaluation/table4.csv",
         table5=f"{SYNTH_DIR}/evaluation/table5.csv",
+        scores=f"{SYNTH_DIR}/evaluation/scores.csv",
     params:
         methods=list(ADAPTED),
         synthesis=config["synthesis"],

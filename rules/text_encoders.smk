@@ -14,6 +14,7 @@ rule text_encoder_study:
         table2=f"{TEXT_DIR}/{{corpus}}/table2.csv",
         table3=f"{TEXT_DIR}/{{corpus}}/table3.csv",
         info=f"{TEXT_DIR}/{{corpus}}/study_info.json",
+        per_report=f"{TEXT_DIR}/{{corpus}}/per_report.csv",
         tsne=report(
             directory(f"{TEXT_DIR}/{{corpus}}/tsne"),
             patterns=["{name}.png"],

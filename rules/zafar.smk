@@ -146,6 +146,7 @@ rule zafar_evaluate:
         methods=f"{ZAFAR_DIR}/evaluation/methods.csv",
         controllability=f"{ZAFAR_DIR}/evaluation/controllability.csv",
         forgetting=f"{ZAFAR_DIR}/evaluation/forgetting.csv",
+        ood_scores=f"{ZAFAR_DIR}/evaluation/ood_scores.csv",
     params:
         models=ZAFAR_SETS,
         names=list(ZAFAR_METHODS),

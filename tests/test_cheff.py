@@ -47,6 +47,10 @@ def test_cheff_beta_leaves_less_signal_and_known_values():
     z0 = 20 * torch.randn(8, 3, 16, 16)  # unscaled latents of a KL-1e-6 autoencoder are large
     corr = {b: schedules.terminal_correlation(z0, schedules.make_betas(beta_end=b), torch.Generator().manual_seed(0)) for b in sig}
     assert corr[0.0195] > 0.15 > 0.06 > corr[0.0295]
+    per = {b: schedules.terminal_correlation_per_sample(z0, schedules.make_betas(beta_end=b), torch.Generator().manual_seed(0)) for b in sig}
+    assert per[0.0195].shape == (8,) and (per[0.0195] > per[0.0295]).all()  # same noise: less signal in every sample
+    one = schedules.terminal_correlation_per_sample(z0[:1], schedules.make_betas(), torch.Generator().manual_seed(3))
+    assert one[0] == pytest.approx(schedules.terminal_correlation(z0[:1], schedules.make_betas(), torch.Generator().manual_seed(3)))
     with pytest.raises(InputError, match="beta_schedule"):
         schedules.make_betas(beta_schedule="quadratic")
 

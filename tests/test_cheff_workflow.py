@@ -170,6 +170,9 @@ def test_stages_end_to_end_at_toy_size(tmp_path):
                                  tmp_path / "f" / "fig13", table_stem=tmp_path / "t" / "beta")
     assert beta["beta_end"].tolist() == [0.0195, 0.0295]
     assert beta["terminal_signal"].iloc[1] < beta["terminal_signal"].iloc[0]  # the higher max beta leaves less signal
+    per = pd.read_csv(tmp_path / "per_image.csv")  # per image, same noise: the overall correlation's parts
+    assert sorted(per["beta_end"].unique()) == [0.0195, 0.0295] and per["corr_zT_z0_raw"].between(-1, 1).all()
+    assert per.groupby("beta_end")["corr_zT_z0_raw"].mean().is_monotonic_decreasing
     md3 = (tmp_path / "t" / "beta.md").read_text()
     assert "LDM default" in md3 and "Cheff" in md3 and "(paper)" not in md3
 

@@ -122,8 +122,14 @@ def test_sweep_point_fid(foundation, embeddings, tmp_path, monkeypatch):
     point = {"table": "table2", "sweep": "embedding size", "class": "No Finding", "steps": 2, "cfg_scale": 2.0,
              "embedding_size": 3, "training_cases": 3}
     frame = run_sweep_point(foundation, out[3], sample, "unused", tmp_path / "set", tmp_path / "fid.csv", point,
-                            n_generated=3, n_real=3, seed=0, batch_size=3, progress=False)
+                            n_generated=3, n_real=3, seed=0, batch_size=3, progress=False,
+                            features_npz=tmp_path / "features.npz")
     row = frame.iloc[0]
+    from cxrgen.metrics.fid import frechet_distance
+
+    with np.load(tmp_path / "features.npz") as z:  # the features behind the FID (paired bootstraps of findings)
+        assert z["real"].shape[0] == 3 and z["fake"].shape[0] == 3
+        assert frechet_distance(z["real"], z["fake"]) == pytest.approx(row["fid"], rel=1e-4)
     assert row["n_real"] == 3 and row["n_fake"] == 3 and np.isfinite(row["fid"]) and row["fid"] > 0
     assert row["extractor"].startswith("reference") and (tmp_path / "set" / "manifest.csv").is_file()
     assert pd.read_csv(tmp_path / "fid.csv").loc[0, "embedding_size"] == 3

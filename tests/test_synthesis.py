@@ -24,6 +24,7 @@ from cxrgen.studies.synthesis import (
     TABLE4_COLUMNS,
     TABLE5_COLUMNS,
     classification_table,
+    classifier_scores,
     default_paper_rows,
     fid_table,
     generate_set,
@@ -235,6 +236,10 @@ def test_fid_and_classification_tables(sets, classifier):
     p = classifier.predict_proba(images[keep])[:, 1]
     y = (manifest.prompt_name[keep] == "effusion").astype(int)
     assert t5.set_index("method").loc["baseline", "auc"] == pytest.approx(roc_auc_score(y, p))
+    scores = classifier_scores(sets, classifier)  # per image, paired across models by noise index
+    base = scores[scores.method == "baseline"]
+    assert len(scores) == 6 * len(sets) and list(base["index"]) == [0, 1, 2] * 2
+    assert roc_auc_score(base["target"], base["score"]) == pytest.approx(t5.set_index("method").loc["baseline", "auc"])
     t5b = classification_table({"x": sets["baseline"]}, classifier, positive="nothing", n_boot=0)
     assert "expected both prompts" in t5b.loc[0, "note"] and np.isnan(t5b.loc[0, "auc"])
 
@@ -263,7 +268,7 @@ def test_evaluation_and_rendering(sets, classifier, tmp_path, monkeypatch):
     monkeypatch.setattr(ref, "load_reference_classifier", lambda spec: classifier)
     res = run_synthesis_evaluation(sets, sets["baseline"], "tiny", tmp_path / "eval", extractor="reference",
                                    n_boot=10, progress=False)
-    assert set(res) == {"table4", "table5"} and (tmp_path / "eval" / "table4.csv").is_file()
+    assert set(res) == {"table4", "table5", "scores"} and (tmp_path / "eval" / "scores.csv").is_file() and (tmp_path / "eval" / "table4.csv").is_file()
     paths = render_synthesis(tmp_path / "eval", sets, tmp_path / "t4", tmp_path / "t5", tmp_path / "fig4",
                              fig5_stem=tmp_path / "fig5", train_dir=sets["baseline"], fig5_method="baseline",
                              scale="miniature", n_show=2)

@@ -236,6 +236,12 @@ def test_study_small(tmp_path):
     from cxrgen.text.study import render_study, save_study
 
     save_study(res, tmp_path / "study")
+    # per report (read by the findings table): the macro of the per-report hits is Table 3's Macro row
+    per = pd.read_csv(tmp_path / "study" / "per_report.csv")
+    member = per[[c for c in per.columns if c.startswith("class:")]].to_numpy(float)
+    for col in ("Base", "minilm"):
+        hits = (member * per[col].to_numpy()[:, None]).sum(0)[member.sum(0) > 0] / member.sum(0)[member.sum(0) > 0]
+        assert 100 * hits.mean() == pytest.approx(res.table3.loc["Macro", col])
     paths = render_study(tmp_path / "study", tmp_path / "t2", tmp_path / "t3", scale="miniature", corpus="toy")
     t2 = pd.read_csv(paths["table2"]["csv"])
     assert t2.iloc[0]["model"] == "PubMedBERT" and t2.iloc[0]["Macro CheXpert@k (paper)"] == pytest.approx(30.8)

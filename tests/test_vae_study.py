@@ -117,6 +117,19 @@ def test_table1_layout_and_notes():
     assert t.loc["Atelectasis", "note"] == "" and t.loc["Atelectasis", "auc_orig_ci_low"] <= t.loc["Atelectasis", "auc_orig"]
 
 
+def test_per_image_scores_give_table1_auc():
+    """The per-image classifier scores (read by the findings table) are the ones behind Table 1."""
+    images, manifest = phantom()
+    res = run_vae_study(images, manifest, IdentityVAE(), tiny_classifier(), resolutions=[32], fid_batch_size=8,
+                        n_boot=0, progress=False)
+    q, t = res["per_image"], res["table1"].set_index("label")
+    assert "p_orig:Pneumothorax" not in q.columns  # not an output of the classifier
+    y = q["target:Cardiomegaly"].to_numpy()
+    assert list(y) == list(manifest["Cardiomegaly"])
+    for kind in ("orig", "recon"):
+        assert roc_auc_score(y, q[f"p_{kind}:Cardiomegaly"]) == pytest.approx(t.loc["Cardiomegaly", f"auc_{kind}"])
+
+
 def test_table1_metrics_equal_sklearn():
     _, manifest = phantom(n=40, seed=3)
     clf = tiny_classifier()

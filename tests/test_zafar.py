@@ -276,6 +276,13 @@ def test_evaluation_and_rendering(world, tmp_path, monkeypatch):
     assert set(f["model"]) == set(world["sets"]) and f["both_share"].between(0, 1).all() and len(f) == 3 * 2
     assert f["colour_auc"].between(0, 1).all() and (f.groupby("model")["colour_auc"].mean().round(9)
                                                     == m["colour_auc"].round(9).reindex(f["model"].unique())).all()
+    from sklearn.metrics import roc_auc_score
+
+    ood = frames["ood_scores"]  # per image (read by the findings table): gives the colour AUC of the methods frame
+    assert (tmp_path / "eval" / "ood_scores.csv").is_file() and len(ood) == len(world["sets"]) * 2 * 2
+    for model, grp in ood.groupby("model"):
+        aucs = [roc_auc_score(grp["colour"] == c, grp[f"p_colour:{c}"]) for c in grp["colour"].unique()]
+        assert np.mean(aucs) == pytest.approx(m.loc[model, "colour_auc"])
     stems = {k: tmp_path / f"zafar2023_{k}" for k in ("methods", "prompts", "step_grid", "samples")}
     paths = zafar.render_zafar(tmp_path / "eval", world["sets"], world["adapters"], world["train"], stems,
                                paper_runs={"full_ft": "full_ft_325", "lora": "dreambooth_lora_960"},

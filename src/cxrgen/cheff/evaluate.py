@@ -209,11 +209,14 @@ def write_synthesis_comparison(ours: pd.DataFrame, out_stem, scale: str, real_na
 def beta_check(vae, images: np.ndarray, beta_ends=(schedules.LDM_BETA_END, schedules.CHEFF_BETA_END),
                beta_schedule: str = "scaled_linear", beta_start: float = schedules.LDM_BETA_START,
                num_train_timesteps: int = 1000, latent_scale: float | None = None,
-               seed: int = 0) -> tuple[pd.DataFrame, dict]:
-    """7.6 / Fig. 13: z_T for each max beta, decoded; terminal signal and corr(z_T, z_0) on raw and scaled latents."""
+               seed: int = 0) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
+    """7.6 / Fig. 13: z_T for each max beta, decoded; terminal signal and corr(z_T, z_0) on raw and scaled latents.
+
+    Returns the summary rows, the decoded images and per image (``image``, ``beta_end``, ``corr_zT_z0_raw``) the
+    correlation on its raw latent with the same noise draw (for paired comparisons of the schedules)."""
     z0 = encode(vae, images)
     scale = float(latent_scale) if latent_scale else float(1.0 / z0.std())
-    rows, decoded = [], {"x_0": np.asarray(images), "D(z_0)": decode(vae, z0)}
+    rows, decoded, per_image = [], {"x_0": np.asarray(images), "D(z_0)": decode(vae, z0)}, []
     for b in beta_ends:
         betas = schedules.make_betas(num_train_timesteps, beta_start, b, beta_schedule)
         sig = schedules.terminal_signal(betas)
@@ -228,7 +231,9 @@ def beta_check(vae, images: np.ndarray, beta_ends=(schedules.LDM_BETA_END, sched
             "latent_scale": scale, "corr_zT_z0_scaled": schedules.terminal_correlation(z0 * scale, betas, torch.Generator().manual_seed(seed)),
             "expected_corr_scaled": schedules.expected_terminal_correlation(sig, float((z0 * scale).std())),
         })
-    return pd.DataFrame(rows), decoded
+        corr = schedules.terminal_correlation_per_sample(z0, betas, torch.Generator().manual_seed(seed))
+        per_image.append(pd.DataFrame({"image": np.arange(len(corr)), "beta_end": b, "corr_zT_z0_raw": corr}))
+    return pd.DataFrame(rows), decoded, pd.concat(per_image, ignore_index=True)
 
 
 BETA_COLUMNS = {

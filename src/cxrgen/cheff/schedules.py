@@ -118,11 +118,22 @@ def forward_to_T(z0: torch.Tensor, betas, generator: torch.Generator | None = No
     return a * z0 + math.sqrt(1.0 - a * a) * eps
 
 
-def terminal_correlation(z0: torch.Tensor, betas, generator: torch.Generator | None = None) -> float:
-    """Pearson correlation of z_T with z_0 over all latent elements (centred per sample and channel)."""
+def _centred_terminal(z0: torch.Tensor, betas, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """z_0 and a draw of z_T, each centred per sample and channel."""
     if z0.ndim != 4 or z0.shape[0] < 1:
         raise InputError(f"z0 of shape {tuple(z0.shape)}; expected latents (N, C, H, W)")
     zt = forward_to_T(z0.float(), betas, generator)
-    a = z0.float() - z0.float().mean(dim=(2, 3), keepdim=True)
-    b = zt - zt.mean(dim=(2, 3), keepdim=True)
+    return z0.float() - z0.float().mean(dim=(2, 3), keepdim=True), zt - zt.mean(dim=(2, 3), keepdim=True)
+
+
+def terminal_correlation(z0: torch.Tensor, betas, generator: torch.Generator | None = None) -> float:
+    """Pearson correlation of z_T with z_0 over all latent elements (centred per sample and channel)."""
+    a, b = _centred_terminal(z0, betas, generator)
     return float((a * b).sum() / torch.sqrt((a * a).sum() * (b * b).sum()).clamp_min(1e-12))
+
+
+def terminal_correlation_per_sample(z0: torch.Tensor, betas, generator: torch.Generator | None = None) -> np.ndarray:
+    """(N,) Pearson correlation of z_T with z_0 per sample (same centring and noise draw as terminal_correlation)."""
+    a, b = _centred_terminal(z0, betas, generator)
+    num = (a * b).flatten(1).sum(1)
+    return (num / torch.sqrt((a * a).flatten(1).sum(1) * (b * b).flatten(1).sum(1)).clamp_min(1e-12)).numpy()

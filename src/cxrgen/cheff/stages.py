@@ -228,6 +228,9 @@ def run_inpainting(machex_dir, ae_dir, sdm_dir, cfg: CheffConfig, out_dir, inpai
     return df
 
 
+BETA_PER_IMAGE = "per_image.csv"  # written beside the beta check's CSV
+
+
 def run_beta_check(machex_dir, ae_dir, sdm_dir, cfg: CheffConfig, out_csv, figure_stem, seed: int = 0,
                    table_stem=None, scale: str = "miniature") -> pd.DataFrame:
     """Fig. 13: decoded z_T for max beta 0.0195 vs 0.0295 and corr(z_T, z_0) (and, with ``table_stem``, the numbers
@@ -236,9 +239,10 @@ def run_beta_check(machex_dir, ae_dir, sdm_dir, cfg: CheffConfig, out_csv, figur
     meta = json.loads((Path(sdm_dir) / "cheff_sdm.json").read_text())
     test, _ = load_split(machex_dir, "test", vae.config.sample_size)
     s = cfg.sdm
-    df, images = ev.beta_check(vae, test[:64], beta_schedule=s.beta_schedule, beta_start=s.beta_start,
+    df, images, per_image = ev.beta_check(vae, test[:64], beta_schedule=s.beta_schedule, beta_start=s.beta_start,
                                num_train_timesteps=s.num_train_timesteps, latent_scale=meta["latent_scale"], seed=seed)
     write_csv_atomic(df, out_csv)
+    write_csv_atomic(per_image, Path(out_csv).with_name(BETA_PER_IMAGE))
     ev.write_grid(images, figure_stem, "Forward process check (Weber Fig. 13): decoded z_T", n=4)
     if table_stem is not None:
         ev.write_beta_table(df, table_stem, scale, n_images=len(test[:64]))

@@ -141,21 +141,28 @@ def bootstrap_ci(
     return {"value": value, "ci_low": float(lo), "ci_high": float(hi), "n_boot": len(vals)}
 
 
+def auc_rows(y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """ROC AUC of each row of (B, n) boolean targets / scores (Mann-Whitney with tied ranks averaged, as sklearn's);
+    NaN for a row with one class only."""
+    y = np.asarray(y, dtype=bool)
+    n_pos = y.sum(1)
+    n_neg = y.shape[1] - n_pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = ((rankdata(s, axis=1) * y).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+
+
 def _vectorised_metrics(y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
     """Metrics for each row of (B, n) target/score matrices; equal to the sklearn ones of binary_metrics."""
     y = y.astype(bool)
     n = y.shape[1]
-    n_pos = y.sum(1)
-    n_neg = n - n_pos
     pred = s >= threshold
     tp = (pred & y).sum(1)
     fp = (pred & ~y).sum(1)
     fn = (~pred & y).sum(1)
     tn = n - tp - fp - fn
+    auc = auc_rows(y, s)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ranks = rankdata(s, axis=1)
-        auc = ((ranks * y).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-        auc = np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
         precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
         recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
         f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)

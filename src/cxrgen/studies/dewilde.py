@@ -129,9 +129,11 @@ def _features(images, classifier, extractor: str):
 # ------------------------------------------------------------------------------------------------ sweeps
 def run_sweep_point(foundation, embedding_dir, real_dir, classifier_spec, set_dir, fid_csv, point: Mapping,
                     n_generated: int, n_real: int, seed: int, scheduler: str | None = None, batch_size: int = 100,
-                    extractor: str = "reference", progress: bool = True) -> pd.DataFrame:
+                    extractor: str = "reference", progress: bool = True, features_npz=None) -> pd.DataFrame:
     """One sweep point: ``n_generated`` images of the embedding's token alone at ``point['steps']`` /
-    ``point['cfg_scale']``, their FID vs ``n_real`` real images of the class; writes the set and ``fid_csv``."""
+    ``point['cfg_scale']``, their FID vs ``n_real`` real images of the class; writes the set and ``fid_csv``, and
+    with ``features_npz`` the ``real`` / ``fake`` feature matrices (rows in image order: every point shares its real
+    images and the seeds of its generated ones, so two points can be compared by a paired bootstrap)."""
     from cxrgen.adapt.pipeline import load_adapted_pipeline, read_adapter
     from cxrgen.classify.reference import load_reference_classifier
     from cxrgen.metrics.fid import frechet_distance
@@ -155,6 +157,9 @@ def run_sweep_point(foundation, embedding_dir, real_dir, classifier_spec, set_di
            "extractor": ext.name, "n_real": int(len(real)), "n_fake": int(len(fake))}
     frame = pd.DataFrame([row]).reindex(columns=SWEEP_COLUMNS)
     write_csv_atomic(frame, fid_csv)
+    if features_npz is not None:
+        with atomic_path(features_npz) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, real=f_real.astype(np.float32), fake=f_fake.astype(np.float32))
     log.info("sweep point %s: FID %.4g (%d real vs %d generated, %s)", dict(point), row["fid"], len(real), len(fake),
              ext.name)
     return frame

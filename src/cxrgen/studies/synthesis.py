@@ -61,7 +61,7 @@ TABLE5_METRICS = ("auc", "accuracy", "f1", "precision", "recall")
 TABLE5_COLUMNS = (["method", "label", "n", "n_positive", "prevalence", "threshold"]
                   + [c for m in TABLE5_METRICS for c in (m, f"{m}_ci_low", f"{m}_ci_high")] + ["note"])
 OWN_GROUP = "(this run only)"
-RESULT_FILES = {"table4": "table4.csv", "table5": "table5.csv"}
+RESULT_FILES = {"table4": "table4.csv", "table5": "table5.csv", "scores": "scores.csv"}
 
 
 # ------------------------------------------------------------------------------------------------ generation
@@ -245,6 +245,31 @@ def classification_table(
     return pd.DataFrame(rows, columns=TABLE5_COLUMNS)
 
 
+def classifier_scores(
+    sets: Mapping[str, object],
+    classifier,
+    label: str = "Pleural Effusion",
+    positive: str = "effusion",
+    negative: str = "normal",
+) -> pd.DataFrame:
+    """Per image behind Table 5: method, prompt_name, index (the noise index shared across models), target (1 for
+    the ``positive`` prompt, 0 for the ``negative``) and the classifier's ``label`` score, for paired comparisons
+    of models (the findings table)."""
+    frames = []
+    for method, value in sets.items():
+        images, manifest = _as_set(value, method)
+        keep = manifest["prompt_name"].isin([positive, negative]).to_numpy()
+        if not keep.any():
+            continue
+        sub = manifest.loc[keep, ["prompt_name", "index"]].reset_index(drop=True)
+        sub.insert(0, "method", method)
+        sub["target"] = (sub["prompt_name"] == positive).astype(int)
+        sub["score"] = classifier.predict_proba(images[keep])[:, classifier.label_index(label)]
+        frames.append(sub)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["method", "prompt_name", "index", "target", "score"])
+
+
 # ------------------------------------------------------------------------------------------------ workflow entry
 def run_synthesis_evaluation(
     set_dirs: Mapping[str, object],
@@ -269,6 +294,7 @@ def run_synthesis_evaluation(
     result = {
         "table4": fid_table(sets, real_images, real_manifest, extractor, classifier, progress=progress),
         "table5": classification_table(sets, classifier, label=label, n_boot=n_boot, seed=seed),
+        "scores": classifier_scores(sets, classifier, label=label),
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

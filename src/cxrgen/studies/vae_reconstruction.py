@@ -243,6 +243,24 @@ def table1(
     return pd.DataFrame(rows, columns=cols + ["note"])
 
 
+def per_image_scores(classifier, manifest: pd.DataFrame, probs_orig, probs_recon,
+                     labels: Sequence[str] = CHAMBON_TABLE1_LABELS) -> dict[str, np.ndarray]:
+    """Per-image columns behind Table 1 (for paired tests of original vs reconstruction, e.g. the findings
+    table): ``target:<label>``, ``p_orig:<label>``, ``p_recon:<label>`` for each label the classifier outputs and
+    the manifest has."""
+    cols = {}
+    for label in labels:
+        try:
+            j = classifier.label_index(label)
+        except (InputError, ValueError, KeyError):
+            continue
+        if label in manifest.columns:
+            cols[f"target:{label}"] = manifest[label].astype("float64").to_numpy()
+            cols[f"p_orig:{label}"] = np.asarray(probs_orig)[:, j]
+            cols[f"p_recon:{label}"] = np.asarray(probs_recon)[:, j]
+    return cols
+
+
 # ------------------------------------------------------------------------------------------------ summary
 def summarise(per_image: pd.DataFrame) -> pd.DataFrame:
     """The paper's 3.2 format per resolution and metric: mean, sd, median, min, max, n, n_nonfinite and ``text``
@@ -317,6 +335,8 @@ def run_vae_study(
         fid_rows += _fid_rows(res, ext, ext(orig), ext(recon), int(fid_batch_size))
 
         p_o, p_r = classifier.predict_proba(orig), classifier.predict_proba(recon)
+        for col, values in per_image_scores(classifier, manifest, p_o, p_r, labels).items():
+            q[col] = values
         t = table1(classifier, manifest, p_o, p_r, labels, n_boot=n_boot, seed=seed)
         t.insert(0, "resolution", res)
         tables.append(t)

@@ -58,7 +58,8 @@ DEFAULT_BASE = {"sex": "M", "view": "PA", "age": 60}
 DEFAULT_OOD_PROMPTS = ("a photo of a red circle", "a photo of a blue square", "a photo of a green triangle",
                        "a photo of a yellow ring")
 MANIFEST = "manifest.csv"
-EVAL_FILES = {"methods": "methods.csv", "controllability": "controllability.csv", "forgetting": "forgetting.csv"}
+EVAL_FILES = {"methods": "methods.csv", "controllability": "controllability.csv", "forgetting": "forgetting.csv",
+              "ood_scores": "ood_scores.csv"}
 CLASSIFIER_FILE = "model.safetensors"
 CLASSIFIER_META = "classifier.json"
 
@@ -518,7 +519,7 @@ def evaluate_zafar(set_dirs: Mapping[str, object], adapter_dirs: Mapping[str, ob
     real_images, real_manifest = load_images(real_dir)
     ext = make_fid_extractor("reference", ref)
     f_real = ext(np.asarray(real_images)).double().numpy()
-    ctrl_rows, forget_rows, method_rows = [], [], []
+    ctrl_rows, forget_rows, method_rows, ood_rows = [], [], [], []
     for model, folder in set_dirs.items():
         imgs, man = load_zafar_set(folder)
         # FID of the fid part against all real images
@@ -549,8 +550,12 @@ def evaluate_zafar(set_dirs: Mapping[str, object], adapter_dirs: Mapping[str, ob
             scores_by_attr[attr] = ci["value"]
         # forgetting
         ood = man[man["part"] == "ood"]
-        per_prompt, summary = ood_recognition(corpus_clf.predict([imgs[i] for i in ood.index]) if len(ood) else {},
-                                              ood.reset_index(drop=True), corpus_clf.meta["classes"])
+        ood_probs = corpus_clf.predict([imgs[i] for i in ood.index]) if len(ood) else {}
+        per_prompt, summary = ood_recognition(ood_probs, ood.reset_index(drop=True), corpus_clf.meta["classes"])
+        if len(ood):  # per image, for paired comparisons of models (image i of a prompt shares its seed)
+            colours = list(corpus_clf.meta["classes"]["colour"])
+            ood_rows.append(ood[["prompt", "colour", "shape", "index"]].reset_index(drop=True).assign(model=model).join(
+                pd.DataFrame(np.asarray(ood_probs["colour"], float), columns=[f"p_colour:{c}" for c in colours])))
         forget_rows += [{"model": model, **r} for r in per_prompt]
         info = _adapter_info(adapter_dirs.get(model))
         method_rows.append({"model": model, "method": str(man["method"].iloc[0]), "fid": fid,
@@ -559,7 +564,9 @@ def evaluate_zafar(set_dirs: Mapping[str, object], adapter_dirs: Mapping[str, ob
                             **summary, "n_ood": int(len(ood)), **info})
     methods = pd.DataFrame(method_rows)
     methods["retained_vs_foundation"] = retained_vs(methods, baseline)
-    frames = {"methods": methods, "controllability": pd.DataFrame(ctrl_rows), "forgetting": pd.DataFrame(forget_rows)}
+    frames = {"methods": methods, "controllability": pd.DataFrame(ctrl_rows), "forgetting": pd.DataFrame(forget_rows),
+              "ood_scores": pd.concat(ood_rows, ignore_index=True) if ood_rows else pd.DataFrame(
+                  columns=["prompt", "colour", "shape", "index", "model"])}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for key, fname in EVAL_FILES.items():

@@ -32,6 +32,8 @@ class StudyResult(NamedTuple):
     n_dropped_unlabelled: int  # reports with all labels blank (e.g. OpenI "No Indexing")
     n_reports: int  # reports scored
     seconds: dict  # wall time per model
+    # one row per scored report: CheXpert@k_i of Base and of each model's best method, class:<name> membership
+    per_report: pd.DataFrame | None = None
 
 
 def corpus_hash(texts) -> str:
@@ -148,11 +150,15 @@ def run_text_encoder_study(
     table3.index.name = "Abnormality"
     table3.attrs.update({"best_method": {l: b[0] for l, b in best.items()}, "class_counts": base.class_counts, "k": k})
 
+    per_report = pd.DataFrame({"report": np.arange(len(texts)), BASE: base.per_report,
+                               **{label: res.per_report for label, (_, res, _) in best.items()},
+                               **{f"class:{c}": base.membership[:, j] for j, c in enumerate(base.classes)}})
+
     if tsne_dir is not None:
         prim = primary_classes(labels)
         for label, (method, _, emb) in best.items():
             tsne_figure(emb, prim, Path(tsne_dir) / f"tsne_{label}_{method}.png", title=f"{label} ({METHOD_TITLES[method]})", seed=seed)
-    return StudyResult(table2, table3, n_empty, n_unlab, len(texts), seconds)
+    return StudyResult(table2, table3, n_empty, n_unlab, len(texts), seconds, per_report)
 
 
 def format_table2(table2: pd.DataFrame, ci: bool = True) -> pd.DataFrame:
@@ -198,6 +204,8 @@ def save_study(result: StudyResult, out_dir) -> None:
     out_dir = Path(out_dir)
     write_csv_atomic(result.table2, out_dir / "table2.csv", index=True)
     write_csv_atomic(result.table3, out_dir / "table3.csv", index=True)
+    if result.per_report is not None:
+        write_csv_atomic(result.per_report, out_dir / "per_report.csv", index=False)
     write_text_atomic(
         out_dir / "study_info.json",
         json.dumps(
