@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,7 +145,12 @@ def test_smoke_run_completes_and_is_deterministic(workdir):
     assert (results / "dewilde" / "classifier" / "seed1.csv").is_file()
     metrics = (results / "reference_classifier" / "test_metrics.csv").read_text().splitlines()
     assert metrics[0].startswith("label,n,prevalence") and len(metrics) == 13  # header + 12 Chambon labels
+    # the findings table: one verdict per claim of reference/findings.yaml, computed by the run (hashed below too)
+    findings = pd.read_csv(results / "tables" / "findings.csv")
+    assert len(findings) >= 10 and set(findings["verdict"]) <= {"reproduced", "contradicted", "inconclusive at this n", "not run"}
+    assert "miniature" in (results / "tables" / "findings.md").read_text()
     index = (results / "README.md").read_text()
+    assert "findings.md" in index
     assert "chambon2022_table1.md" in index and "| `foundation` |" in index
     assert "weber2023_table2.md" in index and "| `cheff/sr_base` |" in index
     # nothing left to do after a complete run
