@@ -137,6 +137,21 @@ def reported_outputs():
     return [{"path": path, "rule": rule, "description": what} for path, rule, what in items]
 
 
+def findings_files():
+    """The per-item result files the findings rule reads, keyed as cxrgen.render.findings's evaluators expect
+    (called once every study's rules are defined)."""
+    return {
+        "vae_per_image": rules.vae_study.output.per_image,
+        "text_per_report": [f"{TEXT_DIR}/{corpus}/per_report.csv" for corpus in TEXT_CORPORA],
+        "synthesis_scores": rules.evaluate_synthesis.output.scores,
+        "zafar_ood": rules.zafar_evaluate.output.ood_scores,
+        "cheff_reconstruction": rules.cheff_reconstruction.output.per_image,
+        "cheff_beta": rules.cheff_beta_check.output.per_image,
+        "dewilde_sweep": sorted({f"{dw_point_dir(p)}/fid.csv" for p in DW_POINTS}),
+        "dewilde_classifier": expand(f"{DW_DIR}/classifier/seed{{seed}}.csv", seed=DW["classifier"]["seeds"]),
+    }
+
+
 def _asks_for_gpu(rule):
     # Snakemake 9's rule.resources.get() returns a Resource, truthy even when unset: test its value
     return bool(getattr(rule.resources.get("gpu"), "value", None))

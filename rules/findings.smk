@@ -5,20 +5,6 @@
 FINDINGS_CATEGORY = "Findings: the papers' claims on this run"
 
 
-def findings_files():
-    """The per-item result files the claims read, keyed as cxrgen.render.findings's evaluators expect."""
-    return {
-        "vae_per_image": rules.vae_study.output.per_image,
-        "text_per_report": [f"{TEXT_DIR}/{corpus}/per_report.csv" for corpus in TEXT_CORPORA],
-        "synthesis_scores": rules.evaluate_synthesis.output.scores,
-        "zafar_ood": rules.zafar_evaluate.output.ood_scores,
-        "cheff_reconstruction": rules.cheff_reconstruction.output.per_image,
-        "cheff_beta": rules.cheff_beta_check.output.per_image,
-        "dewilde_sweep": sorted({f"{dw_point_dir(p)}/fid.csv" for p in DW_POINTS}),
-        "dewilde_classifier": expand(f"{DW_DIR}/classifier/seed{{seed}}.csv", seed=DW["classifier"]["seeds"]),
-    }
-
-
 rule findings:
     """results/tables/findings.{csv,md,tex}: the papers' claims, this run's effects with intervals, verdicts."""
     input:
