@@ -21,6 +21,7 @@ from cxrgen.render.findings import (
     load_claims,
     paired_t_interval,
     published_from_reference,
+    sign_flip_p,
     verdict,
     write_findings,
 )
@@ -104,9 +105,9 @@ def write_results(root: Path, sign: int) -> dict:
             np.savez(point / "features.npz", real=real, fake=fake + shift)
             files["dewilde_sweep"].append(point / "fid.csv")
     # de Wilde Table 4: per-seed test AUCs
-    seeds = np.arange(5)
-    real_only = 0.7 + 0.01 * np.array([1, -2, 0, 2, -1])
-    augmented = real_only + 0.05 * sign + 0.01 * np.array([1, -1, 2, -2, 0])
+    seeds = np.arange(6)  # the exact sign-flip test can reject at 0.05 from 6 seeds on
+    real_only = 0.7 + 0.01 * np.array([1, -2, 0, 2, -1, 0])
+    augmented = real_only + 0.05 * sign + 0.01 * np.array([1, -1, 2, -2, 0.5, -0.5])
     files["dewilde_classifier"] = []
     for s in seeds:
         path = root / f"seed{s}.csv"
@@ -168,6 +169,10 @@ def test_verdict_rule_and_intervals():
     assert verdict(eff(np.nan, np.nan), "greater") == INCONCLUSIVE and verdict(None, "greater") == NOT_RUN
     with pytest.raises(InputError, match="direction"):
         verdict(eff(0, 1), "sideways")
+    # per-seed effects: identical differences give a zero-width t interval, but 2 seeds cannot reject the null
+    assert verdict(Effect(0.05, 0.05, 0.05, "2 seeds", "t", p_value=sign_flip_p([0.05, 0.05])), "greater") == INCONCLUSIVE
+    assert sign_flip_p([0.05, 0.05]) == 0.5 and sign_flip_p([1, 2, 3, 4, 5, 6]) == pytest.approx(2 / 64)
+    assert sign_flip_p([1, -1, 1, -1]) == 1.0
     mean, lo, hi = paired_t_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and (lo, hi) == pytest.approx((2 - 4.302653 / np.sqrt(3), 2 + 4.302653 / np.sqrt(3)), rel=1e-5)
     assert np.isnan(paired_t_interval([1.0])[1])

@@ -16,7 +16,10 @@ Intervals: percentile bootstrap (``n_boot`` resamples, seeded, so the table is b
 wherever the two sides score the same items (the same images, reports, seeds or noise draws), resampling within
 strata where the statistic needs them (positives and negatives for an AUC, the prompts of the out-of-domain
 check). Per-seed effects (de Wilde Table 4) use a paired t interval over seeds instead (a handful of seeds is too
-few to bootstrap). An AUC needs ``min_per_class`` positives and negatives; below that the effect is undefined and
+few to bootstrap), and their verdict also needs the exact paired sign-flip test over seeds to reject the null at
+``alpha``: with identical differences on every seed a t interval has zero width, while the sign-flip test cannot
+reject with fewer than six seeds at alpha 0.05 (its smallest p is 2 / 2^n), so such effects stay inconclusive. An
+AUC needs ``min_per_class`` positives and negatives; below that the effect is undefined and
 the verdict is inconclusive.
 
 Monotone claims (de Wilde Tables 2/3: more vectors / more training cases lower FID) are tested on their end
@@ -26,6 +29,7 @@ real and generated images (the settings share their real images and the seeds of
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -67,6 +71,7 @@ class Effect:
     interval: str
     scope: str = ""
     note: str = ""
+    p_value: float | None = None  # a paired test that must also reject (per-seed effects), else None
 
 
 @dataclass(frozen=True)
@@ -83,21 +88,25 @@ class Settings:
 
 
 # ------------------------------------------------------------------------------------------------ verdicts
-def verdict(effect: Effect | None, direction: str, margin: float | None = None) -> str:
+def verdict(effect: Effect | None, direction: str, margin: float | None = None, alpha: float = 0.05) -> str:
     """The verdict of one effect under the claim's direction (see the module docstring)."""
     if effect is None:
         return NOT_RUN
     lo, hi = effect.ci_low, effect.ci_high
+    if direction not in DIRECTIONS:
+        raise InputError(f"direction {direction!r}; expected one of {DIRECTIONS}")
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return INCONCLUSIVE
     if direction == "greater":
-        return REPRODUCED if lo > 0 else CONTRADICTED if hi < 0 else INCONCLUSIVE
-    if direction == "less":
-        return REPRODUCED if hi < 0 else CONTRADICTED if lo > 0 else INCONCLUSIVE
-    if direction == "within":
+        result = REPRODUCED if lo > 0 else CONTRADICTED if hi < 0 else INCONCLUSIVE
+    elif direction == "less":
+        result = REPRODUCED if hi < 0 else CONTRADICTED if lo > 0 else INCONCLUSIVE
+    else:
         m = float(margin)
-        return REPRODUCED if -m < lo and hi < m else CONTRADICTED if lo > m or hi < -m else INCONCLUSIVE
-    raise InputError(f"direction {direction!r}; expected one of {DIRECTIONS}")
+        result = REPRODUCED if -m < lo and hi < m else CONTRADICTED if lo > m or hi < -m else INCONCLUSIVE
+    if effect.p_value is not None and not effect.p_value < alpha:
+        return INCONCLUSIVE
+    return result
 
 
 # ------------------------------------------------------------------------------------------------ intervals
@@ -133,6 +142,19 @@ def paired_t_interval(differences, alpha: float = 0.05) -> tuple[float, float, f
         return mean, np.nan, np.nan
     half = float(stats.t.ppf(1 - alpha / 2, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
     return mean, mean - half, mean + half
+
+
+def sign_flip_p(differences) -> float:
+    """Two-sided p of the exact paired sign-flip (permutation) test of mean 0: the share of the 2^n sign patterns
+    whose |mean| is at least the observed one (n <= 16; seeds are few)."""
+    d = np.asarray(differences, dtype=float)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return np.nan
+    if d.size > 16:
+        raise InputError(f"{d.size} paired differences; the exact sign-flip test enumerates at most 16")
+    flips = np.array(list(itertools.product((1.0, -1.0), repeat=d.size)))
+    return float(np.mean(np.abs(flips @ d) >= abs(d.sum()) - 1e-12))
 
 
 def bootstrap_label(settings: Settings, what: str) -> str:
@@ -420,11 +442,15 @@ def dewilde_augmentation(files: Mapping, claim: Mapping, settings: Settings) -> 
         raise NotRun("needs a real-only and a real + synthetic configuration")
     syn = syn[syn["synthetic_cases"] == syn["synthetic_cases"].max()]
     paired = syn.set_index("seed")["test_auc"].to_frame("a").join(base.set_index("seed")["test_auc"].to_frame("b"), how="inner")
-    mean, lo, hi = paired_t_interval(paired["a"] - paired["b"], settings.alpha)
+    diffs = paired["a"] - paired["b"]
+    mean, lo, hi = paired_t_interval(diffs, settings.alpha)
+    p = sign_flip_p(diffs)
     note = f"{real} real + {int(syn['synthetic_cases'].iloc[0])} synthetic vs {real} real"
     if len(paired) < 2:
         note += "; a t interval needs >= 2 seeds"
-    return [Effect(mean, lo, hi, f"{len(paired)} seeds", f"paired t interval over seeds, {100 * (1 - settings.alpha):g}%", note=note)]
+    return [Effect(mean, lo, hi, f"{len(paired)} seeds",
+                   f"paired t interval over seeds, {100 * (1 - settings.alpha):g}%; exact sign-flip test p = {p:.3g}",
+                   note=note, p_value=p)]
 
 
 #: evaluator name (``evaluator:`` in findings.yaml) -> function(files, claim, settings) -> [Effect, ...]
@@ -525,7 +551,8 @@ def evaluate_claims(claims: Sequence[Mapping], files: Mapping, settings: Setting
             continue
         for e in effects:
             rows.append({**base, "scope": e.scope, "this run": e.value, "ci_low": e.ci_low, "ci_high": e.ci_high,
-                         "n": e.n, "interval": e.interval, "verdict": verdict(e, claim["direction"], claim.get("margin")),
+                         "n": e.n, "interval": e.interval,
+                         "verdict": verdict(e, claim["direction"], claim.get("margin"), settings.alpha),
                          "note": e.note})
         log.info("%s: %s", claim["id"], [r["verdict"] for r in rows[-len(effects):]] if effects else "no effect")
     return pd.DataFrame(rows, columns=COLUMNS)
