@@ -231,3 +231,18 @@ def test_findings_rule_is_in_the_dag(configfile, tmp_path):
     args = ["-n", "--quiet", "rules"] + (["--configfile", configfile] if configfile else [])
     out = run_snakemake(*args, cwd=tmp_path)
     assert re.search(r"^findings\s+1$", out.stdout + out.stderr, re.M), out.stdout[-2000:]
+
+
+def test_a_bad_claims_file_is_refused_naming_the_claim(tmp_path):
+    claim = dict(CLAIMS[0])
+    for change, message in (({"evaluator": "guess"}, "unknown evaluator 'guess'"), ({"direction": "up"}, "direction 'up'"),
+                            ({"margin": None}, "needs a numeric margin"),
+                            ({"published": {"value": "0.02", "text": "x"}}, "expected a number or null")):
+        path = tmp_path / "claims.yaml"
+        path.write_text(yaml.safe_dump({"claims": [{**claim, **change}]}))
+        with pytest.raises(InputError, match=re.escape(message)) as err:
+            load_claims(path)
+        assert claim["id"] in str(err.value)
+    path.write_text(yaml.safe_dump({"claims": [{k: v for k, v in claim.items() if k != "test"}]}))
+    with pytest.raises(InputError, match=r"lacks \['test'\]"):
+        load_claims(path)
