@@ -1,9 +1,14 @@
 # Helpers shared by the workflow: config validation, result paths, input functions.
 
 import re
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the checkout's package, installed or not
+from cxrgen.data import leakage
+from cxrgen.errors import InputError
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -26,6 +31,13 @@ if len(ADAPTED) != len(config["adaptation"]["methods"]):
     _names = [m["name"] for m in config["adaptation"]["methods"]]
     raise WorkflowError(f"config adaptation.methods: duplicate names {sorted({n for n in _names if _names.count(n) > 1})}; expected each name once")
 TRAINED = [name for name, m in ADAPTED.items() if m["method"] != "none"]
+# leakage (cxrgen.data.leakage): every evaluation sample on splits none of its training samples use, unless allowed
+try:
+    for _name, _spec in config["samples"].items():
+        leakage.sample_splits(_spec, config["data"]["splits"])
+    ALLOWED_OVERLAPS = leakage.check_config(config)
+except InputError as _exc:
+    raise WorkflowError(f"config leakage check: {_exc}")
 FEW_SHOT_METHODS = ("textual_inversion", "unet")  # the methods that train on images (projection trains on captions)
 
 
@@ -46,6 +58,21 @@ REFERENCE_CLASSIFIER = (
     if config["reference_classifier"]["model"] == "train"
     else config["reference_classifier"]["model"]
 )
+
+
+def manifest_checks(*pairs):
+    """Run-time patient check of (trains, evaluates, purpose) sample pairs a rule reads (cxrgen.data.leakage.check_sample_dirs)."""
+    allowed = leakage.allowed_overlaps(config)
+    return [
+        {"trains": t, "trains_dir": f"{DATA_DIR}/samples/{t}", "evaluates": e, "evaluates_dir": f"{DATA_DIR}/samples/{e}",
+         "purpose": purpose, "allowed_reason": allowed.get(frozenset((t, e)))}
+        for t, e, purpose in pairs
+    ]
+
+
+def manifest_check_inputs(checks):
+    """The sample folders a rule's run-time leakage check reads."""
+    return sorted({c[k] for c in checks for k in ("trains_dir", "evaluates_dir")})
 
 
 def dataset_root_input(wildcards):

@@ -58,6 +58,7 @@ rule sample:
         directory(f"{DATA_DIR}/samples/{{sample}}"),
     params:
         spec=lambda wc: config["samples"][wc.sample],
+        splits=list(config["data"]["splits"]),
         seed=config["seed"],
         on_bad_image=config["data"]["on_bad_image"],
     log:

@@ -44,6 +44,7 @@ rule dewilde_sweep_point:
         real=f"{DATA_DIR}/samples/{DW['sweep']['real_sample']}",
         foundation=foundation_input,
         classifier=reference_classifier_input,
+        leakage=manifest_check_inputs(DW_SWEEP_LEAKAGE),
     output:
         images=directory(f"{DW_DIR}/sweep/{{cls}}_v{{vectors}}_n{{cases}}/steps{{steps}}_cfg{{cfg}}/set"),
         fid=f"{DW_DIR}/sweep/{{cls}}_v{{vectors}}_n{{cases}}/steps{{steps}}_cfg{{cfg}}/fid.csv",
@@ -57,6 +58,7 @@ rule dewilde_sweep_point:
     params:
         points=lambda w: [p for p in DW_POINTS if dw_point_dir(p) == f"{DW_DIR}/sweep/{w.cls}_v{w.vectors}_n{w.cases}/steps{w.steps}_cfg{w.cfg}"],
         sweep=DW["sweep"],
+        leakage=DW_SWEEP_LEAKAGE,
         inference=DW["inference"],
         foundation=FOUNDATION,
         classifier=REFERENCE_CLASSIFIER,
@@ -177,6 +179,7 @@ rule dewilde_classifier:
         seed=r"\d+",
     params:
         dewilde=DW,
+        leakage=DW_CLASSIFIER_LEAKAGE,
         synthetic={n: {c: f"{DW_DIR}/synthetic/{dw_slug(c)}_v{DW['vectors']}_n{n}" for c in DW_PAIR} for n in DW_SYN_CASES},
     log:
         "logs/dewilde/classifier_seed{seed}.log",

@@ -58,6 +58,11 @@ def dw_point_dir(p):
 
 
 DW_POINTS = dw_points()
+# run-time patient checks (cxrgen.data.leakage): the embeddings' training images vs the sets they are scored on
+DW_SWEEP_LEAKAGE = manifest_checks((DW["sample"], DW["sweep"]["real_sample"], "de Wilde Tables 1-3 FID: real set vs the embeddings' training images"))
+DW_CLASSIFIER_LEAKAGE = manifest_checks(
+    *[(DW["sample"], DW["classifier"][k], f"de Wilde Table 4: ResNet-18 {k} vs its real training images") for k in ("val_sample", "test_sample")]
+)
 DW_SYN_CASES = sorted({DW["cases"], DW["classifier"]["few_cases"]})
 DW_PAIR = [DW_HEALTHY, DW["classifier"]["finding"]]
 

@@ -1,6 +1,17 @@
 # The reference CXR classifier (Chambon et al. 2.3) that scores real, reconstructed and generated images:
 # trained here on the train/validate samples (miniature), or torchxrayvision's DenseNet-121 ("xrv:<weights>").
 
+# run-time patient checks (cxrgen.data.leakage) of a classifier trained here: train and validation vs test
+RC = config["reference_classifier"]
+RC_LEAKAGE = (
+    manifest_checks(
+        (RC["train_sample"], RC["test_sample"], "reference classifier: test metrics vs its training images"),
+        (RC["val_sample"], RC["test_sample"], "reference classifier: test metrics vs the images its thresholds were chosen on"),
+    )
+    if RC["model"] == "train"
+    else []
+)
+
 
 if config["reference_classifier"]["model"] == "train":
 
@@ -34,6 +45,7 @@ rule evaluate_reference_classifier:
     input:
         test=f"{DATA_DIR}/samples/{config['reference_classifier']['test_sample']}",
         classifier=reference_classifier_input,
+        leakage=manifest_check_inputs(RC_LEAKAGE),
     output:
         report(
             f"{CLASSIFIER_DIR}/test_metrics.csv",
@@ -42,6 +54,7 @@ rule evaluate_reference_classifier:
         ),
     params:
         classifier=REFERENCE_CLASSIFIER,
+        leakage=RC_LEAKAGE,
         n_boot=config["reference_classifier"]["n_boot"],
         seed=config["seed"],
     log:

@@ -2,6 +2,14 @@
 # FID per method and prompt (Table 4), the reference classifier on them (Table 5), sample grids (Figs. 1, 4, 5).
 
 SYNTH_CATEGORY = "Synthesis (Chambon Tables 4, 5; Figs. 1, 4, 5)"
+# run-time patient checks (cxrgen.data.leakage): the real set vs every fine-tuning sample it is compared with
+SYNTH_LEAKAGE = manifest_checks(
+    *[(adaptation_sample(n), config["synthesis"]["real_sample"], f"Chambon Table 4 FID: real set vs {n}'s fine-tuning images")
+      for n in TRAINED if ADAPTED[n]["method"] in FEW_SHOT_METHODS]
+)
+MEMORIZATION_LEAKAGE = manifest_checks(
+    (config["adaptation"]["sample"], config["synthesis"]["real_sample"], "memorization: calibration images vs the fine-tuning images")
+)
 
 
 rule synthesize:
@@ -38,11 +46,13 @@ rule evaluate_synthesis:
         sets=expand(f"{SYNTH_DIR}/{{adapted}}", adapted=list(ADAPTED)),
         real=f"{DATA_DIR}/samples/{config['synthesis']['real_sample']}",
         classifier=reference_classifier_input,
+        leakage=manifest_check_inputs(SYNTH_LEAKAGE),
     output:
         table4=f"{SYNTH_DIR}/evaluation/table4.csv",
         table5=f"{SYNTH_DIR}/evaluation/table5.csv",
         scores=f"{SYNTH_DIR}/evaluation/scores.csv",
     params:
+        leakage=SYNTH_LEAKAGE,
         methods=list(ADAPTED),
         synthesis=config["synthesis"],
         classifier=REFERENCE_CLASSIFIER,
@@ -105,6 +115,7 @@ rule memorization:
         summary=f"{SYNTH_DIR}/evaluation/memorization.csv",
         per_image=f"{SYNTH_DIR}/evaluation/memorization_per_image.csv",
     params:
+        leakage=MEMORIZATION_LEAKAGE,
         methods=list(ADAPTED),
         classifier=REFERENCE_CLASSIFIER,
         quantile=config["synthesis"]["memorization_quantile"],

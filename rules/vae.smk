@@ -3,6 +3,15 @@
 
 VAE_DIR = "results/vae_study"
 VAE_PAPER_TABLE = "table6" if "chexpert" in DATASET.lower() else "table1"  # Table 6 is the CheXpert version
+# run-time patient checks (cxrgen.data.leakage): the scored sample vs a classifier trained here (train, validation)
+VAE_LEAKAGE = (
+    manifest_checks(
+        (RC["train_sample"], config["vae_study"]["sample"], "Chambon Table 1: scored images vs the classifier's training images"),
+        (RC["val_sample"], config["vae_study"]["sample"], "Chambon Table 1: scored images vs the images the classifier's thresholds were chosen on"),
+    )
+    if RC["model"] == "train"
+    else []
+)
 
 
 rule vae_study:
@@ -11,6 +20,7 @@ rule vae_study:
         sample=f"{DATA_DIR}/samples/{config['vae_study']['sample']}",
         foundation=foundation_input,
         classifier=reference_classifier_input,
+        leakage=manifest_check_inputs(VAE_LEAKAGE),
     output:
         per_image=f"{VAE_DIR}/per_image.csv",
         summary=f"{VAE_DIR}/summary.csv",
@@ -19,6 +29,7 @@ rule vae_study:
         examples=f"{VAE_DIR}/examples.npz",
     params:
         study=config["vae_study"],
+        leakage=VAE_LEAKAGE,
         foundation=FOUNDATION,
         classifier=REFERENCE_CLASSIFIER,
         seed=config["seed"],

@@ -16,6 +16,10 @@ ZAFAR_MODELS_DIR = f"{MODELS_DIR}/zafar"
 ZAFAR_DIR = "results/zafar"
 ZAFAR_SETS = ["foundation", *ZAFAR_METHODS]
 ZAFAR_CATEGORY = "Zafar 2023 (full fine-tuning vs DreamBooth + LoRA)"
+# run-time patient check (cxrgen.data.leakage): the FID real set vs every method's training sample
+ZAFAR_LEAKAGE = manifest_checks(
+    *[(m.get("sample", ZAFAR["train_sample"]), ZAFAR["real_sample"], f"Zafar FID: real set vs {n}'s training images") for n, m in ZAFAR_METHODS.items()]
+)
 
 
 # the run's Zafar tables and figures for results/README.md (rules/common.smk: reported_outputs)
@@ -142,6 +146,7 @@ rule zafar_evaluate:
         reference=reference_classifier_input,
         attribute=rules.zafar_attribute_classifier.output[0],
         corpus=rules.zafar_corpus_classifier.output[0],
+        leakage=manifest_check_inputs(ZAFAR_LEAKAGE),
     output:
         methods=f"{ZAFAR_DIR}/evaluation/methods.csv",
         controllability=f"{ZAFAR_DIR}/evaluation/controllability.csv",
@@ -151,6 +156,7 @@ rule zafar_evaluate:
         models=ZAFAR_SETS,
         names=list(ZAFAR_METHODS),
         reference=REFERENCE_CLASSIFIER,
+        leakage=ZAFAR_LEAKAGE,
         n_boot=ZAFAR["evaluation"]["n_boot"],
         seed=config["seed"],
     log:

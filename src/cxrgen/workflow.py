@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from cxrgen import launch
+from cxrgen.render.tables import CAPTION_NOTES
 
 
 def seed_everything(seed: int) -> None:
@@ -22,6 +23,20 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
     except ImportError:  # torch is optional for data-only rules
         pass
+
+
+def _leakage_guard(snakemake):
+    """Run the rule's patient-overlap checks (``params.leakage``, rules/common.smk ``manifest_checks``) and let its
+    tables' captions state the overlaps the config allows; returns the caption-notes token to reset."""
+    from cxrgen.data.leakage import caption_notes, check_sample_dirs
+
+    params = getattr(snakemake, "params", None)
+    checks = params.get("leakage") if hasattr(params, "get") else None
+    if checks:
+        check_sample_dirs(checks)
+    if snakemake.config.get("allow_overlap"):
+        return CAPTION_NOTES.set(caption_notes(snakemake.config))
+    return None
 
 
 @contextmanager
@@ -42,7 +57,8 @@ def _step_flops(snakemake, log_path):
 
 @contextmanager
 def script_context(snakemake):
-    """Redirect stdout/stderr into the rule's log, cap torch threads to the rule's, seed from config.
+    """Redirect stdout/stderr into the rule's log, cap torch threads to the rule's, seed from config, check the
+    rule's samples for shared patients (cxrgen.data.leakage).
 
     A rule with ``resources: gpu=N`` > 1 runs as N processes (:mod:`cxrgen.launch`): in the process Snakemake
     started, the block does not run; it starts the N workers, which run the block (each one rank, all writing to
@@ -79,8 +95,11 @@ def script_context(snakemake):
         if "torch" in sys.modules:  # already imported: cap it now (data-only rules never pay for the import)
             sys.modules["torch"].set_num_threads(threads)
         seed_everything(int(snakemake.config.get("seed", 0)))
+        notes = _leakage_guard(snakemake)
         with _step_flops(snakemake, log_path):
             yield logging.getLogger(f"cxrgen.{snakemake.rule}")
+        if notes is not None:
+            CAPTION_NOTES.reset(notes)
         if worker:
             launch.finish_worker(snakemake.rule, worker)
     except SystemExit as stop:

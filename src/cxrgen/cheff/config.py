@@ -53,13 +53,22 @@ class MaCheXConfig:
         return cfg
 
     def resolve_sources(self, data_cfg: dict | None = None) -> list[dict]:
-        """The MaCheX source list: the configured ``sources``, or the workflow's dataset (``data_cfg``) as one."""
+        """The MaCheX source list: the configured ``sources``, or the workflow's dataset (``data_cfg``) as one.
+
+        The source that is the workflow's own dataset (same root) carries ``workflow_splits`` (``data.splits``): MaCheX
+        then splits it as the workflow does (its test split held out, the rest trains the cascade), so the cascade
+        never trains on patients of the workflow's held-out samples (cxrgen.data.leakage).
+        """
+        from cxrgen.data.leakage import same_dataset_root
+
+        splits = (data_cfg or {}).get("splits")
         if self.sources:
             out = []
             for i, src in enumerate(self.sources):
                 if not isinstance(src, dict) or not src.get("adapter") or not src.get("root"):
                     raise InputError(f"cheff.machex.sources[{i}]={src!r}; expected a mapping with 'adapter' and 'root'")
-                out.append(dict(src))
+                own = splits and data_cfg.get("root") and same_dataset_root(src["root"], data_cfg["root"])
+                out.append({**src, **({"workflow_splits": dict(splits)} if own else {})})
             return out
         if not data_cfg or "root" not in data_cfg or "source" not in data_cfg:
             raise InputError("cheff.machex.sources is empty and no data section was given; expected sources or the "
@@ -67,7 +76,8 @@ class MaCheXConfig:
         source = data_cfg["source"]
         options = {"csv": data_cfg["csv"]} if data_cfg.get("csv") else {}
         return [{"adapter": ADAPTER_FOR_SOURCE.get(source, source), "root": data_cfg["root"],
-                 "name": SOURCE_NAMES.get(source, source), "options": options}]
+                 "name": SOURCE_NAMES.get(source, source), "options": options,
+                 **({"workflow_splits": dict(splits)} if splits else {})}]
 
 
 @dataclass

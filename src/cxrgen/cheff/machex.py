@@ -50,7 +50,9 @@ def _check_source(src: dict, i: int) -> dict:
 def build_machex(sources: Sequence[dict], frontal_only: bool = True, seed: int = 0,
                  test_fraction: float = 0.1) -> pd.DataFrame:
     """The unified table: adapter columns + ``dataset`` (source name), ``origin``, ``source_split`` (the source's own
-    split, or a seeded patient split with ``test_fraction`` when it has none), ``in_machex`` and ``report``."""
+    split, or a seeded patient split with ``test_fraction`` when it has none; for a source with ``workflow_splits``,
+    the workflow's patient split with ``seed``: its test split is MaCheX's test, the others train), ``in_machex`` and
+    ``report``."""
     if not sources:
         raise InputError("MaCheX needs at least one source; got none")
     frames = []
@@ -60,7 +62,13 @@ def build_machex(sources: Sequence[dict], frontal_only: bool = True, seed: int =
         df = df.copy()
         df["dataset"], df["origin"] = src["name"], src["origin"]
         split = df["split"].astype(str) if "split" in df.columns else None
-        if split is None or not split.isin(TRAIN_SPLITS).any():
+        if src.get("workflow_splits"):  # the workflow's own dataset: its patient split, test held out
+            from cxrgen.data.leakage import MACHEX_TEST_SPLIT
+            from cxrgen.data.sampling import patient_split
+
+            own = patient_split(df, src["workflow_splits"], seed)
+            split = own.where(own == MACHEX_TEST_SPLIT, TRAIN_SPLITS[0])
+        elif split is None or not split.isin(TRAIN_SPLITS).any():
             patients = np.array(sorted(df["patient_id"].astype(str).unique()))
             rng = np.random.default_rng([seed, i])
             test = set(rng.permutation(patients)[: int(round(test_fraction * len(patients)))])

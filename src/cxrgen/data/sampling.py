@@ -13,6 +13,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from cxrgen.data.leakage import sample_splits
 from cxrgen.data.preprocess import check_preprocessing, load_grayscale, load_preprocessed
 from cxrgen.data.prompts import chambon_prompt, zafar_prompt
 from cxrgen.data.schema import CHEXPERT_LABELS, FRONTAL_VIEWS, label_names_to_columns
@@ -181,17 +182,30 @@ def load_images(folder: str | Path) -> tuple[np.ndarray, pd.DataFrame]:
 SELECTORS = ("frontal_with_reports", "few_shot", "split")
 
 
-def select_sample(table: pd.DataFrame, spec: dict, seed: int) -> pd.DataFrame:
-    """Pick the rows of one configured sample (``samples.<name>`` in config.yaml)."""
+def select_sample(table: pd.DataFrame, spec: dict, seed: int, all_splits=None) -> pd.DataFrame:
+    """Pick the rows of one configured sample (``samples.<name>`` in config.yaml).
+
+    Rows come from the sample's splits only (``split``/``splits``; few-shot samples default to the train split,
+    :func:`cxrgen.data.leakage.sample_splits`), so samples on disjoint splits share no patient. ``all_splits`` are
+    the configured split names (``data.splits``; default: those in the table).
+    """
     kind = spec.get("select")
+    if kind not in SELECTORS:
+        raise InputError(f"sample selector {kind!r}; expected one of {list(SELECTORS)}")
+    splits = sample_splits(spec, all_splits if all_splits is not None else sorted(table["split"].astype(str).unique()))
+    table = table[table["split"].astype(str).isin(splits)]
+    try:
+        return _select(table, spec, kind, seed, splits)
+    except InputError as exc:
+        raise InputError(f"{exc} (sample drawn from split(s) {list(splits)})") from exc
+
+
+def _select(table: pd.DataFrame, spec: dict, kind: str, seed: int, splits) -> pd.DataFrame:
     if kind == "frontal_with_reports":
         return sample_frontal_with_reports(table, int(spec["n"]), seed)
     if kind == "few_shot":
         return few_shot(table, list(spec["classes"]), int(spec["n_per_class"]), seed, tuple(spec.get("views", FRONTAL_VIEWS)))
-    if kind == "split":
-        rows = frontal(table)
-        rows = rows[rows["split"] == spec["split"]]
-        if "n" in spec:
-            rows = _take(rows, int(spec["n"]), seed, f"split {spec['split']!r}", strict=False)
-        return rows.sort_values("image_id").reset_index(drop=True)
-    raise InputError(f"sample selector {kind!r}; expected one of {list(SELECTORS)}")
+    rows = frontal(table)  # kind == "split"
+    if "n" in spec:
+        rows = _take(rows, int(spec["n"]), seed, f"split(s) {list(splits)}", strict=False)
+    return rows.sort_values("image_id").reset_index(drop=True)

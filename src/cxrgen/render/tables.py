@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -15,6 +16,10 @@ import pandas as pd
 
 from cxrgen.errors import InputError
 from cxrgen.io import write_csv_atomic, write_text_atomic
+
+#: {table stem: sentences} appended to that table's caption: the overlaps the config allows (cxrgen.data.leakage),
+#: set for the running rule by cxrgen.workflow.script_context
+CAPTION_NOTES: ContextVar[Mapping[str, Sequence[str]]] = ContextVar("CAPTION_NOTES", default={})
 
 PAPER = "(paper)"
 OURS = "(this run)"
@@ -267,8 +272,8 @@ def write_table(
     has_paper = any(str(c).endswith(PAPER) for c in df.columns)
     if has_paper and not paper_table:
         raise InputError("write_table: the frame has '(paper)' columns, so paper_table (e.g. 'chambon2022, Table 3') is required")
-    text = full_caption(caption, scale, paper_table)
     stem = Path(out_stem)
+    text = " ".join([full_caption(caption, scale, paper_table), *CAPTION_NOTES.get().get(stem.name, ())])
     label = label or f"tab:{stem.name}"
     paths = {ext: stem.with_name(stem.name + "." + ext) for ext in ("csv", "md", "tex")}
     write_csv_atomic(df, paths["csv"])
