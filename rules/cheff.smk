@@ -40,6 +40,17 @@ cheff_report = lambda stem, exts, caption: {
 }
 
 
+# run-time patient checks (cxrgen.data.leakage) of the comparison's real set: the cascade's MaCheX training rows of
+# the workflow's own dataset, the few-shot fine-tuning samples, Zafar's training samples
+CHEFF_COMPARISON_LEAKAGE = [
+    {**check, "trains_dir": f"{CHEFF_MACHEX}/table.csv", "trains_rows": ["in_machex", "workflow_dataset"]}
+    for check in manifest_checks((leakage.MACHEX_TRAIN, config["synthesis"]["real_sample"], "Cheff comparison: real set vs the cascade's training images"))
+] + manifest_checks(
+    *[(adaptation_sample(n), config["synthesis"]["real_sample"], f"Cheff comparison: real set vs {n}'s fine-tuning images")
+      for n in TRAINED if ADAPTED[n]["method"] in FEW_SHOT_METHODS],
+    *[(m.get("sample", ZAFAR["train_sample"]), config["synthesis"]["real_sample"], f"Cheff comparison: real set vs Zafar {n}'s training images")
+      for n, m in ZAFAR_METHODS.items()],
+)
 TABLE_EXTS = ("csv", "md", "tex")
 FIGURE_EXTS = ("png", "pdf")
 
@@ -254,6 +265,8 @@ rule cheff_synthesis_comparison:
         zafar_sets=expand(f"{ZAFAR_DIR}/samples/{{model}}", model=ZAFAR_SETS),
         real=f"{DATA_DIR}/samples/{config['synthesis']['real_sample']}",
         classifier=CHEFF_CLASSIFIER_INPUT,
+        machex=rules.cheff_machex.output.table,
+        leakage=manifest_check_inputs(CHEFF_COMPARISON_LEAKAGE),
     output:
         csv=f"{CHEFF_DIR}/synthesis/comparison.csv",
         **cheff_report("results/tables/weber2023_synthesis_comparison", TABLE_EXTS, "cheff_synthesis_comparison"),
@@ -261,6 +274,7 @@ rule cheff_synthesis_comparison:
         cheff=CHEFF,
         sd_names=list(ADAPTED),
         zafar_names=ZAFAR_SETS,
+        leakage=CHEFF_COMPARISON_LEAKAGE,
         classifier=REFERENCE_CLASSIFIER,
         scale=config["scale"],
         seed=config["seed"],

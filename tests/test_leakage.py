@@ -140,6 +140,14 @@ def test_run_time_manifest_check_raises_on_shared_patients(tmp_path):
         leakage.check_sample_dirs([check])
     leakage.check_sample_dirs([{**check, "evaluates": "heldout", "evaluates_dir": clean}])
     leakage.check_sample_dirs([{**check, "allowed_reason": "deliberate"}])
+    # MaCheX: only its training rows of the workflow's own dataset count (another source's "p9" is another patient)
+    table = tmp_path / "machex_table.csv"
+    pd.DataFrame({"patient_id": ["p9", "p9", "p5"], "in_machex": [True, False, True],
+                  "workflow_dataset": [False, True, True]}).to_csv(table, index=False)
+    machex = {**check, "trains": "machex:train", "trains_dir": table, "trains_rows": ["in_machex", "workflow_dataset"]}
+    leakage.check_sample_dirs([machex])
+    with pytest.raises(leakage.LeakageError, match="p9"):
+        leakage.check_sample_dirs([{**machex, "trains_rows": ["workflow_dataset"]}])
     # script_context runs a rule's params.leakage before the rule's code
     from cxrgen.workflow import script_context
 

@@ -103,7 +103,10 @@ def sample_parts(config: dict, name: str) -> frozenset[tuple[str, str]]:
 def workflow_pairs(config: dict) -> list[Pair]:
     """Every (training sample, evaluation sample) pair the workflow builds, read off rules/*.smk."""
     pairs: list[Pair] = []
-    add = lambda *a, tables=(): pairs.append(Pair(*a, tables=tuple(tables)))  # noqa: E731
+
+    def add(trains, trains_key, evaluates, evaluates_key, purpose, tables=()):
+        pairs.append(Pair(trains, trains_key, evaluates, evaluates_key, purpose, tuple(tables)))
+
     syn, rc, vae = config["synthesis"], config["reference_classifier"], config["vae_study"]
     real, real_key = syn["real_sample"], "synthesis.real_sample"
     cheff_tables = ("weber2023_synthesis_comparison",)
@@ -248,13 +251,23 @@ def check_manifests(trains_manifest: pd.DataFrame, evaluates_manifest: pd.DataFr
     return shared
 
 
+def _patients(path, rows=()) -> pd.DataFrame:
+    """``patient_id`` of a sample folder's manifest, or of the rows of a table CSV where every ``rows`` column is true."""
+    path = Path(path)
+    csv = path / "manifest.csv" if path.is_dir() else path
+    if not csv.is_file():
+        raise InputError(f"{csv} missing; expected a sample folder with manifest.csv or a table CSV")
+    frame = pd.read_csv(csv, dtype={"patient_id": str}, usecols=lambda c: c in ("patient_id", *rows))
+    return frame[frame[list(rows)].astype(bool).all(axis=1)] if rows else frame
+
+
 def check_sample_dirs(checks: list[dict]) -> None:
     """:func:`check_manifests` over ``[{trains, trains_dir, evaluates, evaluates_dir, purpose, allowed_reason}]``
-    (built by ``manifest_checks`` in rules/common.smk); reads the manifests only."""
-    read = lambda d: pd.read_csv(Path(d) / "manifest.csv", dtype={"patient_id": str}, usecols=lambda c: c == "patient_id")  # noqa: E731
+    (built by ``manifest_checks`` in rules/common.smk); reads patient ids only. ``trains_dir`` may be a table CSV
+    (MaCheX's table.csv) whose training rows are those where every ``trains_rows`` column is true."""
     for c in checks:
-        check_manifests(read(c["trains_dir"]), read(c["evaluates_dir"]), c["trains"], c["evaluates"], c["purpose"],
-                        c.get("allowed_reason"))
+        check_manifests(_patients(c["trains_dir"], c.get("trains_rows", ())), _patients(c["evaluates_dir"]),
+                        c["trains"], c["evaluates"], c["purpose"], c.get("allowed_reason"))
 
 
 __all__ = ["FEW_SHOT_DEFAULT_SPLITS", "MACHEX_TRAIN", "MACHEX_TEST", "Pair", "LeakageError", "sample_splits",
