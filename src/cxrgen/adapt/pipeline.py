@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cxrgen.devices import default_device
 from cxrgen.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -99,12 +100,6 @@ def substitute_token(prompt: str, token: str, phrase: str = TI_PHRASE) -> str:
     if n == 0:
         log.warning("prompt %r contains neither the learned token %r nor %r; used unchanged", prompt, token, phrase)
     return new
-
-
-def _device(device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def set_scheduler(pipe, name: str | None) -> str:
@@ -253,7 +248,7 @@ def load_adapted_pipeline(foundation=None, adapter_dir=None, device=None, schedu
             # paths legitimately differ between machines; a real mismatch shows up as bad samples or shape errors
             log.warning("adapter %s was trained on foundation %r but is applied to %r", folder, adapter["foundation"],
                         foundation)
-    dev = _device(device)
+    dev = default_device(device)
     pipe = load_pipeline(foundation)
     method = adapter["method"]
     encoder = None
@@ -335,7 +330,7 @@ def _load_lora_stack(foundation, folders: list, weights, device, scheduler, prog
     for f, a, name in zip(folders, adapters, names):
         _load_lora(pipe, Path(f), a, name)
     pipe.set_adapters(names, adapter_weights=weights)
-    pipe = pipe.to(_device(device))
+    pipe = pipe.to(default_device(device))
     set_scheduler(pipe, scheduler)
     pipe.set_progress_bar_config(disable=not progress_bar)
     merged = {"method": "lora", "foundation": str(foundation), "stack": [str(f) for f in folders], "weights": weights}

@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from cxrgen.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from cxrgen.devices import default_device
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path
 
@@ -430,13 +431,7 @@ class ProjectionSetup:
         return torch.nn.functional.mse_loss(pred, targets)
 
 
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def prepare(foundation, cfg: ProjectionConfig, device: str = "cpu", pipe=None) -> ProjectionSetup:
+def prepare(foundation, cfg: ProjectionConfig, device: str | torch.device | None = None, pipe=None) -> ProjectionSetup:
     """Load the foundation's CLIP text encoder (frozen) and the in-domain encoder (frozen); build the projection."""
     from cxrgen.models.registry import load_pipeline  # noqa: PLC0415
     from cxrgen.text.encoders import load_encoder  # noqa: PLC0415
@@ -452,6 +447,7 @@ def prepare(foundation, cfg: ProjectionConfig, device: str = "cpu", pipe=None) -
     seq_len = int(cfg.max_length or min(int(getattr(tokenizer, "model_max_length", clip_max) or clip_max), clip_max))
     if not 2 <= seq_len <= clip_max:
         raise InputError(f"textual_projection.max_length={cfg.max_length}; expected 2..{clip_max} (CLIP positions)")
+    device = default_device(device)
     clip = clip.to(device).eval().requires_grad_(False)
     enc = load_encoder(cfg.encoder, cfg.encoder_path, trust_remote_code=cfg.trust_remote_code, device=device)
     enc.model.requires_grad_(False)
@@ -587,7 +583,7 @@ def train_textual_projection(foundation, captions, cfg: ProjectionConfig | None 
     templates = expand_templates(cfg.templates)
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
-    device = _device(cfg.device)
+    device = default_device(cfg.device)
     t_start = time.perf_counter()
     setup = prepare(foundation, cfg, device)
     proj = setup.projection
@@ -675,7 +671,7 @@ def train_textual_projection(foundation, captions, cfg: ProjectionConfig | None 
         "probe": _probe(setup),
         "load_s": t_load,
         "train_s": train_s,
-        "device": device,
+        "device": str(device),
     }
     save_adapter(setup, cfg, out_dir, rows, summary)
     shutil.rmtree(partial, ignore_errors=True)
@@ -711,8 +707,9 @@ def train_from_config(foundation, cfg_dict: dict | None, out_dir, seed: int | No
     return train_textual_projection(foundation, captions, cfg, out_dir, progress=progress)
 
 
-def load_prompt_encoder(adapter_dir: str | os.PathLike, device: str = "cpu") -> PromptEncoder:
-    """Rebuild the :class:`PromptEncoder` of a textual-projection adapter folder (in eval mode, frozen)."""
+def load_prompt_encoder(adapter_dir: str | os.PathLike, device: str | torch.device | None = None) -> PromptEncoder:
+    """Rebuild the :class:`PromptEncoder` of a textual-projection adapter folder (in eval mode, frozen) on ``device``
+    (default :func:`cxrgen.devices.default_device`)."""
     from safetensors.torch import load_file  # noqa: PLC0415
 
     from cxrgen.text.encoders import load_encoder  # noqa: PLC0415
@@ -727,6 +724,7 @@ def load_prompt_encoder(adapter_dir: str | os.PathLike, device: str = "cpu") -> 
     pcfg = json.loads((adapter_dir / meta.get("projection_config", PROJ_CONFIG_FILE)).read_text())
     proj = TextualProjection.from_config(pcfg)
     proj.load_state_dict(load_file(str(adapter_dir / meta.get("weights", WEIGHTS_FILE))))
+    device = default_device(device)
     proj.to(device).eval().requires_grad_(False)
     enc = load_encoder(meta.get("encoder_name", meta["encoder"]), meta.get("encoder_path"),
                        trust_remote_code=bool(meta.get("trust_remote_code")), device=device)

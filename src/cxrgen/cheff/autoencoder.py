@@ -32,6 +32,7 @@ from cxrgen.cheff.training import (
     StateBundle, finish_checkpoint, fingerprint, save_pretrained_atomic, to_uint8, to_unit, train_loop,
     write_training_log,
 )
+from cxrgen.devices import default_device, module_device
 from cxrgen.errors import InputError, WeightsUnavailableError
 from cxrgen.io import write_text_atomic
 
@@ -282,13 +283,14 @@ def save_autoencoder(vae, cfg: AutoencoderConfig, out_dir) -> None:
     write_text_atomic(Path(out_dir) / META_FILE, json.dumps(meta, indent=2))
 
 
-def load_autoencoder(folder: str | os.PathLike):
+def load_autoencoder(folder: str | os.PathLike, device: str | torch.device | None = None):
+    """A saved AutoencoderKL in eval mode on ``device`` (default :func:`cxrgen.devices.default_device`)."""
     from diffusers import AutoencoderKL
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise InputError(f"{folder} holds no AutoencoderKL (config.json missing); expected a train_autoencoder output")
-    return AutoencoderKL.from_pretrained(str(folder)).eval()
+    return AutoencoderKL.from_pretrained(str(folder)).eval().to(default_device(device))
 
 
 def _check_size(images: np.ndarray, size: int, what: str) -> np.ndarray:
@@ -301,33 +303,37 @@ def _check_size(images: np.ndarray, size: int, what: str) -> np.ndarray:
 @torch.no_grad()
 def encode(vae, images_uint8: np.ndarray, batch_size: int = 64, sample: bool = False,
            generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 (N,H,W) -> raw latents (N, C, H/f, W/f): posterior mode (default) or a sample (unscaled)."""
+    """uint8 (N,H,W) -> raw latents (N, C, H/f, W/f) on the CPU: posterior mode (default) or a sample (unscaled)."""
     x = to_unit(images_uint8)
     ch = vae.config.in_channels
+    device = module_device(vae)
     out = []
     for i in range(0, len(x), batch_size):
-        d = vae.encode(x[i:i + batch_size].expand(-1, ch, -1, -1)).latent_dist
-        out.append(d.sample(generator=generator) if sample else d.mode())
+        d = vae.encode(x[i:i + batch_size].expand(-1, ch, -1, -1).to(device)).latent_dist
+        out.append((d.sample(generator=generator) if sample else d.mode()).cpu())
     return torch.cat(out)
 
 
 @torch.no_grad()
 def encode_stats(vae, images_uint8: np.ndarray, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and std per image (cached once; diffusion training samples z from them every step)."""
+    """Posterior mean and std per image on the CPU (cached once; diffusion training samples z from them every step)."""
     x = to_unit(images_uint8)
     ch = vae.config.in_channels
+    device = module_device(vae)
     means, stds = [], []
     for i in range(0, len(x), batch_size):
-        d = vae.encode(x[i:i + batch_size].expand(-1, ch, -1, -1)).latent_dist
-        means.append(d.mean)
-        stds.append(d.std)
+        d = vae.encode(x[i:i + batch_size].expand(-1, ch, -1, -1).to(device)).latent_dist
+        means.append(d.mean.cpu())
+        stds.append(d.std.cpu())
     return torch.cat(means), torch.cat(stds)
 
 
 @torch.no_grad()
 def decode(vae, latents: torch.Tensor, batch_size: int = 64) -> np.ndarray:
     """Raw latents -> uint8 (N,H,W)."""
-    return np.concatenate([to_uint8(vae.decode(latents[i:i + batch_size]).sample) for i in range(0, len(latents), batch_size)])
+    device = module_device(vae)
+    return np.concatenate([to_uint8(vae.decode(latents[i:i + batch_size].to(device)).sample)
+                           for i in range(0, len(latents), batch_size)])
 
 
 def reconstruct(vae, images_uint8: np.ndarray, batch_size: int = 64) -> np.ndarray:

@@ -31,6 +31,7 @@ from cxrgen.cheff.schedules import CHEFF_BETA_END, LDM_BETA_START, ddim_from, ma
 from cxrgen.cheff.training import (
     finish_checkpoint, fingerprint, save_pretrained_atomic, train_loop, write_training_log,
 )
+from cxrgen.devices import default_device, module_device
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path, write_text_atomic
 
@@ -160,8 +161,19 @@ class SDM:
                     "max_length": self.max_length, "ddim_steps": self.ddim_steps, **(extra or {})}
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
 
+    def to(self, device) -> "SDM":
+        self.unet.to(device)
+        if self.encoder is not None:
+            self.encoder.to(device)
+        return self
+
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> "SDM":
+    def load(cls, folder: str | os.PathLike, device: str | torch.device | None = None) -> "SDM":
+        """A saved SDM on ``device`` (default :func:`cxrgen.devices.default_device`)."""
+        return cls._load(folder).to(default_device(device))
+
+    @classmethod
+    def _load(cls, folder: str | os.PathLike) -> "SDM":
         from diffusers import DDIMScheduler, UNet2DConditionModel, UNet2DModel
 
         folder = Path(folder)
@@ -264,11 +276,13 @@ def ddim_sample(
     after_step: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     progress: bool = False,
     desc: str = "DDIM",
+    device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """DDIM from x_T ~ N(0, I): ``eps_fn(x_t, t)``; ``after_step(x_{t-1}, t_prev)`` may edit each iterate
-    (inpainting pastes the known region there)."""
+    (inpainting pastes the known region there). x_T is drawn on the CPU (``generator``: a CPU generator, so samples
+    do not depend on the device) and moved to ``device`` (default: the CPU), where the iterates stay."""
     scheduler.set_timesteps(int(steps))
-    x = torch.randn(shape, generator=generator)
+    x = torch.randn(shape, generator=generator).to(device or "cpu")
     ts = list(scheduler.timesteps)
     for i, t in enumerate(tqdm(ts, desc=desc, disable=not progress, leave=False)):
         eps = eps_fn(x, t)
@@ -283,14 +297,16 @@ def ddim_sample(
 def sample_latents(sdm: SDM, n: int, reports: Sequence[str] | None = None, steps: int | None = None,
                    generator: torch.Generator | None = None, batch_size: int = 64, guidance: float = 1.0,
                    progress: bool = True) -> torch.Tensor:
-    """n raw latents (divided by ``latent_scale``, ready for the decoder)."""
+    """n raw latents on the CPU (divided by ``latent_scale``, ready for the decoder); sampled on the U-Net's device."""
     cfg = sdm.unet.config
+    device = module_device(sdm.unet)
     out = []
     for i in tqdm(range(0, n, batch_size), desc="SDM sampling", disable=not progress, leave=False):
         m = min(batch_size, n - i)
         ctx = sdm.context(None if reports is None else list(reports[i:i + m]), m)
         unc = sdm.context([""] * m, m) if ctx is not None and guidance != 1.0 else None
         z = ddim_sample(lambda x, t: sdm.eps(x, t, ctx, unc, guidance), sdm.scheduler,
-                        (m, cfg.in_channels, cfg.sample_size, cfg.sample_size), steps or sdm.ddim_steps, generator)
-        out.append(z / sdm.latent_scale)
+                        (m, cfg.in_channels, cfg.sample_size, cfg.sample_size), steps or sdm.ddim_steps, generator,
+                        device=device)
+        out.append((z / sdm.latent_scale).cpu())
     return torch.cat(out)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from cxrgen.cheff.autoencoder import decode, encode
 from cxrgen.cheff.diffusion import SDM, ddim_sample
+from cxrgen.devices import module_device
 from cxrgen.errors import InputError
 
 
@@ -56,19 +57,21 @@ def inpaint(
         raise InputError("the mask marks no pixel to fill; expected True where content is to be generated")
     if sdm.conditioning != "none":
         raise InputError("inpainting uses the unconditional SDM; got a report-conditioned one")
-    z0 = encode(vae, images) * sdm.latent_scale
-    m = latent_mask(mask, z0.shape[-1]).to(z0.dtype)
+    device = module_device(sdm.unet)
+    z0 = (encode(vae, images) * sdm.latent_scale).to(device)
+    m = latent_mask(mask, z0.shape[-1]).to(device, z0.dtype)
     sched = sdm.scheduler
 
     def keep_known(x, t_prev):
         if t_prev < 0:  # the last step: the known cells are the clean latent
             known = z0
-        else:
-            known = sched.add_noise(z0, torch.randn(z0.shape, generator=generator), torch.full((len(z0),), t_prev))
+        else:  # noise drawn on the CPU generator, as x_T
+            noise = torch.randn(z0.shape, generator=generator).to(device)
+            known = sched.add_noise(z0, noise, torch.full((len(z0),), t_prev, device=device))
         return m * x + (1 - m) * known
 
     z = ddim_sample(lambda x, t: sdm.eps(x, t, None), sched, tuple(z0.shape), steps or sdm.ddim_steps, generator,
-                    after_step=keep_known)
+                    after_step=keep_known, device=device)
     decoded = decode(vae, z / sdm.latent_scale)
     final = np.where(mask, decoded, images)
     return final, decoded

@@ -33,6 +33,7 @@ from cxrgen.cheff.schedules import ddim_from, make_scheduler
 from cxrgen.cheff.training import (
     finish_checkpoint, fingerprint, save_pretrained_atomic, to_uint8, to_unit, train_loop, write_training_log,
 )
+from cxrgen.devices import default_device, module_device
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path
 
@@ -233,7 +234,8 @@ class SuperResolution:
         self.unet, self.scheduler, self.ddim_steps = unet.eval(), scheduler, ddim_steps
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> "SuperResolution":
+    def load(cls, folder: str | os.PathLike, device: str | torch.device | None = None) -> "SuperResolution":
+        """A saved SR model on ``device`` (default :func:`cxrgen.devices.default_device`)."""
         from diffusers import DDIMScheduler, UNet2DModel
 
         folder = Path(folder)
@@ -241,16 +243,18 @@ class SuperResolution:
             raise InputError(f"{folder} holds no Cheff SR model ({META_FILE} missing); expected a train_sr output")
         meta = json.loads((folder / META_FILE).read_text())
         saved = DDIMScheduler.from_pretrained(str(folder / "scheduler"))  # folders from before SR_SAMPLER get it too
-        return cls(UNet2DModel.from_pretrained(str(folder / "unet")), sr_sampler(saved.config), meta["config"]["ddim_steps"])
+        unet = UNet2DModel.from_pretrained(str(folder / "unet")).to(default_device(device))
+        return cls(unet, sr_sampler(saved.config), meta["config"]["ddim_steps"])
 
     @torch.no_grad()
     def upscale(self, lr_images: np.ndarray, steps: int | None = None, generator: torch.Generator | None = None,
                 batch_size: int = 32, progress: bool = True) -> np.ndarray:
         c, size = self.unet.config.out_channels, self.unet.config.sample_size
+        device = module_device(self.unet)
         out = []
         for i in tqdm(range(0, len(lr_images), batch_size), desc="SR", disable=not progress, leave=False):
-            cond = upsample_condition(to_unit(lr_images[i:i + batch_size]).expand(-1, c, -1, -1), size)
+            cond = upsample_condition(to_unit(lr_images[i:i + batch_size]).expand(-1, c, -1, -1), size).to(device)
             x = ddim_sample(lambda x, t: self.unet(sr_input(x, cond), t).sample, self.scheduler, tuple(cond.shape),
-                            steps or self.ddim_steps, generator)
+                            steps or self.ddim_steps, generator, device=device)
             out.append(to_uint8(x))
         return np.concatenate(out)

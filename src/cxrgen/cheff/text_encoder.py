@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from cxrgen.devices import module_device
 from cxrgen.errors import InputError
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -84,5 +85,8 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> dict:
 
 
 def embed(encoder, tokens: dict) -> torch.Tensor:
-    """tau_phi(y): the encoder's last hidden states (B, L, D), the keys/values of the U-Net's cross-attention."""
-    return encoder(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
+    """tau_phi(y): the encoder's last hidden states (B, L, D), the keys/values of the U-Net's cross-attention
+    (computed on the encoder's device)."""
+    device = module_device(encoder)
+    return encoder(input_ids=tokens["input_ids"].to(device),
+                   attention_mask=tokens["attention_mask"].to(device)).last_hidden_state

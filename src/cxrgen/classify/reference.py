@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from cxrgen.data.schema import CHAMBON_TABLE1_LABELS, label_names_to_columns
 from cxrgen.data.sampling import load_images
+from cxrgen.devices import default_device, module_device
 from cxrgen.errors import InputError, WeightsUnavailableError
 from cxrgen.io import atomic_path
 from cxrgen.metrics.classification import binary_metrics, choose_threshold, per_label_table
@@ -185,9 +186,10 @@ class ReferenceClassifier:
         n = len(images)
         outs = []
         self.model.eval()
+        device = module_device(self.model)
         for i in range(0, n, batch_size):
             x = x_all[i : i + batch_size] if x_all is not None else _to_input(images[i : i + batch_size], self.image_size)
-            outs.append(fn(x))
+            outs.append(fn(x.to(device)).cpu())
         return torch.cat(outs) if outs else torch.zeros((0, 0))
 
     def predict_proba(self, images, batch_size: int = 64) -> np.ndarray:
@@ -282,11 +284,19 @@ def _load_xrv(weights: str, cache_dir: str | Path | None = None) -> ReferenceCla
                                aliases, {"weights_file": str(path), "architecture": ARCHITECTURE, "input_scaling": INPUT_SCALING})
 
 
-def load_reference_classifier(path_or_name: str | Path, cache_dir: str | Path | None = None) -> ReferenceClassifier:
+def load_reference_classifier(path_or_name: str | Path, cache_dir: str | Path | None = None,
+                              device: str | torch.device | None = None) -> ReferenceClassifier:
     """A saved folder (from :func:`train_reference_classifier`) or ``"xrv:<weights>"`` (e.g. ``xrv:densenet121-res224-all``).
 
     ``cache_dir`` overrides torchxrayvision's weights folder (default ``~/.torchxrayvision/models_data/``).
+    The network runs on ``device`` (default :func:`cxrgen.devices.default_device`); results come back on the CPU.
     """
+    clf = _load_reference_classifier(path_or_name, cache_dir)
+    clf.model.to(default_device(device))
+    return clf
+
+
+def _load_reference_classifier(path_or_name, cache_dir) -> ReferenceClassifier:
     spec = str(path_or_name)
     if spec.startswith(XRV_PREFIX):
         weights = spec[len(XRV_PREFIX):]

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from cxrgen.devices import module_device
 from cxrgen.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,8 @@ def to_input(images, size: int) -> torch.Tensor:
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype)[None, :, None, None]
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype)[None, :, None, None]
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device)[None, :, None, None]
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device)[None, :, None, None]
     return (x - mean) / std
 
 
@@ -150,8 +151,11 @@ def _auc(y: np.ndarray, s: np.ndarray) -> float:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 128) -> np.ndarray:
+    """P(positive) for the [0, 1] images ``x``, computed on the model's device, returned as a CPU array."""
     model.eval()
-    out = [torch.sigmoid(model(_normalise(x[i:i + batch_size]))).flatten() for i in range(0, len(x), batch_size)]
+    device = module_device(model)
+    out = [torch.sigmoid(model(_normalise(x[i:i + batch_size].to(device)))).flatten().cpu()
+           for i in range(0, len(x), batch_size)]
     return torch.cat(out).double().numpy()
 
 

@@ -1,7 +1,8 @@
 """Feature extractors for FID/KID and latent-similarity metrics, looked up by name.
 
 Every extractor takes uint8 images (N,H,W) or (N,H,W,C) (numpy or torch; C = 1, 3 or 4, alpha dropped),
-runs batched without gradients and returns a float32 CPU tensor (N, D).
+runs batched without gradients on ``device`` (default :func:`cxrgen.devices.default_device`: CUDA when present)
+and returns a float32 CPU tensor (N, D).
 
 * ``inception``: InceptionV3 pool features, 2048-d (torchmetrics' ``NoTrainInceptionV3`` = torch-fidelity's
   port of the TF FID network).  Grey images are repeated to 3 channels; the network itself resizes to 299x299
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cxrgen.devices import default_device
 from cxrgen.errors import InputError, WeightsUnavailableError
 
 DOWNLOAD_TIMEOUT_S = 30.0
@@ -91,13 +93,13 @@ class FeatureExtractor:
     name: str = "base"
     dim: int = 0
 
-    def __init__(self, size: int | None, antialias: bool = True, batch_size: int = 32, device: str | torch.device = "cpu"):
+    def __init__(self, size: int | None, antialias: bool = True, batch_size: int = 32, device: str | torch.device | None = None):
         if batch_size < 1:
             raise InputError(f"batch_size={batch_size}; expected a positive integer")
         self.size = size
         self.antialias = antialias
         self.batch_size = int(batch_size)
-        self.device = torch.device(device)
+        self.device = default_device(device)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -138,7 +140,7 @@ class InceptionExtractor(FeatureExtractor):
         weights_path: str | None = None,
         antialias: bool = True,
         batch_size: int = 32,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
     ):
         super().__init__(size=299, antialias=antialias, batch_size=batch_size, device=device)
         from torchmetrics.image.fid import NoTrainInceptionV3
@@ -209,7 +211,7 @@ class XRVExtractor(FeatureExtractor):
         center_crop: bool = True,
         cache_dir: str | None = None,
         batch_size: int = 32,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
     ):
         super().__init__(size=size, antialias=antialias, batch_size=batch_size, device=device)
         import torchxrayvision as xrv
@@ -299,7 +301,7 @@ class ReferenceExtractor(FeatureExtractor):
         normalize="xrv",
         name: str = "reference",
         batch_size: int = 32,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
     ):
         super().__init__(size=size, antialias=antialias, batch_size=batch_size, device=device)
         if model is None and path is not None:

@@ -369,12 +369,13 @@ def save_vae_study(result: dict, out_dir) -> dict[str, Path]:
 
 
 def load_vae(foundation, device: str | None = None):
-    """The ``AutoencoderKL`` of a foundation pipeline (folder, registry name or hub id), on ``device`` (auto)."""
+    """The ``AutoencoderKL`` of a foundation pipeline (folder, registry name or hub id), on ``device``
+    (default :func:`cxrgen.devices.default_device`)."""
+    from cxrgen.devices import default_device
     from cxrgen.models.registry import load_pipeline
 
     pipe = load_pipeline(foundation)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return pipe.vae.to(device).eval()
+    return pipe.vae.to(default_device(device)).eval()
 
 
 def run_vae_study_from_paths(sample_dir, foundation, classifier_spec, study: dict, seed: int, out_dir,

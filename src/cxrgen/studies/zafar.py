@@ -42,6 +42,7 @@ from PIL import Image
 
 from cxrgen.data.prompts import ZAFAR_STYLES, zafar_prompt
 from cxrgen.data.schema import CHEXPERT_LABELS
+from cxrgen.devices import default_device, module_device
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path, write_csv_atomic
 
@@ -247,11 +248,12 @@ class HeadClassifier:
     def predict(self, images, batch_size: int = 128) -> dict[str, np.ndarray]:
         out: dict[str, list] = {k: [] for k in self.heads}
         images = list(images)
+        device = module_device(self.model)
         for i in range(0, len(images), batch_size):
             x = _to_tensor(images[i:i + batch_size], int(self.meta["channels"]), int(self.meta["image_size"]))
-            logits = self.model(x)
+            logits = self.model(x.to(device))
             for k, n in self.heads.items():
-                z = logits[k]
+                z = logits[k].cpu()
                 out[k].append(torch.sigmoid(z[:, 0]) if n == 1 else torch.softmax(z, -1))
         return {k: torch.cat(v).double().numpy() if v else np.zeros(0) for k, v in out.items()}
 
@@ -260,11 +262,13 @@ class HeadClassifier:
 
         with atomic_path(folder) as tmp:
             tmp.mkdir()
-            save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(tmp / CLASSIFIER_FILE))
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()},
+                      str(tmp / CLASSIFIER_FILE))
             (tmp / CLASSIFIER_META).write_text(json.dumps(self.meta, indent=2, default=str))
 
 
-def load_head_classifier(folder) -> HeadClassifier:
+def load_head_classifier(folder, device: str | torch.device | None = None) -> HeadClassifier:
+    """A saved :class:`HeadClassifier`, its network on ``device`` (default: :func:`cxrgen.devices.default_device`)."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -274,7 +278,7 @@ def load_head_classifier(folder) -> HeadClassifier:
     meta = json.loads((folder / CLASSIFIER_META).read_text())
     model = SmallCNN(int(meta["channels"]), meta["heads"], int(meta.get("width", 24)))
     model.load_state_dict(load_file(str(folder / CLASSIFIER_FILE)))
-    return HeadClassifier(model, meta)
+    return HeadClassifier(model.to(default_device(device)), meta)
 
 
 def _fit(x: torch.Tensor, targets: Mapping[str, torch.Tensor], heads: Mapping[str, int], epochs: int,

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxrgen.devices import default_device
 from cxrgen.errors import InputError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,8 @@ def _sentence_transformers_pooling(folder: Path) -> dict | None:
     return {**pooling, "normalize": normalize}
 
 
-def load_encoder(name: str, path: str | Path | None = None, trust_remote_code: bool = False, device: str = "cpu") -> TextEncoder:
+def load_encoder(name: str, path: str | Path | None = None, trust_remote_code: bool = False,
+                 device: str | torch.device | None = None) -> TextEncoder:
     """Load a registered encoder (``TEXT_ENCODER_REGISTRY``), from ``path`` (a local folder) when given.
 
     ``trust_remote_code`` must be opted into per encoder (config) and is only honoured for registry entries that
@@ -144,7 +146,7 @@ def load_encoder(name: str, path: str | Path | None = None, trust_remote_code: b
                 f"{name}: {source} needs its own model code; set trust_remote_code: true for this encoder in the config"
             ) from exc
         raise
-    model.eval().to(device)
+    model.eval().to(default_device(device))
     missing = list(loading.get("missing_keys", []))
     has_pooler = getattr(model, "pooler", None) is not None and not any(k.startswith("pooler.") or ".pooler." in k for k in missing)
     if getattr(model, "pooler", None) is not None and not has_pooler:
