@@ -136,7 +136,7 @@ def test_evaluation_matches_sklearn(trained):
 def test_resume_from_partial_checkpoint(trained, tmp_path, monkeypatch):
     """A run killed after epoch 1 resumes from <out>.partial and ends with the weights of an uninterrupted run."""
     root, _, cfg, test = trained
-    from cxrgen import checkpoint
+    from cxrgen import engine as checkpoint  # the engine writes every trainer's checkpoints
 
     class Killed(Exception):
         pass
@@ -159,10 +159,14 @@ def test_resume_from_partial_checkpoint(trained, tmp_path, monkeypatch):
     b = load_reference_classifier(tmp_path / "clf").predict_proba(images)
     assert np.allclose(a, b, atol=1e-5)
     assert pd.read_csv(tmp_path / "clf" / "training_log.csv")["epoch"].tolist() == [1, 2]
-    # a checkpoint from a different configuration is not silently mixed in
-    real_save(tmp_path / "other.partial", {}, step=1, extra={"fingerprint": {"config": "x"}, "log": [], "best": {}})
-    with pytest.raises(InputError, match="different training run"):
+    # a checkpoint from a different configuration is not silently mixed in: refused, naming what differs
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
         train_reference_classifier(root / "train", root / "validate", cfg, tmp_path / "other", progress=False)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
+    other = ReferenceClassifierConfig(**{**cfg.to_dict(), "lr": cfg.lr * 2})
+    with pytest.raises(InputError, match=r"different settings \(lr: 0.003 -> 0.006\).*other\.partial"):
+        train_reference_classifier(root / "train", root / "validate", other, tmp_path / "other", progress=False)
 
 
 def test_bad_label_values_are_named(tmp_path):

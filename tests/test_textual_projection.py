@@ -166,18 +166,23 @@ def test_none_variant_trains_nothing_and_reloads(foundation, tmp_path):
 def test_resume_after_interruption_matches_uninterrupted(trained, foundation, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
+    from cxrgen import engine
+
     out = tmp_path / "adapter"
-    real_save = tp.save_checkpoint
+    real_save = engine.save_checkpoint
 
     def save_then_die(*args, **kwargs):
         real_save(*args, **kwargs)
         raise KeyboardInterrupt("simulated preemption")
 
-    monkeypatch.setattr(tp, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_from_config(foundation, {"variant": "token", **TINY}, out, seed=0, progress=False)
     assert (tmp_path / "adapter.partial" / "checkpoint" / "state.pt").is_file() and not out.exists()
-    monkeypatch.setattr(tp, "save_checkpoint", real_save)
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    # a checkpoint written under other settings is refused, naming them (the engine's one resume policy)
+    with pytest.raises(InputError, match=r"different settings \(lr: .*adapter\.partial to start over"):
+        train_from_config(foundation, {"variant": "token", **TINY, "lr": 0.5}, out, seed=0, progress=False)
     train_from_config(foundation, {"variant": "token", **TINY}, out, seed=0, progress=False)
     want = load_file(str(trained[0] / "projection.safetensors"))
     got = load_file(str(out / "projection.safetensors"))

@@ -53,8 +53,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrgen.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from cxrgen.devices import default_device
+from cxrgen.engine import Engine, RuntimeConfig
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path
 
@@ -569,12 +569,16 @@ def save_adapter(setup: ProjectionSetup, cfg: ProjectionConfig, out_dir: str | o
 
 
 def train_textual_projection(foundation, captions, cfg: ProjectionConfig | None = None,
-                             out_dir: str | os.PathLike = "textual_projection", progress: bool = True) -> dict:
+                             out_dir: str | os.PathLike = "textual_projection", progress: bool = True,
+                             runtime: RuntimeConfig | None = None) -> dict:
     """Train the projection for ``cfg.variant`` and write the adapter folder ``out_dir`` atomically.
 
     ``foundation``: a diffusers folder or registry name; ``captions``: a list of caption strings.
+    Runs through the engine (:mod:`cxrgen.engine`, ``runtime``): ``cfg.batch_size`` is the global batch of
+    prompts, drawn from one seeded generator and split over the processes.
     Resumable: checkpoints (projection, optimizer, scheduler, step, RNG) go to ``<out_dir>.partial/``,
-    removed on success. Returns a summary dict (also stored under ``training`` in ``adapter.json``).
+    removed on success; one written under other settings is refused (the engine's resume policy).
+    Returns a summary dict (also stored under ``training`` in ``adapter.json``).
     """
     cfg = cfg or ProjectionConfig()
     cfg.validate()
@@ -583,7 +587,11 @@ def train_textual_projection(foundation, captions, cfg: ProjectionConfig | None 
     templates = expand_templates(cfg.templates)
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
-    device = default_device(cfg.device)
+    runtime = runtime or RuntimeConfig()
+    if cfg.device not in (None, "auto") and default_device(cfg.device).type == "cpu":
+        runtime = dataclasses.replace(runtime, cpu=True)  # the config asks for the CPU explicitly
+    engine = Engine(runtime)
+    device = engine.device
     t_start = time.perf_counter()
     setup = prepare(foundation, cfg, device)
     proj = setup.projection
@@ -599,22 +607,22 @@ def train_textual_projection(foundation, captions, cfg: ProjectionConfig | None 
     params = [p for p in proj.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg)) if optimizer else None
+    micro = engine.micro_batch(cfg.batch_size)  # prompts per micro-step over all processes
+    if optimizer is not None:
+        # the prepared projection (DDP in a distributed run) encodes during training; saved unwrapped
+        pe.projection, optimizer, scheduler = engine.prepare(proj, optimizer, scheduler)
 
     partial = out_dir.with_name(out_dir.name + ".partial")
     ckpt = partial / "checkpoint"
     rows: list = []
     step, t_offset = 0, 0.0
-    if has_checkpoint(ckpt):
-        state = torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
-        if state.get("extra", {}).get("config") == cfg.to_dict() and state["extra"].get("foundation") == str(foundation):
-            state = load_checkpoint(ckpt, {"projection": proj}, optimizer, scheduler, {"sampler": sampler.generator})
-            step, rows = int(state["step"]), [tuple(r) for r in json.loads(state["extra"]["rows"])]
-            t_offset = float(state["extra"].get("seconds", 0.0))
-            if progress:
-                print(f"[textual_projection] resuming from {ckpt} at step {step}", file=sys.stderr)
-        else:
-            log.warning("textual projection: checkpoint %s was written with another config; starting afresh", ckpt)
-            shutil.rmtree(ckpt, ignore_errors=True)
+    settings = {**json.loads(json.dumps(cfg.to_dict())), "foundation": str(foundation)}
+    state = engine.resume(ckpt, settings, {"projection": proj}, optimizer, scheduler, {"sampler": sampler.generator})
+    if state is not None:
+        step, rows = int(state["step"]), [tuple(r) for r in json.loads(state["extra"]["rows"])]
+        t_offset = float(state["extra"].get("seconds", 0.0))
+        if progress and engine.is_main:
+            print(f"[textual_projection] resuming from {ckpt} at step {step}", file=sys.stderr)
 
     def elapsed() -> float:
         return t_offset + time.perf_counter() - t_train
@@ -623,20 +631,25 @@ def train_textual_projection(foundation, captions, cfg: ProjectionConfig | None 
     if step == 0:
         rows.append(("eval", 0, _eval_loss(setup, eval_feats, eval_targets), 0.0))
     bar = None
-    if progress and steps > step:
+    if progress and steps > step and engine.is_main:
         from tqdm.auto import tqdm  # noqa: PLC0415
 
         bar = tqdm(total=steps, initial=step, desc=f"textual projection ({cfg.variant})", unit="step")
+    accelerator = engine.accelerator
     proj.train()
     while step < steps:
-        prompts = sampler.draw(cfg.batch_size)
-        loss = setup.loss(prompts)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        loss_value = 0.0
+        for _ in range(engine.gradient_accumulation_steps):
+            # prompts drawn for all processes from one generator seeded alike; each encodes its own slice
+            prompts = engine.shard(sampler.draw(micro))
+            with accelerator.accumulate(pe.projection):
+                loss = setup.loss(prompts)
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            loss_value += engine.mean(loss.detach()) / engine.gradient_accumulation_steps
         step += 1
-        loss_value = float(loss.detach())
         rows.append(("train", step, loss_value, elapsed()))
         if step % cfg.eval_every == 0 or step == steps:
             proj.eval()
@@ -646,11 +659,11 @@ def train_textual_projection(foundation, captions, cfg: ProjectionConfig | None 
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
         if step % cfg.checkpoint_every == 0 and step < steps:
-            save_checkpoint(ckpt, {"projection": proj}, optimizer, scheduler, step, {"sampler": sampler.generator},
-                            extra={"config": cfg.to_dict(), "foundation": str(foundation),
-                                   "rows": json.dumps(rows), "seconds": elapsed()})
+            engine.save(ckpt, settings, {"projection": proj}, optimizer, scheduler, step, {"sampler": sampler.generator},
+                        extra={"rows": json.dumps(rows), "seconds": elapsed()})
     if bar is not None:
         bar.close()
+    pe.projection = proj
     proj.eval()
     train_s = elapsed()
 
@@ -673,8 +686,10 @@ def train_textual_projection(foundation, captions, cfg: ProjectionConfig | None 
         "train_s": train_s,
         "device": str(device),
     }
-    save_adapter(setup, cfg, out_dir, rows, summary)
-    shutil.rmtree(partial, ignore_errors=True)
+    if engine.is_main:
+        save_adapter(setup, cfg, out_dir, rows, summary)
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
     summary["total_s"] = time.perf_counter() - t_start
     if progress:
         print(f"[textual_projection] {cfg.variant}: eval MSE {summary['eval_loss_initial']:.4g} -> "

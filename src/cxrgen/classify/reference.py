@@ -38,8 +38,9 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from cxrgen.data.schema import CHAMBON_TABLE1_LABELS, label_names_to_columns
-from cxrgen.data.sampling import load_images
+from cxrgen.data.sampling import SampleFolderDataset, load_images
 from cxrgen.devices import default_device, module_device
+from cxrgen.engine import Engine, EpochPermutation, RuntimeConfig
 from cxrgen.errors import InputError, WeightsUnavailableError
 from cxrgen.io import atomic_path
 from cxrgen.metrics.classification import binary_metrics, choose_threshold, per_label_table
@@ -193,7 +194,8 @@ class ReferenceClassifier:
         return torch.cat(outs) if outs else torch.zeros((0, 0))
 
     def predict_proba(self, images, batch_size: int = 64) -> np.ndarray:
-        """Sigmoid probabilities (N, L) for uint8 grayscale images (N, H, W); resized and scaled internally."""
+        """Sigmoid probabilities (N, L) for uint8 grayscale images (N, H, W) (or classifier inputs, a float tensor);
+        resized and scaled internally."""
         out = self._batched(images, lambda x: torch.sigmoid(self.model.classifier(_pooled_features(self.model, x))), batch_size)
         return out.reshape(len(images), len(self.labels)).double().numpy()
 
@@ -331,15 +333,29 @@ def _label_matrix(manifest: pd.DataFrame, labels: Sequence[str], origin: str) ->
     return y
 
 
-def _read_folder(folder, labels, size) -> tuple[torch.Tensor, np.ndarray]:
-    images, manifest = load_images(folder)
-    if len(manifest) == 0:
-        raise InputError(f"{folder}: manifest.csv has no rows; expected a materialised sample with images")
-    return _to_input(images, size), _label_matrix(manifest, labels, str(Path(folder) / "manifest.csv"))
+class _ClassifierItems:
+    """Dataset transform: a folder image -> (classifier input (1, size, size), its label row with NaN = blank)."""
+
+    def __init__(self, labels: np.ndarray, size: int):
+        self.labels, self.size = torch.from_numpy(labels).float(), int(size)
+
+    def __call__(self, image: np.ndarray, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return _to_input(image[None], self.size)[0], self.labels[i]
 
 
-def _augment(x: torch.Tensor, cfg: ReferenceClassifierConfig, gen: torch.Generator) -> torch.Tensor:
-    n = x.shape[0]
+def _folder_dataset(folder, labels, size) -> tuple[SampleFolderDataset, np.ndarray]:
+    """The folder's images streamed from disk as classifier inputs with their labels; also the label matrix."""
+    data = SampleFolderDataset(folder)
+    y = _label_matrix(data.manifest, labels, str(Path(folder) / "manifest.csv"))
+    data.transform = _ClassifierItems(y, size)
+    return data, y
+
+
+def _augment(x: torch.Tensor, cfg: ReferenceClassifierConfig, gen: torch.Generator, n: int | None = None,
+             rows: slice = slice(None)) -> torch.Tensor:
+    """Random affine of this process's ``rows`` of a global batch of ``n`` (default: ``x`` is the whole batch);
+    the parameters are drawn for all ``n`` rows on the CPU generator, so every process draws the same stream."""
+    n = x.shape[0] if n is None else int(n)
     u = lambda: torch.rand(n, generator=gen) * 2 - 1  # noqa: E731
     ang = u() * math.radians(cfg.max_rotate_deg)
     scale = 1 + u() * cfg.max_scale
@@ -347,7 +363,7 @@ def _augment(x: torch.Tensor, cfg: ReferenceClassifierConfig, gen: torch.Generat
     flip = (torch.rand(n, generator=gen) < 0.5).float() * 2 - 1 if cfg.hflip else torch.ones(n)
     cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
     theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta[rows].to(x.device), list(x.shape), align_corners=False)
     # pad with the image minimum (-1024 = black), not zero (= mid grey)
     return F.grid_sample(x + 1024.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1024.0
 
@@ -365,89 +381,97 @@ def _mean_auc(y: np.ndarray, p: np.ndarray) -> tuple[float, list[float]]:
     return (float(np.mean(valid)) if valid else math.nan), aucs
 
 
+@torch.no_grad()
+def _predict_dataset(model: torch.nn.Module, labels: Sequence[str], data, batch_size: int = 64) -> np.ndarray:
+    """Sigmoid probabilities (N, L) of a classifier dataset, in batches read from disk, on the model's device."""
+    from torch.utils.data import DataLoader
+
+    clf = ReferenceClassifier(model, labels, {l: 0.5 for l in labels}, 1, "training")
+    outs = [clf.predict_proba(x, batch_size) for x, _ in DataLoader(data, batch_size=batch_size)]
+    return np.concatenate(outs)
+
+
 def train_reference_classifier(train_dir, val_dir, cfg: ReferenceClassifierConfig | None = None, out_dir=None,
-                               progress: bool = True) -> dict:
+                               progress: bool = True, runtime: RuntimeConfig | None = None) -> dict:
     """Train the miniature DenseNet-121 on ``train_dir``, pick the epoch and thresholds on ``val_dir``, save to ``out_dir``.
 
     Both folders are materialised samples (``cxrgen.data.sampling.materialise``) whose label columns are
-    binarised (1/0; blank = ignored, masked out of the BCE loss). Per-epoch checkpoints go to
-    ``<out_dir>.partial/`` (cxrgen.checkpoint) so a killed run resumes from its last finished epoch; the
-    final folder (``model.safetensors``, ``config.json``, ``training_log.csv``) is written atomically.
+    binarised (1/0; blank = ignored, masked out of the BCE loss); their images are read from disk batch by batch.
+    Training runs through the engine (:mod:`cxrgen.engine`, ``runtime``: device, processes, mixed precision,
+    accumulation; ``cfg.batch_size`` is the global batch). Per-epoch checkpoints go to ``<out_dir>.partial/`` so a
+    killed run resumes from its last finished epoch (refused when written under other settings); the final
+    folder (``model.safetensors``, ``config.json``, ``training_log.csv``) is written atomically.
     Returns a summary dict (out_dir, best_epoch, val_mean_auc, val_auc per label, thresholds, seconds).
     """
-    from cxrgen.checkpoint import STATE_FILE, has_checkpoint, load_checkpoint, save_checkpoint
-
     cfg = cfg or ReferenceClassifierConfig()
     if out_dir is None:
         raise InputError("train_reference_classifier: out_dir is required (the folder to write the classifier into)")
     out_dir = Path(out_dir)
     labels = list(cfg.labels)
     t_start = time.perf_counter()
-    x_tr, y_tr = _read_folder(train_dir, labels, cfg.image_size)
-    x_va, y_va = _read_folder(val_dir, labels, cfg.image_size)
-    y_tr_t = torch.from_numpy(y_tr).float()
+    engine = Engine(runtime)
+    train_data, _ = _folder_dataset(train_dir, labels, cfg.image_size)
+    val_data, y_va = _folder_dataset(val_dir, labels, cfg.image_size)
+    n_train, n_val = len(train_data), len(val_data)
 
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation, one stream as before the engine
     model = _build_densenet(len(labels))
-    best_model = _build_densenet(len(labels))
+    best_model = _build_densenet(len(labels)).to(engine.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(x_tr) / cfg.batch_size)
+    micro = engine.micro_batch(cfg.batch_size)
+    steps_per_epoch = math.ceil(math.ceil(n_train / micro) / engine.gradient_accumulation_steps)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.2)
+    loader = engine.dataloader(train_data, cfg.batch_size, shuffle=True, seed=cfg.seed, sampler=EpochPermutation(n_train, gen))
+    model, opt, sched = engine.prepare(model, opt, sched)
 
     ckpt_dir = out_dir.with_name(out_dir.name + ".partial")
     log: list[dict] = []
     best = {"epoch": -1, "val_mean_auc": -math.inf}
     start_epoch = 0
-    fingerprint = {"config": json.dumps(cfg.to_dict(), sort_keys=True), "n_train": len(x_tr), "n_val": len(x_va)}
-    if has_checkpoint(ckpt_dir):
-        previous = torch.load(ckpt_dir / STATE_FILE, map_location="cpu", weights_only=True)["extra"].get("fingerprint")
-        if previous != fingerprint:
-            raise InputError(f"{ckpt_dir} holds a checkpoint of a different training run (config or data differ); "
-                             "delete that folder to start afresh")
-        state = load_checkpoint(ckpt_dir, {"model": model, "best": best_model}, opt, sched, {"gen": gen})
+    settings = {**json.loads(json.dumps(cfg.to_dict())), "n_train": n_train, "n_val": n_val}
+    state = engine.resume(ckpt_dir, settings, {"model": model, "best": best_model}, opt, sched, {"gen": gen})
+    if state is not None:
         extra = state["extra"]
         log, best, start_epoch = list(extra["log"]), dict(extra["best"]), int(state["step"])
 
-    val_probs = None
+    accelerator = engine.accelerator
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
-        order = torch.randperm(len(x_tr), generator=gen)
         total, count = 0.0, 0
-        bar = tqdm(range(0, len(order), cfg.batch_size), disable=not progress, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
-        for i in bar:
-            idx = order[i : i + cfg.batch_size]
-            if len(idx) < 2:  # BatchNorm needs >1 sample per batch in train mode
+        bar = tqdm(loader, disable=not progress or not engine.is_main, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   leave=False)
+        for xb, yb in bar:
+            n = len(xb) * engine.num_processes  # the global micro-batch this process holds a slice of
+            if n < 2:  # BatchNorm needs >1 sample per batch in train mode
                 continue
-            xb, yb = x_tr[idx], y_tr_t[idx]
             if cfg.augment:
-                xb = _augment(xb, cfg, gen)
-            loss = _masked_bce(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss) * len(idx)
-            count += len(idx)
-        clf = ReferenceClassifier(model, labels, {l: 0.5 for l in labels}, cfg.image_size, "training")
-        probs = clf.predict_proba(x_va)
+                xb = _augment(xb, cfg, gen, n, engine.local_rows(n))
+            with accelerator.accumulate(model):
+                loss = _masked_bce(model(xb), yb)
+                accelerator.backward(loss)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+            total += engine.mean(loss.detach()) * n
+            count += n
+        probs = _predict_dataset(engine.unwrap(model), labels, val_data)
         mean_auc, _ = _mean_auc(y_va, probs)
         row = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "val_mean_auc": mean_auc,
                "seconds": time.perf_counter() - t0}
         log.append(row)
-        if progress:
+        if progress and engine.is_main:
             print(f"epoch {epoch + 1}/{cfg.epochs}: train_loss={row['train_loss']:.4f} val_mean_auc={mean_auc:.4f} "
                   f"({row['seconds']:.1f}s)", flush=True)
         score = -math.inf if math.isnan(mean_auc) else mean_auc
         if best["epoch"] < 0 or score > best["val_mean_auc"]:
             best = {"epoch": epoch + 1, "val_mean_auc": score}
-            best_model.load_state_dict(model.state_dict())
-        save_checkpoint(ckpt_dir, {"model": model, "best": best_model}, opt, sched, step=epoch + 1, generators={"gen": gen},
-                        extra={"fingerprint": fingerprint, "log": log, "best": best})
+            best_model.load_state_dict(engine.unwrap(model).state_dict())
+        engine.save(ckpt_dir, settings, {"model": model, "best": best_model}, opt, sched, step=epoch + 1,
+                    generators={"gen": gen}, extra={"log": log, "best": best})
 
-    best_clf = ReferenceClassifier(best_model, labels, {l: 0.5 for l in labels}, cfg.image_size, "training")
-    val_probs = best_clf.predict_proba(x_va)
+    val_probs = _predict_dataset(best_model, labels, val_data)
     val_mean, val_aucs = _mean_auc(y_va, val_probs)
     thresholds = {l: _threshold(y_va[:, j], val_probs[:, j], cfg.threshold_method) for j, l in enumerate(labels)}
     seconds = time.perf_counter() - t_start
@@ -465,17 +489,19 @@ def train_reference_classifier(train_dir, val_dir, cfg: ReferenceClassifierConfi
         "val_auc": dict(zip(labels, val_aucs)),
         "train_dir": str(train_dir),
         "val_dir": str(val_dir),
-        "n_train": len(x_tr),
-        "n_val": len(x_va),
+        "n_train": n_train,
+        "n_val": n_val,
         "training": cfg.to_dict(),
     }
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        sd = {k: v.detach().contiguous().cpu() for k, v in best_model.state_dict().items()}
-        save_file(sd, str(tmp / MODEL_FILE))
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, allow_nan=True))
-        pd.DataFrame(log, columns=["epoch", "train_loss", "val_mean_auc", "seconds"]).to_csv(tmp / LOG_FILE, index=False)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if engine.is_main:
+        with atomic_path(out_dir) as tmp:
+            tmp.mkdir()
+            sd = {k: v.detach().contiguous().cpu() for k, v in best_model.state_dict().items()}
+            save_file(sd, str(tmp / MODEL_FILE))
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, allow_nan=True))
+            pd.DataFrame(log, columns=["epoch", "train_loss", "val_mean_auc", "seconds"]).to_csv(tmp / LOG_FILE, index=False)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    accelerator.wait_for_everyone()
     return {"out_dir": str(out_dir), "best_epoch": best["epoch"], "val_mean_auc": val_mean, "val_auc": dict(zip(labels, val_aucs)),
             "thresholds": thresholds, "seconds": seconds, "log": log}
 

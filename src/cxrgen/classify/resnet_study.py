@@ -17,7 +17,7 @@ import copy
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -25,8 +25,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+import torch.utils.data
 
 from cxrgen.devices import module_device
+from cxrgen.engine import Engine, RuntimeConfig
 from cxrgen.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -114,31 +116,69 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def augment(x: torch.Tensor, gen: torch.Generator, n: int | None = None, rows: slice = slice(None)) -> torch.Tensor:
     """De Wilde 3.2's augmentations on a [0, 1] batch: flip, rotation (+-10 deg), translation (+-10%), scaling
-    (0.9-1.1), brightness (+-0.1), contrast (0.9-1.1), Gaussian noise (sd 0.02), channel dropout (p 0.1)."""
-    b = x.shape[0]
+    (0.9-1.1), brightness (+-0.1), contrast (0.9-1.1), Gaussian noise (sd 0.02), channel dropout (p 0.1).
+
+    ``x`` holds the ``rows`` of a global batch of ``n`` (default: all of it); the random draws are made for all
+    ``n`` rows on the CPU generator and sliced, so each process of a distributed run draws the same stream."""
+    b = x.shape[0] if n is None else int(n)
 
     def u(lo, hi, shape=(b,)):
         return lo + (hi - lo) * torch.rand(shape, generator=gen)
 
-    flip = torch.rand(b, generator=gen) < 0.5
+    def local(t):
+        return t[rows].to(x.device)
+
+    flip = local(torch.rand(b, generator=gen) < 0.5)
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     ang = u(-10, 10) * math.pi / 180
     scale = u(0.9, 1.1)
     tx, ty = u(-0.1, 0.1), u(-0.1, 0.1)
     cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
     theta = torch.stack([torch.stack([cos, -sin, tx * 2], 1), torch.stack([sin, cos, ty * 2], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(local(theta), list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * u(0.9, 1.1)[:, None, None, None] + mean + u(-0.1, 0.1)[:, None, None, None]
-    x = x + 0.02 * torch.randn(x.shape, generator=gen)
-    drop = (torch.rand(b, generator=gen) < 0.1)
-    ch = torch.randint(0, 3, (b,), generator=gen)
+    x = (x - mean) * local(u(0.9, 1.1))[:, None, None, None] + mean + local(u(-0.1, 0.1))[:, None, None, None]
+    x = x + 0.02 * local(torch.randn((b, *x.shape[1:]), generator=gen))
+    drop = local(torch.rand(b, generator=gen) < 0.1)
+    ch = local(torch.randint(0, 3, (b,), generator=gen))
     mask = torch.ones_like(x)
     mask[drop, ch[drop]] = 0.0
     return (x * mask).clamp(0.0, 1.0)
+
+
+class ReplacementBatches(torch.utils.data.Sampler):
+    """``batches`` batches of ``batch_size`` indices drawn with replacement, each drawn (``torch.randint`` on
+    ``generator``) only when the DataLoader asks for it."""
+
+    def __init__(self, n: int, batch_size: int, batches: int, generator: torch.Generator):
+        self.n, self.batch_size, self.batches, self.generator = int(n), int(batch_size), int(batches), generator
+        self.drop_last = False
+
+    def __iter__(self):
+        for _ in range(self.batches):
+            yield torch.randint(0, self.n, (self.batch_size,), generator=self.generator).tolist()
+
+    def __len__(self) -> int:
+        return self.batches
+
+
+class _AugmentingCollate:
+    """Stack (image, target) items and augment the batch with the training generator. It runs in the DataLoader,
+    right after the batch's indices are drawn from the same generator, so draws keep the order of one
+    index-then-augment loop whatever the loader prefetches (workers: 0)."""
+
+    def __init__(self, gen: torch.Generator, enabled: bool, processes: int, rows_of):
+        self.gen, self.enabled, self.processes, self.rows_of = gen, enabled, processes, rows_of
+
+    def __call__(self, items):
+        x, y = torch.utils.data.default_collate(items)
+        if self.enabled:
+            n = len(x) * self.processes  # the global batch this process holds a slice of
+            x = augment(x, self.gen, n, self.rows_of(n))
+        return x, y
 
 
 def _auc(y: np.ndarray, s: np.ndarray) -> float:
@@ -160,14 +200,21 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 128) -> n
 
 
 def train_and_evaluate(train_images, train_labels, val_images, val_labels, test_images, test_labels,
-                       cfg: ResNetStudyConfig, seed: int) -> dict:
-    """Train one ResNet-18; return the best-validation checkpoint's test AUC and its bookkeeping."""
+                       cfg: ResNetStudyConfig, seed: int, runtime: RuntimeConfig | None = None) -> dict:
+    """Train one ResNet-18; return the best-validation checkpoint's test AUC, its bookkeeping and the per-step
+    training losses (``losses``, averaged over processes).
+
+    Runs through the engine (:mod:`cxrgen.engine`, ``runtime``); ``cfg.batch_size`` is the global batch. The
+    training images are the small selection of one Table 4 configuration, held in memory; batches are drawn
+    with replacement and augmented in the DataLoader (``num_workers`` 0: the draws share one generator)."""
     cfg.validate()
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     y_tr = np.asarray(train_labels, dtype=np.float32)
     if len(y_tr) == 0:
         raise InputError("ResNet-18 study: empty training set")
+    runtime = replace(runtime or RuntimeConfig(), num_workers=0)
+    engine = Engine(runtime)
     x_tr = to_input(train_images, cfg.image_size)
     x_va, y_va = to_input(val_images, cfg.image_size), np.asarray(val_labels, dtype=int)
     x_te, y_te = to_input(test_images, cfg.image_size), np.asarray(test_labels, dtype=int)
@@ -175,28 +222,41 @@ def train_and_evaluate(train_images, train_labels, val_images, val_labels, test_
     gen = torch.Generator().manual_seed(int(seed))
     model = build_resnet18(cfg.weights)
     opt = torch.optim.Adam(model.parameters(), lr=float(cfg.lr))
-    yt = torch.from_numpy(y_tr)
-    best = {"val_auc": -math.inf, "step": 0, "state": copy.deepcopy(model.state_dict())}
+    micro = engine.micro_batch(cfg.batch_size)
+    data = torch.utils.data.TensorDataset(x_tr, torch.from_numpy(y_tr))
+    loader = torch.utils.data.DataLoader(
+        data, batch_sampler=ReplacementBatches(len(data), micro, cfg.steps * engine.gradient_accumulation_steps, gen),
+        collate_fn=_AugmentingCollate(gen, cfg.augment, engine.num_processes, engine.local_rows))
+    loader = engine.prepare(loader)
+    model, opt = engine.prepare(model, opt)
+    accelerator = engine.accelerator
+    best = {"val_auc": -math.inf, "step": 0, "state": copy.deepcopy(engine.unwrap(model).state_dict())}
     t0 = time.perf_counter()
-    for step in range(1, cfg.steps + 1):
-        model.train()
-        idx = torch.randint(0, len(x_tr), (cfg.batch_size,), generator=gen)  # batches drawn with replacement
-        xb = x_tr[idx]
-        if cfg.augment:
-            xb = augment(xb, gen)
-        loss = F.binary_cross_entropy_with_logits(model(_normalise(xb)).flatten(), yt[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    step, losses, step_loss = 0, [], 0.0
+    model.train()
+    for xb, yb in loader:
+        with accelerator.accumulate(model):
+            loss = F.binary_cross_entropy_with_logits(model(_normalise(xb)).flatten(), yb)
+            accelerator.backward(loss)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        step_loss += engine.mean(loss.detach()) / engine.gradient_accumulation_steps
+        if not accelerator.sync_gradients:
+            continue
+        step += 1
+        losses.append(step_loss)
+        step_loss = 0.0
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            val_auc = _auc(y_va, predict(model, x_va))
+            val_auc = _auc(y_va, predict(engine.unwrap(model), x_va))
             if val_auc > best["val_auc"]:
-                best = {"val_auc": val_auc, "step": step, "state": copy.deepcopy(model.state_dict())}
-    model.load_state_dict(best["state"])
-    test_auc = _auc(y_te, predict(model, x_te))
+                best = {"val_auc": val_auc, "step": step, "state": copy.deepcopy(engine.unwrap(model).state_dict())}
+        model.train()
+    final = engine.unwrap(model)
+    final.load_state_dict(best["state"])
+    test_auc = _auc(y_te, predict(final, x_te))
     return {"test_auc": test_auc, "best_val_auc": best["val_auc"], "best_step": best["step"],
             "n_train": int(len(y_tr)), "n_train_positive": int(y_tr.sum()), "n_val": int(len(y_va)),
-            "n_test": int(len(y_te)), "seconds": time.perf_counter() - t0}
+            "n_test": int(len(y_te)), "seconds": time.perf_counter() - t0, "losses": losses}
 
 
 # ------------------------------------------------------------------------------------------------ splits
@@ -305,7 +365,7 @@ def run_study_seed(splits: dict, synthetic: Mapping[int, tuple[np.ndarray, np.nd
         rows.append({"seed": int(seed), "real_cases": 2 * conf["real_per_class"],
                      "synthetic_cases": 2 * conf["synthetic_per_class"],
                      "synthetic_embedding_cases": conf["embedding_cases"] if conf["synthetic_per_class"] else None,
-                     **res})
+                     **{k: v for k, v in res.items() if k != "losses"}})
         log.info("seed %d real %d synthetic %d (embedding %s cases): test AUC %.3f (best val %.3f at %d)", seed,
                  rows[-1]["real_cases"], rows[-1]["synthetic_cases"], rows[-1]["synthetic_embedding_cases"],
                  res["test_auc"], res["best_val_auc"], res["best_step"])

@@ -168,15 +168,41 @@ def materialise(
     return manifest
 
 
+def read_manifest(folder: str | Path) -> pd.DataFrame:
+    """The manifest of a materialised folder (blank cells = NaN)."""
+    manifest_path = Path(folder) / "manifest.csv"
+    if not manifest_path.is_file():
+        raise InputError(f"{manifest_path} missing; expected a folder written by cxrgen.data.sampling.materialise")
+    return pd.read_csv(manifest_path, keep_default_na=False, na_values=[""])
+
+
 def load_images(folder: str | Path) -> tuple[np.ndarray, pd.DataFrame]:
     """Read a materialised folder back: (N,H,W) uint8 array and its manifest."""
     folder = Path(folder)
-    manifest_path = folder / "manifest.csv"
-    if not manifest_path.is_file():
-        raise InputError(f"{manifest_path} missing; expected a folder written by cxrgen.data.sampling.materialise")
-    manifest = pd.read_csv(manifest_path, keep_default_na=False, na_values=[""])
+    manifest = read_manifest(folder)
     images = np.stack([load_grayscale(folder / f) for f in manifest["file"]]) if len(manifest) else np.zeros((0, 0, 0), np.uint8)
     return images, manifest
+
+
+class SampleFolderDataset:
+    """A materialised folder as a map-style ``torch.utils.data.Dataset`` that reads each image from disk when
+    asked (memory does not grow with the folder): item ``i`` is ``transform(uint8 (H, W), i)`` (default: the
+    image). ``manifest`` holds the rows in item order."""
+
+    def __init__(self, folder: str | Path, transform=None):
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        if len(self.manifest) == 0:
+            raise InputError(f"{self.folder / 'manifest.csv'} has no rows; expected a materialised sample with images")
+        self.files = [self.folder / f for f in self.manifest["file"]]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        image = load_grayscale(self.files[i])
+        return image if self.transform is None else self.transform(image, i)
 
 
 SELECTORS = ("frontal_with_reports", "few_shot", "split")

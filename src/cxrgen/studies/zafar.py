@@ -43,6 +43,7 @@ from PIL import Image
 from cxrgen.data.prompts import ZAFAR_STYLES, zafar_prompt
 from cxrgen.data.schema import CHEXPERT_LABELS
 from cxrgen.devices import default_device, module_device
+from cxrgen.engine import Engine, EpochPermutation, RuntimeConfig
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path, write_csv_atomic
 
@@ -247,10 +248,10 @@ class HeadClassifier:
     @torch.no_grad()
     def predict(self, images, batch_size: int = 128) -> dict[str, np.ndarray]:
         out: dict[str, list] = {k: [] for k in self.heads}
-        images = list(images)
         device = module_device(self.model)
-        for i in range(0, len(images), batch_size):
-            x = _to_tensor(images[i:i + batch_size], int(self.meta["channels"]), int(self.meta["image_size"]))
+        for i in range(0, len(images), batch_size):  # a list or a Dataset read from disk batch by batch
+            chunk = [images[j] for j in range(i, min(i + batch_size, len(images)))]
+            x = _to_tensor(chunk, int(self.meta["channels"]), int(self.meta["image_size"]))
             logits = self.model(x.to(device))
             for k, n in self.heads.items():
                 z = logits[k].cpu()
@@ -281,37 +282,79 @@ def load_head_classifier(folder, device: str | torch.device | None = None) -> He
     return HeadClassifier(model.to(default_device(device)), meta)
 
 
-def _fit(x: torch.Tensor, targets: Mapping[str, torch.Tensor], heads: Mapping[str, int], epochs: int,
-         batch_size: int, lr: float, seed: int, width: int = 24) -> SmallCNN:
-    """Adam on the summed head losses (binary: BCE on rows with a target; multi-class: CE), random shifts."""
+def _fit(engine: Engine, data, heads: Mapping[str, int], epochs: int, batch_size: int, lr: float, seed: int,
+         width: int = 24) -> SmallCNN:
+    """Adam on the summed head losses (binary: BCE on rows with a target; multi-class: CE), random shifts.
+
+    ``data``: a Dataset of ``(image (C, H, W), {head: target})``; ``batch_size`` is the global batch. Runs through
+    ``engine`` (:mod:`cxrgen.engine`); the shuffle order and the shifts come from one generator seeded ``seed``."""
     g = torch.Generator().manual_seed(int(seed))
     torch.manual_seed(int(seed))
-    model = SmallCNN(x.shape[1], heads, width)
+    model = SmallCNN(int(data[0][0].shape[0]), heads, width)
     opt = torch.optim.Adam(model.parameters(), lr=float(lr))
-    n = len(x)
+    loader = engine.dataloader(data, int(batch_size), shuffle=True, seed=int(seed), sampler=EpochPermutation(len(data), g),
+                               collate_fn=getattr(data, "collate", None))
+    model, opt = engine.prepare(model, opt)
+    accelerator, distributed = engine.accelerator, engine.num_processes > 1
     for _ in range(int(epochs)):
         model.train()
-        perm = torch.randperm(n, generator=g)
-        for i in range(0, n, int(batch_size)):
-            idx = perm[i:i + int(batch_size)]
-            if len(idx) < 2:
+        for xb, targets in loader:
+            if len(xb) * engine.num_processes < 2:
                 continue
             dy, dx = (int(v) for v in torch.randint(-2, 3, (2,), generator=g))
-            xb = torch.roll(x[idx], shifts=(dy, dx), dims=(2, 3))
-            out = model(xb)
-            loss = 0.0
-            for k, nk in heads.items():
-                y = targets[k][idx]
-                if nk == 1:
-                    ok = ~torch.isnan(y)
-                    if ok.any():
-                        loss = loss + F.binary_cross_entropy_with_logits(out[k][ok, 0], y[ok])
-                else:
-                    loss = loss + F.cross_entropy(out[k], y.long())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
+            with accelerator.accumulate(model):
+                out = model(torch.roll(xb, shifts=(dy, dx), dims=(2, 3)))
+                loss = 0.0
+                for k, nk in heads.items():
+                    term = _head_loss(out[k], targets[k], nk, distributed)
+                    if term is not None:
+                        loss = loss + term
+                accelerator.backward(loss)
+                opt.step()
+                opt.zero_grad()
+    return engine.unwrap(model).eval()
+
+
+def _head_loss(logits: torch.Tensor, y: torch.Tensor, n_classes: int, distributed: bool) -> torch.Tensor | None:
+    """One head's loss: BCE on the rows with a target (binary; None when there is none) or cross-entropy."""
+    if n_classes != 1:
+        return F.cross_entropy(logits, y.long())
+    ok = ~torch.isnan(y)
+    if ok.any():
+        return F.binary_cross_entropy_with_logits(logits[ok, 0], y[ok])
+    return logits.sum() * 0.0 if distributed else None  # DDP needs every head in the graph on every process
+
+
+class _HeadItems:
+    """Dataset transform: a folder image -> (classifier input (C, size, size), {head: target of row i})."""
+
+    def __init__(self, targets: Mapping[str, np.ndarray], channels: int, size: int):
+        self.targets = {k: torch.tensor(v, dtype=torch.float32) for k, v in targets.items()}
+        self.channels, self.size = int(channels), int(size)
+
+    def __call__(self, image: np.ndarray, i: int):
+        return _to_tensor([image], self.channels, self.size)[0], {k: v[i] for k, v in self.targets.items()}
+
+
+class _TensorItems(torch.utils.data.Dataset):
+    """In-memory inputs (N, C, H, W) with {head: targets (N,)}."""
+
+    def __init__(self, x: torch.Tensor, targets: Mapping[str, torch.Tensor]):
+        self.x, self.targets = x, dict(targets)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], {k: v[i] for k, v in self.targets.items()}
+
+    def collate(self, items):
+        """Default collation, keeping the memory layout of ``x`` (conv kernels differ between layouts in the last
+        bits, so a channels-last batch stays channels-last as indexing ``x`` gave it)."""
+        x, targets = torch.utils.data.default_collate(items)
+        if self.x.dim() == 4 and not self.x.is_contiguous() and self.x.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, targets
 
 
 def _auc(y, s) -> float:
@@ -335,25 +378,25 @@ def _attribute_targets(manifest: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 def train_attribute_classifier(train_dir, val_dir, out_dir, epochs: int = 8, batch_size: int = 32, lr: float = 2e-3,
-                               image_size: int = 64, seed: int = 0) -> dict:
+                               image_size: int = 64, seed: int = 0, runtime: RuntimeConfig | None = None) -> dict:
     """Sex (F) and view (AP) classifier on the real training images; validation AUC per head in classifier.json."""
-    from cxrgen.data.sampling import load_images
+    from cxrgen.data.sampling import SampleFolderDataset
 
-    images, man = load_images(train_dir)
-    vimages, vman = load_images(val_dir)
-    y = _attribute_targets(man)
+    train = SampleFolderDataset(train_dir)  # images read from disk batch by batch
+    vimages = SampleFolderDataset(val_dir)
     heads = {"sex": 1, "view": 1}
-    x = _to_tensor(images, 1, image_size)
-    model = _fit(x, {k: torch.tensor(v, dtype=torch.float32) for k, v in y.items()}, heads, epochs, batch_size, lr,
-                 seed)
+    train.transform = _HeadItems(_attribute_targets(train.manifest), 1, image_size)
+    engine = Engine(runtime)
+    model = _fit(engine, train, heads, epochs, batch_size, lr, seed)
     clf = HeadClassifier(model, {"kind": "attribute", "heads": heads, "channels": 1, "image_size": image_size,
-                                 "positive": {"sex": "F", "view": "AP"}, "n_train": len(images), "epochs": epochs,
+                                 "positive": {"sex": "F", "view": "AP"}, "n_train": len(train), "epochs": epochs,
                                  "train_dir": str(train_dir), "val_dir": str(val_dir)})
     scores = clf.predict(vimages)
-    yv = _attribute_targets(vman)
+    yv = _attribute_targets(vimages.manifest)
     clf.meta["val_auc"] = {k: _auc(yv[k], scores[k]) for k in heads}
     clf.meta["n_val"] = len(vimages)
-    clf.save(out_dir)
+    if engine.is_main:
+        clf.save(out_dir)
     return clf.meta
 
 
@@ -407,7 +450,8 @@ def _single_shape_corpus(n_images: int, size: int, seed: int) -> tuple[np.ndarra
 
 
 def train_corpus_classifier(out_dir, n_images: int = 1500, epochs: int = 6, batch_size: int = 64, lr: float = 2e-3,
-                            image_size: int = 32, augment_copies: int = 3, seed: int = 0) -> dict:
+                            image_size: int = 32, augment_copies: int = 3, seed: int = 0,
+                            runtime: RuntimeConfig | None = None) -> dict:
     """Colour and shape classifier on fresh single-shape images of the foundation's corpus (seed offset so they are
     not the pretraining images), drawn at the foundation's 64 px and trained on the crisp images plus
     ``augment_copies`` copies through :func:`degrade_like_generator` (the foundation's samples are blurry blobs in
@@ -425,8 +469,10 @@ def train_corpus_classifier(out_dir, n_images: int = 1500, epochs: int = 6, batc
     x = _to_tensor(list(np.concatenate(parts)), 3, image_size)
     reps = len(parts)
     heads = {"colour": len(COLOURS), "shape": len(SHAPES)}
-    model = _fit(x, {"colour": torch.from_numpy(np.tile(yc[n_val:], reps)),
-                     "shape": torch.from_numpy(np.tile(ys[n_val:], reps))}, heads, epochs, batch_size, lr, seed)
+    data = _TensorItems(x, {"colour": torch.from_numpy(np.tile(yc[n_val:], reps)),
+                            "shape": torch.from_numpy(np.tile(ys[n_val:], reps))})
+    engine = Engine(runtime)
+    model = _fit(engine, data, heads, epochs, batch_size, lr, seed)
     clf = HeadClassifier(model, {"kind": "corpus", "heads": heads, "channels": 3, "image_size": image_size,
                                  "classes": {"colour": list(COLOURS), "shape": list(SHAPES)},
                                  "n_train": len(x), "n_train_distinct": len(train), "augment_copies": augment_copies,
@@ -437,7 +483,8 @@ def train_corpus_classifier(out_dir, n_images: int = 1500, epochs: int = 6, batc
         clf.meta[key] = {"colour": float((p["colour"].argmax(1) == yc[:n_val]).mean()),
                          "shape": float((p["shape"].argmax(1) == ys[:n_val]).mean())}
     clf.meta["n_val"] = n_val
-    clf.save(out_dir)
+    if engine.is_main:
+        clf.save(out_dir)
     return clf.meta
 
 
