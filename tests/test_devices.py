@@ -1,4 +1,5 @@
-"""Every inference path puts its modules and its batches on the device :func:`cxrgen.devices.default_device` picks.
+"""Every inference path puts its modules and its batches on the device :func:`cxrgen.engine.default_device` picks;
+every trainer converted to the engine trains on the engine's device (see the trainers section).
 
 No GPU here, so the chosen device is ``meta`` (set through ``CXRGEN_DEVICE``, the override a user has): a module
 left on the CPU, or a batch not moved, shows up as a CPU device in the spy below, which stops the forward pass
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxrgen import devices
+from cxrgen import engine as devices  # the device helper lives in the engine module
 from cxrgen.errors import InputError
 
 META = torch.device("meta")

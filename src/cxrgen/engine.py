@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
+import torch.utils.data
 
 from cxrgen.checkpoint import has_checkpoint, load_checkpoint, read_checkpoint_state, save_checkpoint
 from cxrgen.errors import InputError
@@ -171,18 +172,20 @@ class Engine:
         return self.accelerator.unwrap_model(model) if isinstance(model, torch.nn.Module) else model
 
     def dataloader(self, dataset, global_batch: int, *, shuffle: bool, seed: int, drop_last: bool = False,
-                   collate_fn=None, what: str = "batch_size"):
+                   collate_fn=None, what: str = "batch_size", sampler=None):
         """A prepared DataLoader over ``dataset`` yielding this process's share of each global micro-batch.
 
         The loader's own batch is the micro-batch summed over processes (``global_batch / accumulation``);
         accelerate splits it. Shuffling uses a ``torch.Generator`` seeded with ``seed`` (same order on every
-        process and every run); workers are ``runtime.num_workers``.
+        process and every run), or ``sampler`` when given (e.g. :class:`EpochPermutation` over a trainer's own
+        generator); workers are ``runtime.num_workers``.
         """
         from torch.utils.data import DataLoader
 
         micro = self.micro_batch(global_batch, what)
         gen = torch.Generator().manual_seed(int(seed))
-        loader = DataLoader(dataset, batch_size=micro, shuffle=shuffle, drop_last=drop_last, generator=gen,
+        loader = DataLoader(dataset, batch_size=micro, shuffle=shuffle and sampler is None, sampler=sampler,
+                            drop_last=drop_last, generator=gen,
                             num_workers=self.runtime.num_workers, collate_fn=collate_fn,
                             persistent_workers=self.runtime.num_workers > 0)
         return self.accelerator.prepare(loader)
@@ -261,3 +264,61 @@ class Engine:
 def _plain(settings: Mapping) -> dict:
     """Settings as stored in a checkpoint (tuples as lists, so a reloaded dict compares equal)."""
     return {str(k): (list(v) if isinstance(v, tuple) else v) for k, v in dict(settings).items()}
+
+
+class EpochPermutation(torch.utils.data.Sampler):
+    """Shuffled order of ``n`` items: one ``torch.randperm(n, generator=generator)`` per pass, drawn when the pass
+    starts. Unlike ``RandomSampler`` (which draws a second, empty permutation when a pass ends) it leaves the
+    generator exactly where a plain ``randperm`` loop would, so a trainer may draw its augmentation from the same
+    stream; accelerate synchronises ``generator`` across processes."""
+
+    def __init__(self, n: int, generator: torch.Generator):
+        self.n, self.generator = int(n), generator
+
+    def __iter__(self):
+        return iter(torch.randperm(self.n, generator=self.generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+# ------------------------------------------------------------------------------------------------ inference device
+# Inference paths (feature extraction, classifiers, VAE study, sampling, text encoders, Cheff evaluation) ask
+# default_device() where to put their modules; outputs come back to the CPU, so the CPU miniature's numbers do not
+# depend on it. Precedence: an explicit ``requested`` device (a config value or an argument; None or "auto" defer),
+# the CXRGEN_DEVICE environment variable (e.g. cpu, cuda, cuda:1), then CUDA if torch sees it (cuda:<LOCAL_RANK>
+# under a distributed launcher, else cuda:0), else the CPU.
+DEVICE_ENV = "CXRGEN_DEVICE"
+AUTO = "auto"
+
+
+def _parse(value, origin: str) -> torch.device:
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"{origin}={value!r} is not a device; expected 'auto', 'cpu', 'cuda' or 'cuda:<index>'") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"{origin}={value!r} but torch sees no CUDA device here; expected 'auto' or 'cpu'")
+    return device
+
+
+def default_device(requested: str | torch.device | None = None) -> torch.device:
+    """The device to run inference on (see the module docstring for the precedence)."""
+    if isinstance(requested, torch.device):
+        return requested
+    if requested is not None and str(requested).strip().lower() != AUTO:
+        return _parse(str(requested).strip(), "device")
+    env = os.environ.get(DEVICE_ENV, "").strip()
+    if env and env.lower() != AUTO:
+        return _parse(env, DEVICE_ENV)
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    # under a distributed launcher each process takes its own GPU, as accelerate does
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+
+
+def module_device(module) -> torch.device:
+    """The device of a module's first parameter (or buffer); the CPU for a module without tensors."""
+    for tensors in (module.parameters(), module.buffers()):
+        for t in tensors:
+            return t.device
+    return torch.device("cpu")

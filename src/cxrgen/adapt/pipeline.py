@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cxrgen.devices import default_device
+from cxrgen.engine import default_device
 from cxrgen.errors import InputError
 
 log = logging.getLogger(__name__)

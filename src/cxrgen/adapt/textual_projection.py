@@ -53,8 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrgen.devices import default_device
-from cxrgen.engine import Engine, RuntimeConfig
+from cxrgen.engine import Engine, RuntimeConfig, default_device
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path
 
@@ -724,7 +723,7 @@ def train_from_config(foundation, cfg_dict: dict | None, out_dir, seed: int | No
 
 def load_prompt_encoder(adapter_dir: str | os.PathLike, device: str | torch.device | None = None) -> PromptEncoder:
     """Rebuild the :class:`PromptEncoder` of a textual-projection adapter folder (in eval mode, frozen) on ``device``
-    (default :func:`cxrgen.devices.default_device`)."""
+    (default :func:`cxrgen.engine.default_device`)."""
     from safetensors.torch import load_file  # noqa: PLC0415
 
     from cxrgen.text.encoders import load_encoder  # noqa: PLC0415

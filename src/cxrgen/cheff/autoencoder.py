@@ -32,7 +32,7 @@ from cxrgen.cheff.training import (
     StateBundle, finish_checkpoint, fingerprint, save_pretrained_atomic, to_uint8, to_unit, train_loop,
     write_training_log,
 )
-from cxrgen.devices import default_device, module_device
+from cxrgen.engine import default_device, module_device
 from cxrgen.errors import InputError, WeightsUnavailableError
 from cxrgen.io import write_text_atomic
 
@@ -284,7 +284,7 @@ def save_autoencoder(vae, cfg: AutoencoderConfig, out_dir) -> None:
 
 
 def load_autoencoder(folder: str | os.PathLike, device: str | torch.device | None = None):
-    """A saved AutoencoderKL in eval mode on ``device`` (default :func:`cxrgen.devices.default_device`)."""
+    """A saved AutoencoderKL in eval mode on ``device`` (default :func:`cxrgen.engine.default_device`)."""
     from diffusers import AutoencoderKL
 
     folder = Path(folder)

@@ -31,7 +31,7 @@ from cxrgen.cheff.schedules import CHEFF_BETA_END, LDM_BETA_START, ddim_from, ma
 from cxrgen.cheff.training import (
     finish_checkpoint, fingerprint, save_pretrained_atomic, train_loop, write_training_log,
 )
-from cxrgen.devices import default_device, module_device
+from cxrgen.engine import default_device, module_device
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path, write_text_atomic
 
@@ -169,7 +169,7 @@ class SDM:
 
     @classmethod
     def load(cls, folder: str | os.PathLike, device: str | torch.device | None = None) -> "SDM":
-        """A saved SDM on ``device`` (default :func:`cxrgen.devices.default_device`)."""
+        """A saved SDM on ``device`` (default :func:`cxrgen.engine.default_device`)."""
         return cls._load(folder).to(default_device(device))
 
     @classmethod

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from cxrgen.cheff.autoencoder import decode, encode
 from cxrgen.cheff.diffusion import SDM, ddim_sample
-from cxrgen.devices import module_device
+from cxrgen.engine import module_device
 from cxrgen.errors import InputError
 
 

@@ -33,7 +33,7 @@ from cxrgen.cheff.schedules import ddim_from, make_scheduler
 from cxrgen.cheff.training import (
     finish_checkpoint, fingerprint, save_pretrained_atomic, to_uint8, to_unit, train_loop, write_training_log,
 )
-from cxrgen.devices import default_device, module_device
+from cxrgen.engine import default_device, module_device
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path
 
@@ -235,7 +235,7 @@ class SuperResolution:
 
     @classmethod
     def load(cls, folder: str | os.PathLike, device: str | torch.device | None = None) -> "SuperResolution":
-        """A saved SR model on ``device`` (default :func:`cxrgen.devices.default_device`)."""
+        """A saved SR model on ``device`` (default :func:`cxrgen.engine.default_device`)."""
         from diffusers import DDIMScheduler, UNet2DModel
 
         folder = Path(folder)

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from cxrgen.devices import module_device
+from cxrgen.engine import module_device
 from cxrgen.errors import InputError
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -39,8 +39,7 @@ from tqdm import tqdm
 
 from cxrgen.data.schema import CHAMBON_TABLE1_LABELS, label_names_to_columns
 from cxrgen.data.sampling import SampleFolderDataset, load_images
-from cxrgen.devices import default_device, module_device
-from cxrgen.engine import Engine, EpochPermutation, RuntimeConfig
+from cxrgen.engine import Engine, EpochPermutation, RuntimeConfig, default_device, module_device
 from cxrgen.errors import InputError, WeightsUnavailableError
 from cxrgen.io import atomic_path
 from cxrgen.metrics.classification import binary_metrics, choose_threshold, per_label_table
@@ -291,7 +290,7 @@ def load_reference_classifier(path_or_name: str | Path, cache_dir: str | Path | 
     """A saved folder (from :func:`train_reference_classifier`) or ``"xrv:<weights>"`` (e.g. ``xrv:densenet121-res224-all``).
 
     ``cache_dir`` overrides torchxrayvision's weights folder (default ``~/.torchxrayvision/models_data/``).
-    The network runs on ``device`` (default :func:`cxrgen.devices.default_device`); results come back on the CPU.
+    The network runs on ``device`` (default :func:`cxrgen.engine.default_device`); results come back on the CPU.
     """
     clf = _load_reference_classifier(path_or_name, cache_dir)
     clf.model.to(default_device(device))

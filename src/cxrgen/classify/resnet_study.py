@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.data
 
-from cxrgen.devices import module_device
-from cxrgen.engine import Engine, RuntimeConfig
+from cxrgen.engine import Engine, RuntimeConfig, module_device
 from cxrgen.errors import InputError
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Feature extractors for FID/KID and latent-similarity metrics, looked up by name.
 
 Every extractor takes uint8 images (N,H,W) or (N,H,W,C) (numpy or torch; C = 1, 3 or 4, alpha dropped),
-runs batched without gradients on ``device`` (default :func:`cxrgen.devices.default_device`: CUDA when present)
+runs batched without gradients on ``device`` (default :func:`cxrgen.engine.default_device`: CUDA when present)
 and returns a float32 CPU tensor (N, D).
 
 * ``inception``: InceptionV3 pool features, 2048-d (torchmetrics' ``NoTrainInceptionV3`` = torch-fidelity's
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxrgen.devices import default_device
+from cxrgen.engine import default_device
 from cxrgen.errors import InputError, WeightsUnavailableError
 
 DOWNLOAD_TIMEOUT_S = 30.0

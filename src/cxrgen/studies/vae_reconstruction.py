@@ -370,8 +370,8 @@ def save_vae_study(result: dict, out_dir) -> dict[str, Path]:
 
 def load_vae(foundation, device: str | None = None):
     """The ``AutoencoderKL`` of a foundation pipeline (folder, registry name or hub id), on ``device``
-    (default :func:`cxrgen.devices.default_device`)."""
-    from cxrgen.devices import default_device
+    (default :func:`cxrgen.engine.default_device`)."""
+    from cxrgen.engine import default_device
     from cxrgen.models.registry import load_pipeline
 
     pipe = load_pipeline(foundation)

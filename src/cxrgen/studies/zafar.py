@@ -42,8 +42,7 @@ from PIL import Image
 
 from cxrgen.data.prompts import ZAFAR_STYLES, zafar_prompt
 from cxrgen.data.schema import CHEXPERT_LABELS
-from cxrgen.devices import default_device, module_device
-from cxrgen.engine import Engine, EpochPermutation, RuntimeConfig
+from cxrgen.engine import Engine, EpochPermutation, RuntimeConfig, default_device, module_device
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path, write_csv_atomic
 
@@ -269,7 +268,7 @@ class HeadClassifier:
 
 
 def load_head_classifier(folder, device: str | torch.device | None = None) -> HeadClassifier:
-    """A saved :class:`HeadClassifier`, its network on ``device`` (default: :func:`cxrgen.devices.default_device`)."""
+    """A saved :class:`HeadClassifier`, its network on ``device`` (default: :func:`cxrgen.engine.default_device`)."""
     from safetensors.torch import load_file
 
     folder = Path(folder)

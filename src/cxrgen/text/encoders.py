@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrgen.devices import default_device
+from cxrgen.engine import default_device
 from cxrgen.errors import InputError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
