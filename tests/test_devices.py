@@ -1,5 +1,4 @@
-"""Every inference path puts its modules and its batches on the device :func:`cxrgen.engine.default_device` picks;
-every trainer converted to the engine trains on the engine's device (see the trainers section).
+"""Every inference path puts its modules and its batches on the device :func:`cxrgen.engine.default_device` picks.
 
 No GPU here, so the chosen device is ``meta`` (set through ``CXRGEN_DEVICE``, the override a user has): a module
 left on the CPU, or a batch not moved, shows up as a CPU device in the spy below, which stops the forward pass
@@ -217,62 +216,3 @@ def test_cheff_inference_on_chosen_device(monkeypatch, tmp_path):
         with pytest.raises(Reached):
             call()
         assert reached_meta(seen), module
-
-
-# ---------------------------------------------------------------------------------------------- trainers
-# Each trainer runs with the engine's device set to meta until its first backward pass
-# (engine_harness.check_on_engine_device): every module it calls and every batch must be on that device. Losses
-# that mask rows by their (NaN) targets need values, which meta tensors lack: a plain mean stands in for them.
-def _meta_safe_loss(logits, *args):
-    return logits.float().mean()
-
-
-def test_reference_classifier_trains_on_engine_device(tmp_path, monkeypatch):
-    from engine_harness import check_on_engine_device
-    from test_reference_classifier import LABELS, SIZE, _write_folder
-
-    from cxrgen.classify import reference
-    from cxrgen.classify.reference import ReferenceClassifierConfig, train_reference_classifier
-
-    monkeypatch.setattr(reference, "_masked_bce", _meta_safe_loss)
-    train, val = _write_folder(tmp_path / "train", 8, 0), _write_folder(tmp_path / "validate", 4, 1)
-    cfg = ReferenceClassifierConfig(labels=LABELS, image_size=SIZE, epochs=1, batch_size=4)
-    check_on_engine_device(monkeypatch, lambda: train_reference_classifier(train, val, cfg, tmp_path / "clf",
-                                                                           progress=False))
-
-
-def test_zafar_classifiers_train_on_engine_device(tmp_path, monkeypatch):
-    from engine_harness import check_on_engine_device
-    from test_zafar import _write_sample
-
-    from cxrgen.studies import zafar
-
-    monkeypatch.setattr(zafar, "_head_loss", _meta_safe_loss)
-    train, val = _write_sample(tmp_path / "train", 8, 0), _write_sample(tmp_path / "val", 4, 1)
-    check_on_engine_device(monkeypatch, lambda: zafar.train_attribute_classifier(train, val, tmp_path / "attr",
-                                                                                 epochs=1, batch_size=4))
-    check_on_engine_device(monkeypatch, lambda: zafar.train_corpus_classifier(
-        tmp_path / "corpus", n_images=40, epochs=1, batch_size=8, augment_copies=0))
-
-
-def test_resnet_study_trains_on_engine_device(monkeypatch):
-    from engine_harness import check_on_engine_device
-
-    from cxrgen.classify.resnet_study import ResNetStudyConfig, train_and_evaluate
-
-    x = np.random.default_rng(0).integers(0, 255, (6, 20, 20), dtype=np.uint8)
-    y = np.arange(6) % 2
-    cfg = ResNetStudyConfig(steps=1, batch_size=4, image_size=16)
-    check_on_engine_device(monkeypatch, lambda: train_and_evaluate(x, y, x, y, x, y, cfg, seed=0))
-
-
-def test_textual_projection_trains_on_engine_device(foundation, tmp_path, monkeypatch):
-    from engine_harness import check_on_engine_device
-
-    import cxrgen.adapt.textual_projection as tp
-
-    # the step-0 evaluation reads its loss as a number, which a meta tensor does not have
-    monkeypatch.setattr(tp, "_eval_loss", lambda *args: 0.0)
-    cfg = {"variant": "token", "steps": 1, "batch_size": 2, "eval_prompts": 2}
-    check_on_engine_device(monkeypatch, lambda: tp.train_from_config(foundation, cfg, tmp_path / "proj", seed=0,
-                                                                     progress=False))
