@@ -67,6 +67,14 @@ class RuntimeConfig:
         cfg.validate(where)
         return cfg
 
+    @classmethod
+    def split(cls, settings: Mapping | None, where: str = "runtime") -> tuple["RuntimeConfig", dict]:
+        """A trainer's settings with the runtime keys (mixed_precision, gradient_accumulation_steps, cpu,
+        num_workers) taken out: ``(RuntimeConfig, the other settings)``."""
+        rest = dict(settings or {})
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls.from_dict({k: rest.pop(k) for k in names if k in rest}, where), rest
+
     def validate(self, where: str = "runtime") -> None:
         if self.mixed_precision not in MIXED_PRECISION:
             raise InputError(f"{where}.mixed_precision={self.mixed_precision!r}; expected one of {list(MIXED_PRECISION)}")

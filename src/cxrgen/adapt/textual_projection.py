@@ -704,9 +704,10 @@ def train_from_config(foundation, cfg_dict: dict | None, out_dir, seed: int | No
     ``captions_path``: a ``.txt`` (one caption per line) or ``.parquet`` with a ``caption``/``TEXT`` column
     (paper: LAION-400M captions); None falls back to the block's ``captions`` key, then to the foundation
     corpus captions (miniature). The block's workflow-level ``variants`` list is dropped; the variant of this run
-    comes from ``variant`` (e.g. a rule wildcard) or the block's ``variant``.
+    comes from ``variant`` (e.g. a rule wildcard) or the block's ``variant``. The runtime keys (mixed_precision,
+    gradient_accumulation_steps, ...; :class:`~cxrgen.engine.RuntimeConfig`) set how the engine runs.
     """
-    d = dict(cfg_dict or {})
+    runtime, d = RuntimeConfig.split(cfg_dict, "textual_projection settings")
     captions_path = captions_path or d.pop("captions", None)
     d.pop("captions", None)
     listed = d.pop("variants", None)
@@ -718,7 +719,7 @@ def train_from_config(foundation, cfg_dict: dict | None, out_dir, seed: int | No
         d["seed"] = int(seed)
     cfg = ProjectionConfig.from_dict(d)
     captions = load_captions(captions_path) if captions_path else foundation_captions(foundation)
-    return train_textual_projection(foundation, captions, cfg, out_dir, progress=progress)
+    return train_textual_projection(foundation, captions, cfg, out_dir, progress=progress, runtime=runtime)
 
 
 def load_prompt_encoder(adapter_dir: str | os.PathLike, device: str | torch.device | None = None) -> PromptEncoder:

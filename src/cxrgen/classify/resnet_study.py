@@ -343,7 +343,7 @@ def _first_per_class(y: np.ndarray, k: int) -> np.ndarray:
 
 
 def run_study_seed(splits: dict, synthetic: Mapping[int, tuple[np.ndarray, np.ndarray]], configurations: list[dict],
-                   cfg: ResNetStudyConfig, seed: int) -> pd.DataFrame:
+                   cfg: ResNetStudyConfig, seed: int, runtime: RuntimeConfig | None = None) -> pd.DataFrame:
     """Train every configuration once with ``seed``. ``synthetic`` maps embedding cases -> (images, targets)."""
     x_tr, y_tr, _ = splits["train"]
     rows = []
@@ -360,7 +360,7 @@ def run_study_seed(splits: dict, synthetic: Mapping[int, tuple[np.ndarray, np.nd
             pick = _first_per_class(ys, conf["synthetic_per_class"])
             parts_x.append(xs[pick]), parts_y.append(ys[pick])
         res = train_and_evaluate(np.concatenate(parts_x), np.concatenate(parts_y), splits["val"][0], splits["val"][1],
-                                 splits["test"][0], splits["test"][1], cfg, seed)
+                                 splits["test"][0], splits["test"][1], cfg, seed, runtime)
         rows.append({"seed": int(seed), "real_cases": 2 * conf["real_per_class"],
                      "synthetic_cases": 2 * conf["synthetic_per_class"],
                      "synthetic_embedding_cases": conf["embedding_cases"] if conf["synthetic_per_class"] else None,

@@ -381,6 +381,7 @@ def run_classifier_seed(train_dir, val_dir, test_dir, synthetic_dirs: Mapping[in
     """All Table 4 configurations with one seed. ``synthetic_dirs``: embedding cases -> {class label -> set dir}."""
     from cxrgen.classify.resnet_study import ResNetStudyConfig, run_study_seed, study_splits, table4_configurations
     from cxrgen.data.sampling import load_images
+    from cxrgen.engine import RuntimeConfig
     from cxrgen.studies.synthesis import load_set
 
     def crop(pair):
@@ -403,12 +404,16 @@ def run_classifier_seed(train_dir, val_dir, test_dir, synthetic_dirs: Mapping[in
             xs.append(images)
             ys.append(np.full(len(images), int(label == finding)))
         synthetic[int(cases)] = (np.concatenate(xs), np.concatenate(ys))
+    runtime, settings = RuntimeConfig.split(settings, "dewilde.classifier.training")
     cfg = ResNetStudyConfig.from_dict(settings)
     confs = table4_configurations(real_per_class, synthetic_per_class, default_cases, few_cases)
-    frame = run_study_seed(splits, synthetic, confs, cfg, seed)
+    frame = run_study_seed(splits, synthetic, confs, cfg, seed, runtime)
     frame["finding"] = finding
     frame["dropped_val"], frame["dropped_test"] = splits["dropped"]["val"], splits["dropped"]["test"]
-    write_csv_atomic(frame, out_csv)
+    from accelerate.state import PartialState
+
+    if PartialState().is_main_process:  # every process of a distributed run holds the same table
+        write_csv_atomic(frame, out_csv)
     return frame
 
 
