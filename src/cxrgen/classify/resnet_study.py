@@ -225,7 +225,8 @@ def train_and_evaluate(train_images, train_labels, val_images, val_labels, test_
     data = torch.utils.data.TensorDataset(x_tr, torch.from_numpy(y_tr))
     loader = torch.utils.data.DataLoader(
         data, batch_sampler=ReplacementBatches(len(data), micro, cfg.steps * engine.gradient_accumulation_steps, gen),
-        collate_fn=_AugmentingCollate(gen, cfg.augment, engine.num_processes, engine.local_rows))
+        collate_fn=_AugmentingCollate(gen, cfg.augment, engine.num_processes, engine.local_rows),
+        generator=torch.Generator().manual_seed(int(seed)))  # an iterator's base seed: not from torch's global RNG
     loader = engine.prepare(loader)
     model, opt = engine.prepare(model, opt)
     accelerator = engine.accelerator
