@@ -202,6 +202,8 @@ class SampleFolderDataset:
 
     def __getitem__(self, i: int):
         image = load_grayscale(self.files[i])
+        if not image.flags.writeable:  # as np.stack in load_images gives; torch.from_numpy warns on read-only arrays
+            image = image.copy()
         return image if self.transform is None else self.transform(image, i)
 
 
