@@ -173,7 +173,7 @@ def test_gpu_estimate_scales_training_rows_by_the_measured_flops_per_step(tmp_pa
     f = CheapFlops()
     cfg = gpu_estimate.load_config(rehearsal.REPO_ROOT / "configs" / "zafar2023.yaml")
     small = gpu_estimate.rehearsal_config("zafar2023")
-    assert small["zafar"]["methods"][0]["settings"]["resolution"] == 128 and small["foundation"] == cfg["foundation"]
+    assert small["zafar"]["methods"][0]["settings"]["resolution"] == 64 and small["foundation"] == cfg["foundation"]
     (rehearsed,) = [j for j in gpu_estimate.estimate("zafar2023", small, f) if j.stage == "zafar/train_full_ft_325"]
     counted_step = rehearsed.flops / rehearsed.steps
     pd.DataFrame([{"paper": "zafar2023", "stage": "zafar/train_full_ft_325", "flops_per_step": 2 * counted_step},

@@ -35,8 +35,8 @@ from cxrgen.io import write_csv_atomic, write_text_atomic
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-#: the built foundations' default sampling size: 128 px on the CPU (published 512 px; weights unchanged)
-NATIVE_SIZE = 128
+#: the built foundations' default sampling size: 64 px on the CPU (published 512 px; weights unchanged)
+NATIVE_SIZE = 64
 
 
 @dataclass(frozen=True)
