@@ -80,9 +80,18 @@ def build_foundation(architecture: str, root: Path) -> Path:
     at :data:`NATIVE_SIZE`)."""
     from cxrgen.models.architectures import build_pipeline_folder
 
+    import multiprocessing
+
     folder = root / "models" / architecture
     if not (folder / "model_index.json").is_file():
-        build_pipeline_folder(architecture, folder, native_size=NATIVE_SIZE)
+        # in a child process: the allocator keeps the ~5 GB the build touched, and this process waits through every
+        # full-size job after it
+        child = multiprocessing.get_context("spawn").Process(
+            target=build_pipeline_folder, args=(architecture, folder), kwargs={"native_size": NATIVE_SIZE})
+        child.start()
+        child.join()
+        if child.exitcode:
+            raise RuntimeError(f"building {folder} failed (exit code {child.exitcode})")
     return folder
 
 
