@@ -67,10 +67,12 @@ def config_files(paper: str) -> list[Path]:
             REPO_ROOT / "configs" / "rehearsal" / f"{paper}.yaml"]
 
 
-def snakemake_command(paper: str, workdir: Path, cores: int = 2, extra: tuple[str, ...] = ()) -> list[str]:
-    """The Snakemake call that makes the paper's outputs in ``workdir`` (targets first: --configfile takes a list)."""
+def snakemake_command(paper: str, workdir: Path, cores: int = 2, extra: tuple[str, ...] = (),
+                      targets: tuple[str, ...] | None = None) -> list[str]:
+    """The Snakemake call that makes the paper's outputs (or ``targets``) in ``workdir`` (targets first: --configfile
+    takes a list)."""
     snakemake = Path(sys.executable).with_name("snakemake")
-    return [str(snakemake) if snakemake.exists() else "snakemake", *PAPERS[paper].targets, "--snakefile",
+    return [str(snakemake) if snakemake.exists() else "snakemake", *(targets or PAPERS[paper].targets), "--snakefile",
             str(REPO_ROOT / "Snakefile"), "--directory", str(workdir), "--cores", str(cores), *extra,
             "--configfile", *map(str, config_files(paper))]
 
@@ -115,7 +117,7 @@ def available_memory_mb() -> int:
     return -1
 
 
-def run_paper(paper: str, root: Path, cores: int = 2) -> float:
+def run_paper(paper: str, root: Path, cores: int = 2, targets: tuple[str, ...] | None = None) -> float:
     """Build the foundation if needed, run the paper's rehearsal; returns its wall seconds (foundation build included)."""
     t0 = time.perf_counter()
     if PAPERS[paper].architecture:
@@ -124,7 +126,7 @@ def run_paper(paper: str, root: Path, cores: int = 2) -> float:
     workdir = root / paper
     (workdir / "flops").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, ENV_VAR: str((workdir / "flops").resolve())}
-    cmd = snakemake_command(paper, workdir.resolve(), cores)
+    cmd = snakemake_command(paper, workdir.resolve(), cores, targets=targets)
     log.info("%s: %d MB available; %s", paper, available_memory_mb(), " ".join(cmd))
     subprocess.run(cmd, check=True, env=env, cwd=REPO_ROOT)
     return time.perf_counter() - t0
@@ -218,6 +220,8 @@ def main(argv=None) -> int:
     ap.add_argument("--paper", action="append", choices=sorted(PAPERS), help="paper(s) to rehearse (default: all)")
     ap.add_argument("--root", default="rehearsal", help="scratch folder (default: %(default)s)")
     ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--target", action="append", help="make only these of the paper's outputs (rule names or files; "
+                    "default: all of cxrgen.rehearsal.PAPERS[paper].targets)")
     ap.add_argument("--table-only", action="store_true", help="rebuild the table from earlier runs")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -227,7 +231,7 @@ def main(argv=None) -> int:
     wall = json.loads(wall_file.read_text()) if wall_file.is_file() else {}
     for paper in papers:
         if not a.table_only:
-            wall[paper] = run_paper(paper, root, a.cores)
+            wall[paper] = run_paper(paper, root, a.cores, tuple(a.target) if a.target else None)
             write_text_atomic(wall_file, json.dumps(wall, indent=2))
     done = [p for p in PAPERS if (root / p / "benchmarks").is_dir()]
     table = pd.concat([pd.concat([foundation_rows(p, root), collect(p, root / p)]) for p in done], ignore_index=True)
