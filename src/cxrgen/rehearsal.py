@@ -228,11 +228,13 @@ def main(argv=None) -> int:
     root = Path(a.root).resolve()
     papers = a.paper or list(PAPERS)
     wall_file = root / "wall_seconds.json"
-    wall = json.loads(wall_file.read_text()) if wall_file.is_file() else {}
     for paper in papers:
         if not a.table_only:
-            wall[paper] = run_paper(paper, root, a.cores, tuple(a.target) if a.target else None)
+            seconds = run_paper(paper, root, a.cores, tuple(a.target) if a.target else None)
+            wall = json.loads(wall_file.read_text()) if wall_file.is_file() else {}  # another paper may have run
+            wall[paper] = seconds
             write_text_atomic(wall_file, json.dumps(wall, indent=2))
+    wall = json.loads(wall_file.read_text()) if wall_file.is_file() else {}
     done = [p for p in PAPERS if (root / p / "benchmarks").is_dir()]
     table = pd.concat([pd.concat([foundation_rows(p, root), collect(p, root / p)]) for p in done], ignore_index=True)
     print(write_table(table, {p: wall[p] for p in done if p in wall}, root))
