@@ -204,7 +204,8 @@ def write_table(table: pd.DataFrame, wall: dict[str, float], root: Path) -> str:
     fmt["s_per_step"] = fmt["s_per_step"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
     for col in ("flops_per_step", "total_flops"):
         fmt[col] = fmt[col].map(lambda v: "" if pd.isna(v) else f"{float(v) / 1e12:.3g} T")
-    fmt["parameters"] = fmt["parameters"].map(lambda v: "" if pd.isna(v) else f"{float(v) / 1e6:.2f} M")
+    fmt["parameters"] = fmt["parameters"].map(
+        lambda v: "" if pd.isna(v) else f"{float(v) / 1e6:.2f} M" if float(v) >= 1e5 else f"{int(v):,}")
     fmt["optimizer_steps"] = fmt["optimizer_steps"].map(lambda v: "" if pd.isna(v) or not v else f"{int(v)}")
     header = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
     body = "".join("| " + " | ".join(str(v) for v in r) + " |\n" for r in fmt.itertuples(index=False))
