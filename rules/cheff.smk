@@ -63,7 +63,7 @@ rule cheff_machex:
         table=f"{CHEFF_MACHEX}/table.csv",
         train=f"{CHEFF_MACHEX}/train.csv",
         test=f"{CHEFF_MACHEX}/test.csv",
-        images=f"{CHEFF_MACHEX}/images.npz",
+        images=directory(f"{CHEFF_MACHEX}/images"),
         **cheff_report("results/tables/weber2023_table1", TABLE_EXTS, "cheff_table1"),
     params:
         cheff=CHEFF,

@@ -10,6 +10,7 @@ if config["foundation"]["model"] == "build":
         params:
             preset=config["foundation"]["preset"],
             overrides=config["foundation"]["overrides"],
+            runtime=config["foundation"]["runtime"],
             seed=config["seed"],
         log:
             "logs/foundation.log",

@@ -1,8 +1,10 @@
+from cxrgen.engine import RuntimeConfig
 from cxrgen.models.foundation import FoundationConfig, build_foundation
 from cxrgen.workflow import script_context
 
 with script_context(snakemake) as log:
     overrides = {"seed": snakemake.params.seed, **snakemake.params.overrides}
     cfg = FoundationConfig.preset(snakemake.params.preset, **overrides)
-    summary = build_foundation(cfg, snakemake.output[0], progress=True)
+    runtime = RuntimeConfig.from_dict(snakemake.params.runtime, "foundation.runtime")
+    summary = build_foundation(cfg, snakemake.output[0], progress=True, runtime=runtime)
     log.info("foundation built: %s", summary)

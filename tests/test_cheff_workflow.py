@@ -150,8 +150,9 @@ def test_stages_end_to_end_at_toy_size(tmp_path):
     assert t1_csv.loc["MIMIC-CXR", "source (this run)"] == "MIMIC-CXR (phantom)"  # the phantom sits in the MIMIC row
     assert t1_csv.loc["MIMIC-CXR", "n_in_machex (this run)"] == t1["n_in_machex"].iloc[0]
     assert t1_csv.loc["MIMIC-CXR", "n_in_machex (paper)"] == 243334
-    with np.load(m / "images.npz") as z:
-        assert z["train"].shape == (12, 32, 32) and z["test"].shape[1:] == (32, 32)
+    train, _ = stages.load_split(m, "train")
+    assert len(train) == 12 and train[0].shape == (32, 32) and train[0].dtype == np.uint8
+    assert stages.load_split(m, "test")[0].head().shape[1:] == (32, 32)
     stages.run_autoencoder(m, cfg, tmp_path / "ae", tmp_path / "ae.partial")
     for variant in ("unconditional", "report"):
         stages.run_sdm(m, tmp_path / "ae", cfg, variant, tmp_path / f"sdm_{variant}", tmp_path / f"sdm_{variant}.partial")

@@ -26,7 +26,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torch.utils.data
@@ -114,6 +114,40 @@ def settings_difference(saved: Mapping, now: Mapping) -> list[str]:
     return sorted(k for k in set(saved) | set(now) if saved.get(k, "<missing>") != now.get(k, "<missing>"))
 
 
+class SampledBatches(torch.utils.data.Sampler):
+    """Index batches drawn with replacement: batch k is the k-th ``torch.randint(0, n, (batch_size,))`` of a
+    generator seeded with ``seed`` (every batch full whatever the data size). Starting at ``start`` replays the
+    earlier draws, so a resumed run continues the same stream without saving the generator, and DataLoader
+    prefetching cannot put a checkpoint's generator ahead of the batches actually trained on."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, total: int, start: int = 0):
+        if n < 1:
+            raise InputError("no training items; expected at least one")
+        self.n, self.batch_size, self.seed, self.total, self.start = int(n), int(batch_size), int(seed), int(total), int(start)
+        self.drop_last = False  # read by accelerate when it shards the batches
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed)
+        for k in range(self.total):
+            idx = torch.randint(0, self.n, (self.batch_size,), generator=gen)
+            if k >= self.start:
+                yield idx.tolist()
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
+
+
+def check_settings(where: str | os.PathLike, saved: Mapping | None, now: Mapping) -> None:
+    """The resume policy's test: raise InputError naming every key whose value differs between the settings a
+    saved state (``where``: a checkpoint or a finished phase's file) was written under and ``now``."""
+    saved, now = _plain(saved or {}), _plain(now)
+    if saved != now:
+        detail = ", ".join(f"{k}: {saved.get(k, '<missing>')!r} -> {now.get(k, '<missing>')!r}"
+                           for k in settings_difference(saved, now))
+        raise InputError(f"checkpoint {where} was written with different settings ({detail}); expected the same "
+                         f"settings to resume, or delete {_start_over_folder(Path(where))} to start over")
+
+
 class Engine:
     """One run's accelerate state, device, batch split and checkpoint policy (see the module docstring)."""
 
@@ -165,6 +199,13 @@ class Engine:
                              f"multiple of {self.num_processes}")
         return slice(self.process_index * k, (self.process_index + 1) * k)
 
+    def micro_rows(self, n: int, what: str = "batch") -> list[slice]:
+        """This process's rows of each micro-step of a global batch of ``n`` rows drawn at once: one slice of
+        ``n / (accumulation x processes)`` rows per micro-step (micro-step k, process p: chunk ``k * N + p``)."""
+        ga, procs = self.gradient_accumulation_steps, self.num_processes
+        c = self.per_process_batch(n, what)
+        return [slice((k * procs + self.process_index) * c, (k * procs + self.process_index + 1) * c) for k in range(ga)]
+
     def shard(self, x):
         """This process's rows of ``x`` (a tensor or sequence whose first axis is the global micro-batch)."""
         return x[self.local_rows(len(x))]
@@ -178,6 +219,14 @@ class Engine:
     def unwrap(self, model):
         """The module under accelerate's wrappers (DDP, compile); objects that only have a ``state_dict`` as is."""
         return self.accelerator.unwrap_model(model) if isinstance(model, torch.nn.Module) else model
+
+    def place(self, *modules: torch.nn.Module):
+        """Move modules to the device without DDP wrapping: for modules that are called through several methods
+        (a VAE's ``encode``/``decode``) or frozen; their gradients, if any, go through
+        :meth:`average_gradients`. Returns the module, or a tuple of them."""
+        for m in modules:
+            m.to(self.device)
+        return modules[0] if len(modules) == 1 else modules
 
     def dataloader(self, dataset, global_batch: int, *, shuffle: bool, seed: int, drop_last: bool = False,
                    collate_fn=None, what: str = "batch_size", sampler=None):
@@ -200,10 +249,10 @@ class Engine:
 
     def mean(self, value) -> float:
         """The mean of a per-process scalar over all processes (a float; the value itself in 1 process)."""
-        t = torch.as_tensor(value, dtype=torch.float32, device=self.device).detach().reshape(1)
-        if self.num_processes > 1:
-            t = self.accelerator.reduce(t, reduction="mean")
-        return float(t)
+        if self.num_processes == 1:
+            return float(value.detach() if torch.is_tensor(value) else value)
+        t = torch.as_tensor(value, dtype=torch.float64).detach().reshape(1).to(self.device)
+        return float(self.accelerator.reduce(t, reduction="mean"))
 
     def average_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
         """All-reduce (mean) the gradients of ``params`` across processes, once per optimizer step.
@@ -211,7 +260,7 @@ class Engine:
         For trainers whose trained modules are called inside a closure rather than as one prepared (DDP)
         module, e.g. an embedding row of a frozen text encoder; a no-op in 1 process.
         """
-        if self.num_processes == 1:
+        if self.num_processes == 1 or not self.accelerator.sync_gradients:  # accumulating: sync on the last micro-step
             return
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
@@ -223,6 +272,92 @@ class Engine:
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
+
+    def sampled_loader(self, dataset, global_batch: int, seed: int, steps: int, start_step: int = 0,
+                       collate_fn=None, what: str = "batch_size"):
+        """A prepared DataLoader of ``steps`` optimizer steps' micro-batches drawn with replacement
+        (:class:`SampledBatches`), from optimizer step ``start_step`` on; each process gets its slice."""
+        from torch.utils.data import DataLoader
+
+        ga = self.gradient_accumulation_steps
+        sampler = SampledBatches(len(dataset), self.micro_batch(global_batch, what), seed, steps * ga, start_step * ga)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=self.runtime.num_workers,
+                            collate_fn=collate_fn, persistent_workers=False)
+        return self.accelerator.prepare(loader)
+
+    def mean_dict(self, values: Mapping[str, float]) -> dict[str, float]:
+        """Per-process scalars averaged over the processes in one all-reduce (as is in 1 process)."""
+        if self.num_processes == 1 or not values:
+            return {k: float(v) for k, v in values.items()}
+        keys = sorted(values)
+        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
+        t = self.accelerator.reduce(t, reduction="mean")
+        return dict(zip(keys, map(float, t.tolist())))
+
+    def global_draw(self, draw: Callable[[int], torch.Tensor], local_n: int) -> torch.Tensor:
+        """``draw(global_n)`` for the whole global micro-batch, this process's rows kept, on the device.
+
+        Every process draws the same numbers (their RNGs are seeded alike), so per-item noise, timesteps or
+        crops do not depend on the process count; in 1 process this is ``draw(local_n)``."""
+        return self.shard(draw(local_n * self.num_processes)).to(self.device)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``accelerator.backward`` (grad scaling under fp16, loss / accumulation steps)."""
+        self.accelerator.backward(loss)
+
+    def run_steps(self, step_fn: Callable[[int, Any], Mapping[str, float]], batches: Callable[[int], Iterable],
+                  steps: int, models: Mapping[str, torch.nn.Module], optimizer: Any, checkpoint_dir, settings: Mapping,
+                  checkpoint_every: int = 500, desc: str = "train", progress: bool = True,
+                  stop_after: int | None = None, lr_scheduler: Any = None,
+                  generators: Mapping[str, torch.Generator] | None = None) -> list[dict]:
+        """Run (or resume, by :meth:`resume`'s policy) ``steps`` optimizer steps; return the per-step log rows.
+
+        ``batches(start_step)`` yields the micro-batches from optimizer step ``start_step`` on (e.g.
+        :meth:`sampled_loader`); ``step_fn(step, micro_batch)`` computes the loss, calls :meth:`backward` and
+        steps its (prepared) optimizer(s), returning floats to log -- it runs under ``accelerator.accumulate``
+        and ``autocast``, so with accumulation the optimizer steps once per ``gradient_accumulation_steps``
+        calls. Logged values are averaged over micro-batches and processes. A checkpoint is written every
+        ``checkpoint_every`` steps, at the end and when ``stop_after`` steps of this call are done (a simulated
+        preemption). ``checkpoint_dir`` None: no checkpoints.
+        """
+        import time
+
+        from tqdm import tqdm
+
+        if steps < 1:
+            raise InputError(f"{desc}: steps={steps}; expected a positive integer")
+        ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+        start, rows = 0, []
+        state = self.resume(ckpt, settings, models, optimizer, lr_scheduler, generators) if ckpt else None
+        if state is not None:
+            start, rows = int(state["step"]), list(state["extra"].get("log", []))
+        for m in models.values():
+            m.train()
+        ga = self.gradient_accumulation_steps
+        micro_batches = iter(batches(start))
+        t0 = time.perf_counter() - (rows[-1]["seconds"] if rows else 0.0)
+        bar = tqdm(range(start, steps), desc=desc, disable=not (progress and self.is_main), initial=start, total=steps)
+        done_here = 0
+        for step in bar:
+            sums: dict[str, float] = {}
+            for _ in range(ga):
+                batch = next(micro_batches)
+                with self.accelerator.accumulate(*models.values()), self.accelerator.autocast():
+                    parts = step_fn(step, batch)
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) / ga
+            logged = self.mean_dict(sums)
+            rows.append({"step": step + 1, **logged, "seconds": time.perf_counter() - t0})
+            bar.set_postfix({k: f"{v:.4f}" for k, v in list(logged.items())[:3]})
+            done_here += 1
+            last = step + 1 == steps or (stop_after is not None and done_here >= stop_after)
+            if ckpt is not None and ((step + 1) % checkpoint_every == 0 or last):
+                self.save(ckpt, settings, models, optimizer, lr_scheduler, step + 1, generators, {"log": rows})
+            if last:
+                break
+        for m in models.values():
+            m.eval()
+        return rows
 
     # -- checkpoints: the one resume policy ------------------------------------------------------
     def resume(self, ckpt: str | os.PathLike, settings: Mapping, models: Mapping[str, torch.nn.Module],
@@ -236,14 +371,7 @@ class Engine:
         ckpt = Path(ckpt)
         if not has_checkpoint(ckpt):
             return None
-        saved = read_checkpoint_state(ckpt)["extra"].get(SETTINGS_KEY)
-        now = _plain(settings)
-        if saved != now:
-            diff = settings_difference(saved or {}, now)
-            detail = ", ".join(f"{k}: {(saved or {}).get(k, '<missing>')!r} -> {now.get(k, '<missing>')!r}"
-                               for k in diff)
-            raise InputError(f"checkpoint {ckpt} was written with different settings ({detail}); expected the same "
-                             f"settings to resume, or delete {_start_over_folder(ckpt)} to start over")
+        check_settings(ckpt, read_checkpoint_state(ckpt)["extra"].get(SETTINGS_KEY), settings)
         state = load_checkpoint(ckpt, {k: self.unwrap(m) for k, m in models.items()}, optimizer, lr_scheduler,
                                 generators)
         scaler = state["extra"].get("grad_scaler")
@@ -269,9 +397,24 @@ class Engine:
         return ckpt
 
 
-def _plain(settings: Mapping) -> dict:
-    """Settings as stored in a checkpoint (tuples as lists, so a reloaded dict compares equal)."""
-    return {str(k): (list(v) if isinstance(v, tuple) else v) for k, v in dict(settings).items()}
+def _plain(settings: Mapping, prefix: str = "") -> dict:
+    """Settings as stored in a checkpoint: nested mappings flattened to dotted keys (so a difference names the
+    field), tuples as lists (so a reloaded dict compares equal)."""
+    out = {}
+    for k, v in dict(settings).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_plain(v, key + "."))
+        else:
+            out[key] = [_scalar(x) for x in v] if isinstance(v, (list, tuple)) else _scalar(v)
+    return out
+
+
+def _scalar(v):
+    """A value a weights_only checkpoint can hold (paths and other objects as their text)."""
+    if isinstance(v, (list, tuple)):
+        return [_scalar(x) for x in v]
+    return v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
 
 
 class EpochPermutation(torch.utils.data.Sampler):

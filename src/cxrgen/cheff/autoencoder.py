@@ -29,10 +29,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cxrgen.cheff.training import (
-    StateBundle, finish_checkpoint, fingerprint, save_pretrained_atomic, to_uint8, to_unit, train_loop,
+    StateBundle, finish_stage, image_dataset, save_pretrained_atomic, settings, to_uint8, to_unit, train_loop,
     write_training_log,
 )
-from cxrgen.engine import default_device, module_device
+from cxrgen.engine import Engine, RuntimeConfig, default_device, module_device
 from cxrgen.errors import InputError, WeightsUnavailableError
 from cxrgen.io import write_text_atomic
 
@@ -229,7 +229,7 @@ class AutoencoderLoss(nn.Module):
 
 
 def train_autoencoder(
-    images: np.ndarray,
+    images,
     cfg: AutoencoderConfig,
     out_dir: str | os.PathLike,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -237,42 +237,60 @@ def train_autoencoder(
     progress: bool = True,
     keep_checkpoint: bool = False,
     stop_after: int | None = None,
+    runtime: RuntimeConfig | None = None,
 ):
-    """Train on uint8 images (N,H,W) at ``cfg.image_size``; writes ``out_dir`` (``save_pretrained`` folder plus
-    training_log.csv, loss_curve.png and cheff_autoencoder.json); returns the trained ``AutoencoderKL``."""
+    """Train on uint8 images at ``cfg.image_size`` (an (N,H,W) array or a ShardedDataset read batch by batch);
+    writes ``out_dir`` (``save_pretrained`` folder plus training_log.csv, loss_curve.png and
+    cheff_autoencoder.json); returns the trained ``AutoencoderKL``.
+
+    ``cfg.batch_size`` is the global batch (see :mod:`cxrgen.engine`). The VAE and loss modules are placed on
+    the engine's device but not DDP-wrapped (``encode``/``decode`` are called separately and LDM's adaptive GAN
+    weight takes ``autograd.grad`` at the decoder output); their gradients are averaged over processes once
+    per step. As in LDM under DDP, that adaptive weight is computed from each process's own batch, so
+    multi-process runs match single-process ones exactly only before ``disc_start``.
+    """
+    engine = Engine(runtime)
     torch.manual_seed(seed)
-    x_all = to_unit(_check_size(images, cfg.image_size, "autoencoder"))
-    if cfg.in_channels != 1:
-        x_all = x_all.expand(-1, cfg.in_channels, -1, -1).contiguous()
-    vae, loss_mod = build_autoencoder(cfg), AutoencoderLoss(cfg)
-    opt_g = torch.optim.Adam(list(vae.parameters()) + [loss_mod.logvar], lr=cfg.lr, betas=(0.5, 0.9))
-    opt_d = torch.optim.Adam(loss_mod.discriminator.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    data = image_dataset(images, cfg.image_size, "autoencoder")
+    vae, loss_mod = engine.place(build_autoencoder(cfg), AutoencoderLoss(cfg))
+    gen_params = list(vae.parameters()) + [loss_mod.logvar]
+    disc_params = list(loss_mod.discriminator.parameters())
+    opt_g, opt_d = engine.prepare(torch.optim.Adam(gen_params, lr=cfg.lr, betas=(0.5, 0.9)),
+                                  torch.optim.Adam(disc_params, lr=cfg.lr, betas=(0.5, 0.9)))
     last_layer = vae.decoder.conv_out.weight
 
-    def step_fn(step, idx):
-        x = x_all[idx]
+    def step_fn(step, batch):
+        x = to_unit(batch)
+        if cfg.in_channels != 1:
+            x = x.expand(-1, cfg.in_channels, -1, -1).contiguous()
         posterior = vae.encode(x).latent_dist
-        x_hat = vae.decode(posterior.sample()).sample
+        eps = engine.global_draw(lambda n: torch.randn((n, *posterior.mean.shape[1:])), len(x))
+        x_hat = vae.decode(posterior.mean + posterior.std * eps.to(posterior.mean.dtype)).sample
         loss, parts = loss_mod.generator_loss(x, x_hat, posterior, last_layer, step)
         opt_g.zero_grad(set_to_none=True)
-        loss.backward()
+        engine.backward(loss)
+        engine.average_gradients(gen_params)
         opt_g.step()
         if step >= cfg.disc_start:
             d = loss_mod.discriminator_loss(x, x_hat)
             opt_d.zero_grad(set_to_none=True)
-            d.backward()
+            engine.backward(d)
+            engine.average_gradients(disc_params)
             opt_d.step()
             parts["d_loss"] = d.item()
         return {"loss": loss.item(), **parts}
 
-    log_df = train_loop(step_fn, len(x_all), cfg.batch_size, cfg.steps, {"vae": vae, "loss": loss_mod},
-                        StateBundle(g=opt_g, d=opt_d), checkpoint_dir, seed, fingerprint(cfg, seed),
+    log_df = train_loop(step_fn, data, cfg.batch_size, cfg.steps, {"vae": vae, "loss": loss_mod},
+                        StateBundle(g=opt_g, d=opt_d), checkpoint_dir, seed, settings(cfg, seed=seed), engine,
                         cfg.checkpoint_every, "autoencoder", progress, stop_after)
     if stop_after is not None and len(log_df) < cfg.steps:
         return vae  # a simulated preemption: no model folder yet
-    save_autoencoder(vae, cfg, out_dir)
-    write_training_log(log_df, out_dir, "Cheff autoencoder")
-    finish_checkpoint(checkpoint_dir, keep_checkpoint)
+
+    def write():
+        save_autoencoder(vae, cfg, out_dir)
+        write_training_log(log_df, out_dir, "Cheff autoencoder")
+
+    finish_stage(engine, write, checkpoint_dir, keep_checkpoint)
     return vae
 
 
@@ -291,13 +309,6 @@ def load_autoencoder(folder: str | os.PathLike, device: str | torch.device | Non
     if not (folder / "config.json").is_file():
         raise InputError(f"{folder} holds no AutoencoderKL (config.json missing); expected a train_autoencoder output")
     return AutoencoderKL.from_pretrained(str(folder)).eval().to(default_device(device))
-
-
-def _check_size(images: np.ndarray, size: int, what: str) -> np.ndarray:
-    arr = np.asarray(images)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[1:] != (size, size):
-        raise InputError(f"{what}: images of dtype {arr.dtype}, shape {arr.shape}; expected uint8 (N, {size}, {size})")
-    return arr
 
 
 @torch.no_grad()

@@ -1,8 +1,10 @@
 """The ``cheff`` config section as one dataclass per stage, each from a named preset plus overrides.
 
 ``config["cheff"]`` = ``{"preset": "default"|"smoke"|"paper", "machex": {...}, "autoencoder": {...}, "sdm": {...},
-"sr": {...}, "evaluation": {...}}``; the stage dicts override fields of the preset's dataclasses (the workflow's
+"sr": {...}, "evaluation": {...}, "runtime": {...}}``; the stage dicts override fields of the preset's dataclasses (the workflow's
 schema, ``schemas/config.schema.yaml``, documents every field and gives no defaults to preset-dependent ones).
+``runtime`` is how the training stages run (:class:`cxrgen.engine.RuntimeConfig`: mixed precision, gradient
+accumulation, CPU-only, DataLoader workers); batch sizes stay global whatever the process count.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from dataclasses import dataclass, field, replace
 from cxrgen.cheff.autoencoder import AutoencoderConfig
 from cxrgen.cheff.diffusion import SDMConfig
 from cxrgen.cheff.super_resolution import SRConfig
+from cxrgen.engine import RuntimeConfig
 from cxrgen.errors import InputError
 
 PRESETS = ("default", "smoke", "paper")
-SECTIONS = ("preset", "machex", "autoencoder", "sdm", "sr", "evaluation")
+SECTIONS = ("preset", "machex", "autoencoder", "sdm", "sr", "evaluation", "runtime")
 #: ``config["data"]["source"]`` -> the dataset adapter that reads it (the phantom is written in the MIMIC layout)
 ADAPTER_FOR_SOURCE = {"phantom": "mimic"}
 SOURCE_NAMES = {"phantom": "MIMIC-CXR (phantom)", "mimic": "MIMIC-CXR", "chexpert": "CheXpert", "padchest": "PadChest",
@@ -112,6 +115,7 @@ class CheffConfig:
     sdm: SDMConfig = field(default_factory=SDMConfig)
     sr: SRConfig = field(default_factory=SRConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     @classmethod
     def from_dict(cls, section: dict | None) -> "CheffConfig":
@@ -129,7 +133,8 @@ class CheffConfig:
                              "expected the SR input to be the autoencoder's resolution")
         return cls(name, MaCheXConfig.preset(name, **(section.get("machex") or {})), ae,
                    SDMConfig.preset(name, **(section.get("sdm") or {})), sr,
-                   EvaluationConfig.preset(name, **(section.get("evaluation") or {})))
+                   EvaluationConfig.preset(name, **(section.get("evaluation") or {})),
+                   RuntimeConfig.from_dict(section.get("runtime"), "cheff.runtime"))
 
     def sdm_for(self, variant: str) -> SDMConfig:
         """``unconditional`` or ``report`` (the report model of the paper preset trains for 750k steps)."""

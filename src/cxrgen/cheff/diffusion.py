@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,12 +27,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cxrgen.cheff import text_encoder as te
-from cxrgen.cheff.autoencoder import encode_stats
 from cxrgen.cheff.schedules import CHEFF_BETA_END, LDM_BETA_START, ddim_from, make_scheduler
 from cxrgen.cheff.training import (
-    finish_checkpoint, fingerprint, save_pretrained_atomic, train_loop, write_training_log,
+    finish_stage, image_dataset, save_pretrained_atomic, settings, to_unit, train_loop, write_training_log,
 )
-from cxrgen.engine import default_device, module_device
+from cxrgen.data.shards import ShardedDataset, ShardWriter
+from cxrgen.engine import Engine, RuntimeConfig, default_device, module_device
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path, write_text_atomic
 
@@ -191,9 +192,39 @@ class SDM:
                    BertTokenizerFast.from_pretrained(str(folder / "tokenizer")), meta["max_length"], meta["ddim_steps"])
 
 
+def cache_latent_stats(vae, images, folder: str | os.PathLike, engine: Engine, reports: Sequence[str] | None = None,
+                       tokenizer=None, max_length: int = 0, batch_size: int = 64) -> ShardedDataset:
+    """Encode every training image once (posterior mean and std) into a shard folder on disk, with the report
+    tokens when given; the index's meta holds the std of all latent means (LDM's ``scale_by_std``), accumulated
+    batch by batch. The main process writes; the others wait and read it."""
+    ch = vae.config.in_channels
+    with engine.accelerator.main_process_first():
+        if engine.is_main:
+            total, total_sq, count = 0.0, 0.0, 0
+            writer = ShardWriter(folder)
+            loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False,
+                                                 num_workers=engine.runtime.num_workers)
+            start = 0
+            with torch.no_grad():
+                for batch in loader:
+                    x = to_unit(batch.to(engine.device)).expand(-1, ch, -1, -1)
+                    d = vae.encode(x).latent_dist
+                    row = {"mean": d.mean.float().cpu(), "std": d.std.float().cpu()}
+                    if reports is not None:
+                        toks = te.tokenize(tokenizer, reports[start:start + len(batch)], max_length)
+                        row.update(input_ids=toks["input_ids"], attention_mask=toks["attention_mask"])
+                    m = row["mean"].double()
+                    total, total_sq, count = total + float(m.sum()), total_sq + float((m * m).sum()), count + m.numel()
+                    writer.add(**row)
+                    start += len(batch)
+            var = (total_sq - total * total / count) / max(1, count - 1)
+            writer.close({"latent_std": float(np.sqrt(max(var, 0.0)))})
+    return ShardedDataset(folder)
+
+
 def train_sdm(
     vae,
-    images: np.ndarray,
+    images,
     cfg: SDMConfig,
     out_dir: str | os.PathLike,
     reports: Sequence[str] | None = None,
@@ -202,66 +233,86 @@ def train_sdm(
     progress: bool = True,
     keep_checkpoint: bool = False,
     stop_after: int | None = None,
+    runtime: RuntimeConfig | None = None,
 ) -> SDM:
-    """Encode ``images`` (uint8 (N,H,W) at the AE's size) once, then train the SDM on posterior samples (eq. 2)."""
+    """Encode ``images`` (uint8 at the AE's size: an (N,H,W) array or a ShardedDataset) once into a latent cache
+    on disk (``<checkpoint_dir>.latents``, else ``<out_dir>.latents``; removed with the checkpoint), then train the SDM
+    on posterior samples (eq. 2), reading the cache batch by batch. ``cfg.batch_size`` is the global batch."""
     cfg.validate()
+    engine = Engine(runtime)
     torch.manual_seed(seed)
-    mean, std = encode_stats(vae, images)
-    scale = float(cfg.latent_scale) if cfg.latent_scale else float(1.0 / mean.std())
+    data = image_dataset(images, vae.config.sample_size, "SDM")
+    vae = engine.place(vae.eval())
     ddpm = make_scheduler("ddpm", cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end, cfg.beta_schedule)
-    encoder = tokenizer = None
-    ctx_ids = ctx_mask = None
+    encoder = tokenizer = empty = None
     if cfg.conditioning == "report":
-        if reports is None or len(reports) != len(images):
-            raise InputError(f"report conditioning needs one report per image: got {None if reports is None else len(reports)} for {len(images)}")
+        if reports is None or len(reports) != len(data):
+            raise InputError(f"report conditioning needs one report per image: got {None if reports is None else len(reports)} for {len(data)}")
         tok_dir = Path(checkpoint_dir) / "tokenizer" if checkpoint_dir else None
-        if tok_dir is not None and (tok_dir / "tokenizer.json").is_file():  # resuming: the ids the weights were trained with
-            from transformers import BertTokenizerFast
+        with engine.accelerator.main_process_first():
+            if tok_dir is not None and (tok_dir / "tokenizer.json").is_file():  # resuming: the ids the weights were trained with
+                from transformers import BertTokenizerFast
 
-            tokenizer = BertTokenizerFast.from_pretrained(str(tok_dir))
-        else:
-            tokenizer = te.train_wordpiece_tokenizer(reports, cfg.encoder.vocab_size, cfg.encoder.max_length)
-            if tok_dir is not None:
-                tokenizer.save_pretrained(str(tok_dir))
+                tokenizer = BertTokenizerFast.from_pretrained(str(tok_dir))
+            else:
+                tokenizer = te.train_wordpiece_tokenizer(reports, cfg.encoder.vocab_size, cfg.encoder.max_length)
+                if tok_dir is not None and engine.is_main:
+                    tokenizer.save_pretrained(str(tok_dir))
         encoder = te.build_report_encoder(cfg.encoder, len(tokenizer))
-        toks = te.tokenize(tokenizer, reports, cfg.encoder.max_length)
-        empty = te.tokenize(tokenizer, [""], cfg.encoder.max_length)
-        ctx_ids, ctx_mask = toks["input_ids"], toks["attention_mask"]
-    unet = build_sdm_unet(cfg, mean.shape[1], mean.shape[-1], cfg.encoder.hidden_size if encoder is not None else None)
+        empty = {k: v.to(engine.device) for k, v in te.tokenize(tokenizer, [""], cfg.encoder.max_length).items()}
+    # beside the checkpoint, not in it: each checkpoint write replaces the checkpoint folder
+    cache_dir = Path(str(checkpoint_dir or out_dir) + ".latents")
+    cache = cache_latent_stats(vae, data, cache_dir, engine, list(reports) if encoder is not None else None,
+                               tokenizer, cfg.encoder.max_length)
+    latent_shape = cache.item_shape("mean")
+    scale = float(cfg.latent_scale) if cfg.latent_scale else float(1.0 / cache.meta["latent_std"])
+    unet = build_sdm_unet(cfg, latent_shape[0], latent_shape[-1], cfg.encoder.hidden_size if encoder is not None else None)
     params = list(unet.parameters()) + (list(encoder.parameters()) if encoder is not None else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     log.info("SDM (%s): %.2f M U-Net parameters, latent %s, scale %.4f", cfg.conditioning,
-             sum(p.numel() for p in unet.parameters()) / 1e6, tuple(mean.shape[1:]), scale)
+             sum(p.numel() for p in unet.parameters()) / 1e6, latent_shape, scale)
+    if encoder is not None:
+        unet, encoder, opt = engine.prepare(unet, encoder, opt)
+    else:
+        unet, opt = engine.prepare(unet, opt)
 
-    def step_fn(step, idx):
-        z0 = (mean[idx] + std[idx] * torch.randn_like(mean[idx])) * scale
-        noise = torch.randn_like(z0)
-        t = torch.randint(0, cfg.num_train_timesteps, (len(idx),))
+    def step_fn(step, batch):
+        mean, std = batch["mean"], batch["std"]
+        n, shape = len(mean), tuple(mean.shape[1:])
+        z0 = (mean + std * engine.global_draw(lambda k: torch.randn((k, *shape)), n)) * scale
+        noise = engine.global_draw(lambda k: torch.randn((k, *shape)), n)
+        t = engine.global_draw(lambda k: torch.randint(0, cfg.num_train_timesteps, (k,)), n)
         zt = ddpm.add_noise(z0, noise, t)
         if encoder is not None:
-            ids, mask = ctx_ids[idx].clone(), ctx_mask[idx].clone()
+            ids, mask = batch["input_ids"].clone(), batch["attention_mask"].clone()
             if cfg.cond_dropout > 0:  # the empty report teaches the unconditional score for guidance
-                drop = torch.rand(len(idx)) < cfg.cond_dropout
+                drop = engine.global_draw(lambda k: torch.rand(k), n) < cfg.cond_dropout
                 ids[drop], mask[drop] = empty["input_ids"][0], empty["attention_mask"][0]
             pred = unet(zt, t, encoder_hidden_states=te.embed(encoder, {"input_ids": ids, "attention_mask": mask})).sample
         else:
             pred = unet(zt, t).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        engine.backward(loss)
         opt.step()
         return {"loss": loss.item()}
 
     models = {"unet": unet, **({"text_encoder": encoder} if encoder is not None else {})}
-    log_df = train_loop(step_fn, len(mean), cfg.batch_size, cfg.steps, models, opt, checkpoint_dir, seed,
-                        fingerprint(cfg, seed, len(images)), cfg.checkpoint_every, f"SDM {cfg.conditioning}", progress,
-                        stop_after)
-    sdm = SDM(unet, ddim_from(ddpm), scale, cfg.conditioning, encoder, tokenizer, cfg.encoder.max_length, cfg.ddim_steps)
+    log_df = train_loop(step_fn, cache, cfg.batch_size, cfg.steps, models, opt, checkpoint_dir, seed,
+                        settings(cfg, seed=seed, n_train=len(data)), engine, cfg.checkpoint_every,
+                        f"SDM {cfg.conditioning}", progress, stop_after)
+    sdm = SDM(engine.unwrap(unet), ddim_from(ddpm), scale, cfg.conditioning,
+              engine.unwrap(encoder) if encoder is not None else None, tokenizer, cfg.encoder.max_length, cfg.ddim_steps)
     if stop_after is not None and len(log_df) < cfg.steps:
         return sdm
-    sdm.save(out_dir, {"config": asdict(cfg), "n_train": len(images)})
-    write_training_log(log_df, out_dir, f"Cheff SDM ({cfg.conditioning})")
-    finish_checkpoint(checkpoint_dir, keep_checkpoint)
+
+    def write():
+        sdm.save(out_dir, {"config": asdict(cfg), "n_train": len(data)})
+        write_training_log(log_df, out_dir, f"Cheff SDM ({cfg.conditioning})")
+        if not keep_checkpoint:
+            shutil.rmtree(cache_dir, ignore_errors=True)
+
+    finish_stage(engine, write, checkpoint_dir, keep_checkpoint)
     return sdm
 
 

@@ -21,17 +21,19 @@ from cxrgen.cheff.config import CheffConfig
 from cxrgen.cheff.diffusion import SDM, train_sdm
 from cxrgen.cheff.inpainting import diversity, inpaint, outpaint, preservation, rect_mask
 from cxrgen.cheff.super_resolution import SuperResolution, downsample, train_sr
+from cxrgen.data.shards import INDEX, SHARD_SIZE, ShardedDataset, write_shards
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path, write_csv_atomic
 
 log = logging.getLogger(__name__)
-IMAGES = "images.npz"
+IMAGES = "images"  # <machex_dir>/images/<subset>: a shard folder (cxrgen.data.shards), field "image"
 
 
 # ------------------------------------------------------------------------------------------------ data
 def run_machex(sources, frontal_only: bool, hr_size: int, out_dir, table1_stem, scale: str, seed: int = 0,
                max_train: int | None = None, max_test: int | None = None, test_fraction: float = 0.1) -> pd.DataFrame:
-    """MaCheX table, Table 1 (paper vs this run) and the train/test images at ``hr_size`` (``images.npz``)."""
+    """MaCheX table, Table 1 (paper vs this run) and the train/test images at ``hr_size`` (``images/train`` and
+    ``images/test``: shard folders read item by item, see :func:`load_split`)."""
     from cxrgen.render.reference import load_reference, paper_table_label
     from cxrgen.render.tables import write_table
 
@@ -49,10 +51,10 @@ def run_machex(sources, frontal_only: bool, hr_size: int, out_dir, table1_stem, 
     write_csv_atomic(table, out_dir / "table.csv")
     for subset, rows in parts.items():
         write_csv_atomic(rows, out_dir / f"{subset}.csv")
-    arrays = {s: machex.load_images(r, hr_size) for s, r in parts.items()}
     with atomic_path(out_dir / IMAGES) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+        for subset, rows in parts.items():  # one shard in memory at a time
+            write_shards(tmp / subset, ({"image": machex.load_images(rows.iloc[i:i + SHARD_SIZE], hr_size, progress=False)}
+                                        for i in range(0, len(rows), SHARD_SIZE)))
     ours = machex.table1(table)
     paper, meta = load_reference("weber2023", "table1")
     write_table(machex.table1_side_by_side(paper, ours, sources), table1_stem,
@@ -63,15 +65,33 @@ def run_machex(sources, frontal_only: bool, hr_size: int, out_dir, table1_stem, 
     return ours
 
 
-def load_split(machex_dir, subset: str, size: int | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+class _Resized(torch.utils.data.Dataset):
+    """Items of a uint8 image dataset resized to ``size`` (antialiased bicubic, as the stages always did)."""
+
+    def __init__(self, images, size: int):
+        self.images, self.size = images, int(size)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return downsample(np.asarray(self.images[i])[None], self.size)[0]
+
+    def head(self, n: int | None = None) -> np.ndarray:
+        n = len(self) if n is None else min(int(n), len(self))
+        return np.stack([self[i] for i in range(n)]) if n else np.empty((0, self.size, self.size), np.uint8)
+
+
+def load_split(machex_dir, subset: str, size: int | None = None) -> tuple[ShardedDataset | _Resized, pd.DataFrame]:
+    """The ``subset`` images of a MaCheX folder as a dataset read from disk item by item (uint8 (H, W), resized
+    to ``size`` when given; ``.head(n)`` stacks the first n) and its rows."""
     machex_dir = Path(machex_dir)
-    if not (machex_dir / IMAGES).is_file():
-        raise InputError(f"{machex_dir / IMAGES} missing; expected the output of the cheff_machex rule")
-    with np.load(machex_dir / IMAGES) as z:
-        images = z[subset]
+    if not (machex_dir / IMAGES / subset / INDEX).is_file():
+        raise InputError(f"{machex_dir / IMAGES / subset} missing; expected the output of the cheff_machex rule")
+    images = ShardedDataset(machex_dir / IMAGES / subset, "image")
     rows = pd.read_csv(machex_dir / f"{subset}.csv", keep_default_na=False, na_values=[""])
-    if size is not None and images.shape[-1] != size:
-        images = downsample(images, size)
+    if size is not None and images.item_shape()[-1] != size:
+        images = _Resized(images, size)
     return images, rows
 
 
@@ -85,7 +105,8 @@ def _timed(what: str, fn, *a, **kw):
 # ------------------------------------------------------------------------------------------------ training
 def run_autoencoder(machex_dir, cfg: CheffConfig, out_dir, checkpoint_dir, seed: int = 0):
     images, _ = load_split(machex_dir, "train", cfg.autoencoder.image_size)
-    return _timed("autoencoder", train_autoencoder, images, cfg.autoencoder, out_dir, checkpoint_dir, seed)
+    return _timed("autoencoder", train_autoencoder, images, cfg.autoencoder, out_dir, checkpoint_dir, seed,
+                  runtime=cfg.runtime)
 
 
 def run_sdm(machex_dir, ae_dir, cfg: CheffConfig, variant: str, out_dir, checkpoint_dir, seed: int = 0):
@@ -97,23 +118,26 @@ def run_sdm(machex_dir, ae_dir, cfg: CheffConfig, variant: str, out_dir, checkpo
         keep = rows["report"].fillna("").str.strip() != ""
         if not keep.any():
             raise InputError("the report-conditioned SDM needs training images with reports; MaCheX has none")
-        images, reports = images[keep.to_numpy()], rows.loc[keep, "report"].tolist()
-    return _timed(f"SDM {variant}", train_sdm, vae, images, sdm_cfg, out_dir, reports, checkpoint_dir, seed)
+        images = torch.utils.data.Subset(images, np.flatnonzero(keep.to_numpy()).tolist())
+        reports = rows.loc[keep, "report"].tolist()
+    return _timed(f"SDM {variant}", train_sdm, vae, images, sdm_cfg, out_dir, reports, checkpoint_dir, seed,
+                  runtime=cfg.runtime)
 
 
 def run_sr(machex_dir, cfg: CheffConfig, out_dir, checkpoint_dir, seed: int = 0, ae_dir=None, init_from=None):
     images, _ = load_split(machex_dir, "train", cfg.sr.hr_size)
     if init_from is None:
-        return _timed("SR base", train_sr, images, cfg.sr, out_dir, "bicubic", None, None, checkpoint_dir, seed)
+        return _timed("SR base", train_sr, images, cfg.sr, out_dir, "bicubic", None, None, checkpoint_dir, seed,
+                      runtime=cfg.runtime)
     return _timed("SR fine", train_sr, images, cfg.sr, out_dir, "decoded", load_autoencoder(ae_dir), init_from,
-                  checkpoint_dir, seed)
+                  checkpoint_dir, seed, runtime=cfg.runtime)
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
 def run_reconstruction(machex_dir, ae_dir, sr_base_dir, sr_fine_dir, cfg: CheffConfig, out_dir, table_stem,
                        figure_stem, scale: str, seed: int = 0) -> pd.DataFrame:
-    hr, _ = load_split(machex_dir, "test", cfg.sr.hr_size)
-    hr = hr[: cfg.evaluation.n_test]
+    test, _ = load_split(machex_dir, "test", cfg.sr.hr_size)
+    hr = test.head(cfg.evaluation.n_test)
     srs = {"base": SuperResolution.load(sr_base_dir), "fine": SuperResolution.load(sr_fine_dir)}
     per_image, images = ev.reconstruction_workflows(hr, load_autoencoder(ae_dir), srs, cfg.sr.lr_size, seed=seed)
     write_csv_atomic(per_image, Path(out_dir) / "per_image.csv")
@@ -145,7 +169,7 @@ def run_synthesis(machex_dir, ae_dir, sdm_dir, sdm_report_dir, sr_dir, cfg: Chef
     e = cfg.evaluation
     vae, sr = load_autoencoder(ae_dir), SuperResolution.load(sr_dir)
     lr, hr = sample_cascade(SDM.load(sdm_dir), vae, sr, e.n_samples, seed=seed)
-    real, _ = load_split(machex_dir, "test", cfg.sr.hr_size)
+    real = load_split(machex_dir, "test", cfg.sr.hr_size)[0].head()  # the whole test split: FID's real set
     ext = _fid_extractor(e.fid_extractor, classifier)
     ours = ev.synthesis_metrics(real, hr, ext, min(e.kid_subset_size, len(real), len(hr)), seed)
     write_csv_atomic(ours, Path(out_dir) / "fid_kid.csv")
@@ -206,7 +230,7 @@ def run_inpainting(machex_dir, ae_dir, sdm_dir, cfg: CheffConfig, out_dir, inpai
     e = cfg.evaluation
     vae, sdm = load_autoencoder(ae_dir), SDM.load(sdm_dir)
     size = vae.config.sample_size
-    test, _ = load_split(machex_dir, "test", size)
+    test = load_split(machex_dir, "test", size)[0].head(max(1, e.n_inpaint))
     imgs = test[: e.n_inpaint]
     # a device-sized box over the right upper chest (the image's left side), where the phantoms draw devices
     mask = rect_mask(size, 0.2, 0.1, 0.3, 0.3)
@@ -237,7 +261,7 @@ def run_beta_check(machex_dir, ae_dir, sdm_dir, cfg: CheffConfig, out_csv, figur
     as a CSV/Markdown/LaTeX table; the paper shows the figure only, so the table has no paper columns)."""
     vae = load_autoencoder(ae_dir)
     meta = json.loads((Path(sdm_dir) / "cheff_sdm.json").read_text())
-    test, _ = load_split(machex_dir, "test", vae.config.sample_size)
+    test = load_split(machex_dir, "test", vae.config.sample_size)[0].head(64)
     s = cfg.sdm
     df, images, per_image = ev.beta_check(vae, test[:64], beta_schedule=s.beta_schedule, beta_start=s.beta_start,
                                num_train_timesteps=s.num_train_timesteps, latent_scale=meta["latent_scale"], seed=seed)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -31,9 +32,10 @@ from cxrgen.cheff.autoencoder import reconstruct
 from cxrgen.cheff.diffusion import ddim_sample
 from cxrgen.cheff.schedules import ddim_from, make_scheduler
 from cxrgen.cheff.training import (
-    finish_checkpoint, fingerprint, save_pretrained_atomic, to_uint8, to_unit, train_loop, write_training_log,
+    finish_stage, image_dataset, save_pretrained_atomic, settings, to_uint8, to_unit, train_loop, write_training_log,
 )
-from cxrgen.engine import default_device, module_device
+from cxrgen.data.shards import ShardedDataset, write_shards
+from cxrgen.engine import Engine, RuntimeConfig, default_device, module_device
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path
 
@@ -136,20 +138,24 @@ def upsample_condition(x_lr: torch.Tensor, hr_size: int) -> torch.Tensor:
     return F.interpolate(x_lr, size=(hr_size, hr_size), mode="bicubic", align_corners=False).clamp(-1, 1)
 
 
-def random_crop(x_hr: torch.Tensor, cond: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same random ``size`` x ``size`` window of x_HR and its condition, one window per image (drawn from
-    torch's global RNG, which the training checkpoint saves, so a resumed run draws the same windows)."""
+def random_crop(x_hr: torch.Tensor, cond: torch.Tensor, size: int, draw=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random ``size`` x ``size`` window of x_HR and its condition, one window per image. Offsets come
+    from ``draw(sample)`` (``Engine.global_draw``: drawn for the global batch, this process's rows kept) or
+    else from torch's global RNG; either is saved with the training checkpoint, so a resumed run draws the same
+    windows."""
     if x_hr.shape != cond.shape:
         raise InputError(f"x_HR {tuple(x_hr.shape)} and condition {tuple(cond.shape)} differ; expected equal shapes")
     n, _, h, w = x_hr.shape
     if size > min(h, w):
         raise InputError(f"crop size {size} exceeds the image size {h}x{w}")
-    top = torch.randint(0, h - size + 1, (n,))
-    left = torch.randint(0, w - size + 1, (n,))
-    rows = (top[:, None] + torch.arange(size))[:, None, :, None]  # (n, 1, size, 1)
-    cols = (left[:, None] + torch.arange(size))[:, None, None, :]  # (n, 1, 1, size)
-    b = torch.arange(n)[:, None, None, None]
-    ch = torch.arange(x_hr.shape[1])[None, :, None, None]
+    draw = draw or (lambda sample: sample(n))
+    top = draw(lambda k: torch.randint(0, h - size + 1, (k,))).to(x_hr.device)
+    left = draw(lambda k: torch.randint(0, w - size + 1, (k,))).to(x_hr.device)
+    span = torch.arange(size, device=x_hr.device)
+    rows = (top[:, None] + span)[:, None, :, None]  # (n, 1, size, 1)
+    cols = (left[:, None] + span)[:, None, None, :]  # (n, 1, 1, size)
+    b = torch.arange(n, device=x_hr.device)[:, None, None, None]
+    ch = torch.arange(x_hr.shape[1], device=x_hr.device)[None, :, None, None]
     return x_hr[b, ch, rows, cols], cond[b, ch, rows, cols]
 
 
@@ -160,8 +166,27 @@ def sr_input(x_t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     return torch.cat([x_t, cond], dim=1)
 
 
+def cache_lr_images(hr, cfg: SRConfig, folder: str | os.PathLike, engine: Engine, vae=None,
+                    batch_size: int = 64) -> ShardedDataset:
+    """x_LR of every training image -- bicubic, or D(E(x_LR)) when ``vae`` is given (5: "we fine-tune SR on
+    D(z)") -- computed once, batch by batch, into a shard folder (field ``lr``). The main process writes; the
+    others wait and read it."""
+    with engine.accelerator.main_process_first():
+        if engine.is_main:
+            loader = torch.utils.data.DataLoader(hr, batch_size=batch_size, shuffle=False,
+                                                 num_workers=engine.runtime.num_workers)
+
+            def batches():
+                for batch in loader:
+                    lr = downsample(np.asarray(batch), cfg.lr_size)
+                    yield {"lr": reconstruct(vae, lr, batch_size) if vae is not None else lr}
+
+            write_shards(folder, batches())
+    return ShardedDataset(folder, "lr")
+
+
 def train_sr(
-    hr_images: np.ndarray,
+    hr_images,
     cfg: SRConfig,
     out_dir: str | os.PathLike,
     lr_source: str = "bicubic",
@@ -172,58 +197,70 @@ def train_sr(
     progress: bool = True,
     keep_checkpoint: bool = False,
     stop_after: int | None = None,
+    runtime: RuntimeConfig | None = None,
 ):
     """``lr_source="bicubic"``: SR_base from scratch; ``"decoded"``: fine-tune ``init_from`` on D(E(x_LR)) (needs
-    ``vae``).  Writes a ``save_pretrained`` folder (``unet/``, ``scheduler/``) + log; returns the U-Net."""
+    ``vae``).  ``hr_images``: uint8 at ``cfg.hr_size``, an (N,H,W) array or a ShardedDataset; x_LR is cached on
+    disk beside the checkpoint (``<checkpoint_dir or out_dir>.lr``, removed with it) and both are read batch by
+    batch. ``cfg.batch_size`` is the global batch. Writes a ``save_pretrained`` folder (``unet/``,
+    ``scheduler/``) + log; returns the U-Net."""
     from diffusers import UNet2DModel
 
     if lr_source not in LR_SOURCES:
         raise InputError(f"lr_source={lr_source!r}; expected one of {list(LR_SOURCES)}")
-    hr = np.asarray(hr_images)
-    if hr.dtype != np.uint8 or hr.ndim != 3 or hr.shape[1:] != (cfg.hr_size, cfg.hr_size):
-        raise InputError(f"SR: x_HR of dtype {hr.dtype}, shape {hr.shape}; expected uint8 (N, {cfg.hr_size}, {cfg.hr_size})")
+    hr = image_dataset(hr_images, cfg.hr_size, "SR: x_HR")
+    engine = Engine(runtime)
     torch.manual_seed(seed)
-    lr = downsample(hr, cfg.lr_size)
     fine = lr_source == "decoded"
     if fine:
         if vae is None or init_from is None:
             raise InputError("SR fine-tuning on D(z) needs vae= (the autoencoder) and init_from= (the SR_base folder)")
-        lr = reconstruct(vae, lr)  # 5: "we fine-tune SR on D(z)"
+        vae = engine.place(vae.eval())
         unet = UNet2DModel.from_pretrained(str(Path(init_from) / "unet"))
     else:
         unet = build_sr_unet(cfg)
-    x_hr = to_unit(hr).expand(-1, cfg.channels, -1, -1)
-    cond = upsample_condition(to_unit(lr).expand(-1, cfg.channels, -1, -1), cfg.hr_size)
+    lr_dir = Path(str(checkpoint_dir or out_dir) + ".lr")
+    data = torch.utils.data.StackDataset(hr=hr, lr=cache_lr_images(hr, cfg, lr_dir, engine, vae if fine else None))
     ddpm = make_scheduler("ddpm", cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.finetune_lr if fine else cfg.lr, weight_decay=0.0)
+    unet, opt = engine.prepare(unet, opt)
     steps = cfg.finetune_steps if fine else cfg.steps
 
-    def step_fn(step, idx):
-        x0, c = x_hr[idx], cond[idx]
+    def step_fn(step, batch):
+        x0 = to_unit(batch["hr"]).expand(-1, cfg.channels, -1, -1)
+        c = upsample_condition(to_unit(batch["lr"]).expand(-1, cfg.channels, -1, -1), cfg.hr_size)
+        n = len(x0)
         if cfg.crop_size is not None and cfg.crop_size < cfg.hr_size:
-            x0, c = random_crop(x0, c, int(cfg.crop_size))
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, cfg.num_train_timesteps, (len(idx),))
+            x0, c = random_crop(x0, c, int(cfg.crop_size), lambda sample: engine.global_draw(sample, n))
+        noise = engine.global_draw(lambda k: torch.randn((k, *x0.shape[1:])), n)
+        t = engine.global_draw(lambda k: torch.randint(0, cfg.num_train_timesteps, (k,)), n)
         pred = unet(sr_input(ddpm.add_noise(x0, noise, t), c), t).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        engine.backward(loss)
         opt.step()
         return {"loss": loss.item()}
 
     name = "SR fine (D(z))" if fine else "SR base (bicubic)"
-    log_df = train_loop(step_fn, len(x_hr), cfg.batch_size, steps, {"unet": unet}, opt, checkpoint_dir, seed,
-                        fingerprint(cfg, seed, lr_source, len(hr)), cfg.checkpoint_every, name, progress, stop_after)
+    log_df = train_loop(step_fn, data, cfg.batch_size, steps, {"unet": unet}, opt, checkpoint_dir, seed,
+                        settings(cfg, seed=seed, lr_source=lr_source, n_train=len(hr)), engine, cfg.checkpoint_every,
+                        name, progress, stop_after)
+    unet = engine.unwrap(unet)
     if stop_after is not None and len(log_df) < steps:
         return unet
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        unet.save_pretrained(str(tmp / "unet"))
-        sr_sampler(ddim_from(ddpm).config).save_pretrained(str(tmp / "scheduler"))
-        (tmp / META_FILE).write_text(json.dumps({"config": asdict(cfg), "lr_source": lr_source,
-                                                 "init_from": str(init_from) if init_from else None}, indent=2))
-    write_training_log(log_df, out_dir, f"Cheff {name}")
-    finish_checkpoint(checkpoint_dir, keep_checkpoint)
+
+    def write():
+        with atomic_path(out_dir) as tmp:
+            tmp.mkdir()
+            unet.save_pretrained(str(tmp / "unet"))
+            sr_sampler(ddim_from(ddpm).config).save_pretrained(str(tmp / "scheduler"))
+            (tmp / META_FILE).write_text(json.dumps({"config": asdict(cfg), "lr_source": lr_source,
+                                                     "init_from": str(init_from) if init_from else None}, indent=2))
+        write_training_log(log_df, out_dir, f"Cheff {name}")
+        if not keep_checkpoint:
+            shutil.rmtree(lr_dir, ignore_errors=True)
+
+    finish_stage(engine, write, checkpoint_dir, keep_checkpoint)
     return unet
 
 

@@ -1,20 +1,19 @@
 """The resumable training loop every Cheff stage shares: batches, checkpoints, training_log.csv, loss curves.
 
-A stage supplies ``step_fn(step, batch_idx) -> dict of floats`` that does one optimisation step.  The loop draws
-batch indices from its own seeded ``torch.Generator`` (saved in the checkpoint with the global RNG states), writes a
-checkpoint (:mod:`cxrgen.checkpoint`) every ``checkpoint_every`` steps and at the end, and resumes from one when
-present, so a preempted job continues where it stopped and gives the same weights as an uninterrupted run.
-A checkpoint written under another configuration (its ``fingerprint`` differs) is ignored, not resumed.
+A stage supplies a dataset (items read from disk, e.g. :class:`cxrgen.data.shards.ShardedDataset`) and
+``step_fn(step, batch) -> dict of floats`` that does one optimisation step on a micro-batch already on the
+engine's device. The loop is :meth:`cxrgen.engine.Engine.run_steps` over a DataLoader of batches drawn with
+replacement from a seeded generator (:class:`cxrgen.engine.SampledBatches`): checkpoints every
+``checkpoint_every`` steps and at the end, resumed when present, so a preempted job continues where it stopped
+and gives the same weights as an uninterrupted run. A checkpoint written under other settings is refused
+(InputError naming the keys), the engine's one resume policy.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
-import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -22,9 +21,8 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
-from cxrgen.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from cxrgen.engine import Engine
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path, write_csv_atomic
 
@@ -45,10 +43,10 @@ class StateBundle:
             v.load_state_dict(state[k])
 
 
-def fingerprint(*configs) -> str:
-    """A short hash of the configs (dataclasses or dicts) that a checkpoint must match to be resumed."""
-    plain = [asdict(c) if is_dataclass(c) else c for c in configs]
-    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def settings(config, **more) -> dict:
+    """What a stage's checkpoint must have been written under to be resumed: the stage config's fields (a
+    dataclass or dict) plus ``more`` (seed, data size, ...)."""
+    return {**(asdict(config) if is_dataclass(config) else dict(config)), **more}
 
 
 def save_pretrained_atomic(model, folder: str | os.PathLike) -> Path:
@@ -77,59 +75,35 @@ def plot_losses(log_df: pd.DataFrame, out_png: str | os.PathLike, title: str) ->
 
 
 def train_loop(
-    step_fn: Callable[[int, torch.Tensor], Mapping[str, float]],
-    n_items: int,
+    step_fn: Callable[[int, object], Mapping[str, float]],
+    dataset,
     batch_size: int,
     steps: int,
     models: Mapping[str, torch.nn.Module],
     optimizer,
     checkpoint_dir: str | os.PathLike | None,
     seed: int,
-    config_fingerprint: str,
+    run_settings: Mapping,
+    engine: Engine,
     checkpoint_every: int = 500,
     desc: str = "train",
     progress: bool = True,
     stop_after: int | None = None,
+    collate_fn=None,
 ) -> pd.DataFrame:
     """Run ``steps`` optimisation steps (resuming from ``checkpoint_dir``); returns the training log.
 
-    ``stop_after`` stops early after that many steps *of this call* (tests simulate a preempted job with it).
+    ``batch_size`` is the global batch of a step (split over processes and accumulation steps by the engine);
+    batches are drawn with replacement, which keeps every batch full whatever the data size. ``stop_after``
+    stops early after that many steps *of this call* (tests simulate a preempted job with it).
     """
-    if n_items < 1:
+    if len(dataset) < 1:
         raise InputError(f"{desc}: no training items; expected at least one image")
     if batch_size < 1 or steps < 1:
         raise InputError(f"{desc}: batch_size={batch_size}, steps={steps}; expected positive integers")
-    gen = torch.Generator().manual_seed(int(seed))
-    start, rows = 0, []
-    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
-    if ckpt is not None and has_checkpoint(ckpt):
-        state = torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
-        if state["extra"].get("fingerprint") == config_fingerprint:
-            state = load_checkpoint(ckpt, models, optimizer, generators={"batches": gen})
-            start, rows = int(state["step"]), list(state["extra"].get("log", []))
-            log.info("%s: resumed from %s at step %d", desc, ckpt, start)
-        else:
-            log.warning("%s: checkpoint %s was written under another configuration; starting afresh", desc, ckpt)
-    for m in models.values():
-        m.train()
-    t0 = time.perf_counter() - (rows[-1]["seconds"] if rows else 0.0)
-    done_here = 0
-    bar = tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps)
-    for step in bar:
-        # sampling with replacement keeps every batch full whatever the data size
-        idx = torch.randint(0, n_items, (batch_size,), generator=gen)
-        losses = {k: float(v) for k, v in step_fn(step, idx).items()}
-        rows.append({"step": step + 1, **losses, "seconds": time.perf_counter() - t0})
-        bar.set_postfix({k: f"{v:.4f}" for k, v in list(losses.items())[:3]})
-        done_here += 1
-        last = step + 1 == steps or (stop_after is not None and done_here >= stop_after)
-        if ckpt is not None and ((step + 1) % checkpoint_every == 0 or last):
-            save_checkpoint(ckpt, models, optimizer, step=step + 1, generators={"batches": gen},
-                            extra={"fingerprint": config_fingerprint, "log": rows})
-        if last:
-            break
-    for m in models.values():
-        m.eval()
+    rows = engine.run_steps(
+        step_fn, lambda start: engine.sampled_loader(dataset, batch_size, seed, steps, start, collate_fn),
+        steps, models, optimizer, checkpoint_dir, run_settings, checkpoint_every, desc, progress, stop_after)
     return pd.DataFrame(rows)
 
 
@@ -139,6 +113,29 @@ def write_training_log(log_df: pd.DataFrame, out_dir: str | os.PathLike, title: 
     write_csv_atomic(log_df, out_dir / "training_log.csv")
     if len(log_df):
         plot_losses(log_df, out_dir / "loss_curve.png", title)
+
+
+def image_dataset(images, size: int, what: str):
+    """The training images of a stage as a dataset of uint8 (size, size) items: a uint8 (N, size, size) array
+    (checked whole) or a dataset of such items (e.g. :func:`cxrgen.cheff.stages.load_split`; its first item
+    is checked)."""
+    if isinstance(images, np.ndarray):
+        arr = images
+    elif len(images) == 0:
+        raise InputError(f"{what}: no training images; expected at least one")
+    else:
+        arr = np.asarray(images[0])[None]
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[1:] != (size, size):
+        raise InputError(f"{what}: images of dtype {arr.dtype}, shape {arr.shape}; expected uint8 (N, {size}, {size})")
+    return images
+
+
+def finish_stage(engine: Engine, write: Callable[[], None], checkpoint_dir, keep_checkpoint: bool) -> None:
+    """The main process writes a trained stage's outputs and drops its checkpoint; every process waits for it."""
+    if engine.is_main:
+        write()
+        finish_checkpoint(checkpoint_dir, keep_checkpoint)
+    engine.accelerator.wait_for_everyone()
 
 
 def finish_checkpoint(checkpoint_dir: str | os.PathLike | None, keep: bool) -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxrgen.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from cxrgen.diffusion import diffusion_loss, make_sampling_scheduler, make_train_scheduler
+from cxrgen.engine import Engine, RuntimeConfig, check_settings
 from cxrgen.io import atomic_path
 from cxrgen.models.corpus import corpus_text, make_corpus
 from cxrgen.models.tokenizer import train_clip_tokenizer
@@ -33,6 +33,7 @@ LOG_FILE = "training_log.csv"
 CURVE_FILE = "loss_curve.png"
 CONFIG_FILE = "foundation_config.json"
 PREVIEW_FILE = "preview.png"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -215,17 +216,20 @@ def standardise_latents_in_vae(vae, mean: torch.Tensor, std: torch.Tensor) -> No
 
 
 class _Log:
-    def __init__(self, rows=None, progress=True):
+    def __init__(self, rows=None, progress=True, is_main=True):
         self.rows = list(rows or [])
-        self.progress = progress
+        self.progress = progress and is_main
         self.t0 = time.perf_counter() - (self.rows[-1][3] if self.rows else 0.0)
 
     def add(self, phase, step, loss, every=1, total=None):
         sec = time.perf_counter() - self.t0
         self.rows.append([phase, int(step), float(loss), float(sec)])
         if self.progress and (step % every == 0 or step == total):
-            print(f"[foundation] {phase} step {step}/{total} loss {loss:.4f} ({sec:.0f}s)", file=sys.stderr,
-                  flush=True)
+            logger.info("[foundation] %s step %d/%s loss %.4f (%.0fs)", phase, step, total, loss, sec)
+
+    def note(self, message: str) -> None:
+        if self.progress:
+            logger.info("[foundation] %s", message)
 
 
 def _write_log(rows, folder: Path) -> None:
@@ -265,19 +269,36 @@ def _budget_hit(cfg, t_start) -> bool:
 # phases
 
 
-def _train_vae(cfg, vae, x_all, ckpt, log, progress):
+# what may change between an interrupted build and its resumption without invalidating its checkpoints
+_RESUME_FREE = ("checkpoint_every", "num_threads", "time_budget_s", "preview_prompts", "preview_per_prompt",
+                "preview_steps", "preview_guidance")
+
+
+def resume_settings(cfg: "FoundationConfig", phase: str) -> dict:
+    """The settings a phase's checkpoint must have been written under to be resumed."""
+    return {"phase": phase, **{k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE}}
+
+
+def _train_vae(cfg, vae, x_all, ckpt, log, progress, engine: Engine):
+    """The VAE phase. Each step draws the global batch (indices, crop, posterior noise) from one generator,
+    exactly as a single process always did; every process then trains on its rows of each micro-step
+    (``Engine.micro_rows``) and gradients are averaged, so the step is the same for any process count."""
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 20) * (0.5 * (1 + math.cos(math.pi * min(s, cfg.vae_steps) / cfg.vae_steps)) * 0.9 + 0.1)
     )
+    opt, sched = engine.prepare(opt, sched)
+    settings = resume_settings(cfg, "vae")
+    st = engine.resume(ckpt, settings, {"vae": vae}, opt, sched, {"data": gen})
     start = 0
-    if has_checkpoint(ckpt):
-        st = load_checkpoint(ckpt, {"vae": vae}, opt, sched, {"data": gen})
+    if st is not None:
         start = st["step"]
         log.rows = st["extra"]["log"]
     n = x_all.shape[0]
     full_from = int(cfg.vae_steps * (1 - cfg.vae_full_frac))
+    rows = engine.micro_rows(cfg.vae_batch, "vae_batch")
+    ga = len(rows)
     vae.train()
     for step in range(start + 1, cfg.vae_steps + 1):
         idx = torch.randint(0, n, (cfg.vae_batch,), generator=gen)
@@ -286,37 +307,52 @@ def _train_vae(cfg, vae, x_all, ckpt, log, progress):
         if c and c < cfg.image_size and step <= full_from:
             oy, ox = torch.randint(0, cfg.image_size - c + 1, (2,), generator=gen).tolist()
             x = x[:, :, oy:oy + c, ox:ox + c]
-        post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
-        rec = vae.decode(z).sample
-        rec_loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
-        kl = post.kl().mean() / (z[0].numel())
-        loss = rec_loss + cfg.vae_kl_weight * kl
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        eps, rec_total = None, 0.0
+        for r in rows:
+            xr = x[r].to(engine.device)
+            post = vae.encode(xr).latent_dist
+            if eps is None:  # the whole batch's noise, drawn where the single-process loop drew it
+                eps = torch.randn((len(x), *post.mean.shape[1:]), generator=gen)
+            z = post.mean + post.std * eps[r].to(engine.device)
+            rec = vae.decode(z).sample
+            rec_loss = F.mse_loss(rec, xr) + 0.5 * F.l1_loss(rec, xr)
+            kl = post.kl().mean() / (z[0].numel())
+            loss = rec_loss + cfg.vae_kl_weight * kl
+            engine.backward(loss / ga)
+            rec_total += rec_loss.item() / ga
+        engine.average_gradients(vae.parameters())
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         sched.step()
-        log.add("vae", step, rec_loss.item(), every=50, total=cfg.vae_steps)
+        log.add("vae", step, engine.mean(rec_total), every=50, total=cfg.vae_steps)
         if step % cfg.checkpoint_every == 0 and step < cfg.vae_steps:
-            save_checkpoint(ckpt, {"vae": vae}, opt, sched, step, {"data": gen}, extra={"log": log.rows})
+            engine.save(ckpt, settings, {"vae": vae}, opt, sched, step, {"data": gen}, extra={"log": log.rows})
     vae.eval()
 
 
 @torch.no_grad()
 def _encode_latents(vae, x_all, batch=128) -> torch.Tensor:
-    return torch.cat([vae.encode(x_all[i:i + batch]).latent_dist.mean for i in range(0, len(x_all), batch)])
+    """Posterior means of ``x_all`` (on the CPU), encoded batch by batch on the VAE's device."""
+    return torch.cat([vae.encode(x_all[i:i + batch].to(vae.device)).latent_dist.mean.cpu()
+                      for i in range(0, len(x_all), batch)])
 
 
 @torch.no_grad()
 def _psnr(vae, x, batch=128) -> float:
-    rec = torch.cat([vae.decode(vae.encode(x[i:i + batch]).latent_dist.mean).sample for i in range(0, len(x), batch)])
+    rec = torch.cat([vae.decode(vae.encode(x[i:i + batch].to(vae.device)).latent_dist.mean).sample.cpu()
+                     for i in range(0, len(x), batch)])
     mse = F.mse_loss(rec.clamp(-1, 1), x).item() / 4.0  # in [0,1] units
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
-def _train_unet(cfg, unet, text_encoder, latents, ids, uncond_ids, ckpt, log, progress, t_start):
+def _train_unet(cfg, unet, text_encoder, latents, ids, uncond_ids, ckpt, log, progress, t_start, engine: Engine,
+                stop_after: int | None = None):
+    """The joint text-encoder + U-Net phase; the global batch's indices, caption dropout, noise and timesteps are
+    drawn from one generator as a single process always did, each process trains on its rows (see _train_vae)."""
     from diffusers.optimization import get_scheduler
+
+    from cxrgen.diffusion import sample_noise_and_timesteps
 
     scheduler = make_train_scheduler(
         cfg.prediction_type, cfg.zero_terminal_snr, cfg.num_train_timesteps, cfg.beta_schedule
@@ -330,35 +366,48 @@ def _train_unet(cfg, unet, text_encoder, latents, ids, uncond_ids, ckpt, log, pr
         weight_decay=1e-4,
     )
     lr_sched = get_scheduler("cosine", opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.unet_steps)
+    opt, lr_sched = engine.prepare(opt, lr_sched)
     start = 0
     models = {"unet": unet, "text_encoder": text_encoder}
-    if has_checkpoint(ckpt):
-        st = load_checkpoint(ckpt, models, opt, lr_sched, {"data": gen})
+    settings = resume_settings(cfg, "unet")
+    st = engine.resume(ckpt, settings, models, opt, lr_sched, {"data": gen})
+    if st is not None:
         start = st["step"]
         log.rows = st["extra"]["log"]
     unet.train()
     text_encoder.train()
     n = latents.shape[0]
     params = [p for g in opt.param_groups for p in g["params"]]
+    rows = engine.micro_rows(cfg.unet_batch, "unet_batch")
+    ga = len(rows)
     for step in range(start + 1, cfg.unet_steps + 1):
         idx = torch.randint(0, n, (cfg.unet_batch,), generator=gen)
         lat = latents[idx]
         tok = ids[idx].clone()
         drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout
         tok[drop] = uncond_ids
-        emb = text_encoder(tok)[0]
-        loss = diffusion_loss(unet, scheduler, lat, emb, gen, snr_gamma=cfg.snr_gamma)
+        noise, t = sample_noise_and_timesteps(scheduler, lat, gen)
+        lat, noise, t = lat.to(engine.device), noise.to(engine.device), t.to(engine.device)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total = 0.0
+        for r in rows:
+            emb = text_encoder(tok[r].to(engine.device))[0]
+            loss = diffusion_loss(unet, scheduler, lat, emb, snr_gamma=cfg.snr_gamma, noise=noise, timesteps=t,
+                                  rows=r)
+            engine.backward(loss / ga)
+            total += loss.item() / ga
+        engine.average_gradients(params)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         lr_sched.step()
-        log.add("unet", step, loss.item(), every=100, total=cfg.unet_steps)
-        if step % cfg.checkpoint_every == 0 and step < cfg.unet_steps:
-            save_checkpoint(ckpt, models, opt, lr_sched, step, {"data": gen}, extra={"log": log.rows})
+        log.add("unet", step, engine.mean(total), every=100, total=cfg.unet_steps)
+        stopping = stop_after is not None and step >= stop_after and step < cfg.unet_steps
+        if stopping or (step % cfg.checkpoint_every == 0 and step < cfg.unet_steps):
+            engine.save(ckpt, settings, models, opt, lr_sched, step, {"data": gen}, extra={"log": log.rows})
+        if stopping:
+            return None
         if _budget_hit(cfg, t_start):
-            if progress:
-                print(f"[foundation] time budget reached at U-Net step {step}", file=sys.stderr)
+            log.note(f"time budget reached at U-Net step {step}")
             break
     unet.eval()
     text_encoder.eval()
@@ -371,17 +420,25 @@ def build_foundation(
     log_dir: str | os.PathLike | None = None,
     progress: bool = True,
     checkpoint_dir: str | os.PathLike | None = None,
+    runtime: RuntimeConfig | None = None,
+    stop_after: int | None = None,
 ) -> dict:
     """Pretrain the miniature foundation model and save it as a ``StableDiffusionPipeline`` folder.
 
     ``out_dir`` is written atomically. ``training_log.csv``, ``loss_curve.png``, ``preview.png`` and
     ``foundation_config.json`` go into ``out_dir`` (and are copied to ``log_dir`` if given).
     Checkpoints go to ``checkpoint_dir`` (default ``<out_dir>.ckpt``); a killed build resumes from
-    them and they are removed once the folder is written. Returns a summary dict.
+    them (the engine's resume policy: checkpoints written under other settings are refused, naming the keys)
+    and they are removed once the folder is written. ``runtime``: how it runs (:mod:`cxrgen.engine`; batch
+    sizes ``vae_batch``/``unet_batch`` are global batches whatever the process count). The corpus is
+    generated in memory (it is synthetic and small); batches are indexed from it. ``stop_after``: end after that
+    U-Net step, leaving the checkpoints (a simulated preemption; returns ``{"finished": False, ...}``).
+    Returns a summary dict.
     """
     from diffusers import StableDiffusionPipeline
 
     cfg = cfg or FoundationConfig()
+    engine = Engine(runtime)
     out_dir = Path(out_dir)
     ckpt_root = Path(checkpoint_dir) if checkpoint_dir else out_dir.with_name(out_dir.name + ".ckpt")
     ckpt_root.mkdir(parents=True, exist_ok=True)
@@ -404,31 +461,39 @@ def build_foundation(
     vae = make_vae(cfg)
     text_encoder = make_text_encoder(cfg, tokenizer)
     unet = make_unet(cfg)
+    engine.place(vae, text_encoder, unet)  # not DDP-wrapped: gradients are averaged by the phases
 
-    log = _Log(progress=progress)
+    log = _Log(progress=progress, is_main=engine.is_main)
     # --- VAE ----------------------------------------------------------------------------------
     t = time.perf_counter()
     vae_done = ckpt_root / "vae_final.safetensors"
+    vae_log = ckpt_root / "vae_log.json"  # the finished VAE phase: its log and the settings it ran under
     if vae_done.is_file():
         from safetensors.torch import load_file
 
+        done = json.loads(vae_log.read_text())
+        done = done if isinstance(done, dict) else {"log": done}  # a log without settings: refused below
+        check_settings(ckpt_root, done.get("settings"), resume_settings(cfg, "vae"))
         vae.load_state_dict(load_file(str(vae_done)))
-        log.rows = json.loads((ckpt_root / "vae_log.json").read_text())
+        log.rows = done["log"]
         vae.eval()
     else:
-        _train_vae(cfg, vae, x_all, ckpt_root / "vae", log, progress)
+        _train_vae(cfg, vae, x_all, ckpt_root / "vae", log, progress, engine)
         with torch.no_grad():
             lat = _encode_latents(vae, x_all)
             mean = lat.mean(dim=(0, 2, 3))
             std = lat.std(dim=(0, 2, 3)).clamp_min(1e-4)
-        standardise_latents_in_vae(vae, mean, std)
+        standardise_latents_in_vae(vae, mean.to(engine.device), std.to(engine.device))
         from safetensors.torch import save_file
 
-        with atomic_path(ckpt_root / "vae_log.json") as p:
-            p.write_text(json.dumps(log.rows))
-        with atomic_path(vae_done) as p:
-            save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(p))
-        shutil.rmtree(ckpt_root / "vae", ignore_errors=True)
+        engine.accelerator.wait_for_everyone()
+        if engine.is_main:
+            with atomic_path(vae_log) as p:
+                p.write_text(json.dumps({"settings": resume_settings(cfg, "vae"), "log": log.rows}))
+            with atomic_path(vae_done) as p:
+                save_file({k: v.detach().contiguous().cpu() for k, v in vae.state_dict().items()}, str(p))
+            shutil.rmtree(ckpt_root / "vae", ignore_errors=True)
+        engine.accelerator.wait_for_everyone()
     timings["vae_s"] = time.perf_counter() - t
     t = time.perf_counter()
     latents = _encode_latents(vae, x_all)
@@ -438,7 +503,9 @@ def build_foundation(
     # --- text encoder + U-Net --------------------------------------------------------------------
     t = time.perf_counter()
     train_sched = _train_unet(cfg, unet, text_encoder, latents, ids, uncond_ids, ckpt_root / "unet", log,
-                              progress, t_start)
+                              progress, t_start, engine, stop_after)
+    if train_sched is None:
+        return {"finished": False, "log": log.rows, "checkpoint": str(ckpt_root)}
     timings["unet_s"] = time.perf_counter() - t
 
     pipe = StableDiffusionPipeline(
@@ -449,6 +516,7 @@ def build_foundation(
     pipe.set_progress_bar_config(disable=True)
     params = {"vae": count_params(vae), "text_encoder": count_params(text_encoder), "unet": count_params(unet)}
     summary = {
+        "finished": True,
         "params": params,
         "vocab_size": len(tokenizer),
         "latent_shape": [cfg.latent_channels] + [cfg.image_size // 2 ** (len(cfg.vae_block_out_channels) - 1)] * 2,
@@ -460,27 +528,30 @@ def build_foundation(
         "timings": timings,
         "config": cfg.to_dict(),
     }
-    with atomic_path(out_dir) as tmp:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        _write_log(log.rows, tmp)
-        t = time.perf_counter()
-        if cfg.preview_prompts and cfg.preview_per_prompt > 0:
-            grid = sample_grid(pipe, list(cfg.preview_prompts), cfg.preview_per_prompt, cfg.preview_steps,
-                               cfg.preview_guidance, seed=cfg.seed)
-            grid.save(tmp / PREVIEW_FILE)
-        timings["preview_s"] = time.perf_counter() - t
-        timings["total_s"] = time.perf_counter() - t_start
-        (tmp / CONFIG_FILE).write_text(json.dumps(summary, indent=2))
-    if log_dir is not None:
-        log_dir = Path(log_dir)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        for name in (LOG_FILE, CURVE_FILE, CONFIG_FILE, PREVIEW_FILE):
-            if (out_dir / name).is_file():
-                with atomic_path(log_dir / name) as p:
-                    shutil.copyfile(out_dir / name, p)
-    shutil.rmtree(ckpt_root, ignore_errors=True)
-    if progress:
-        print(f"[foundation] wrote {out_dir} in {timings['total_s']:.0f}s; params {params}", file=sys.stderr)
+    if engine.is_main:  # one writer; the others wait below
+        with atomic_path(out_dir) as tmp:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            _write_log(log.rows, tmp)
+            t = time.perf_counter()
+            if cfg.preview_prompts and cfg.preview_per_prompt > 0:
+                grid = sample_grid(pipe, list(cfg.preview_prompts), cfg.preview_per_prompt, cfg.preview_steps,
+                                   cfg.preview_guidance, seed=cfg.seed)
+                grid.save(tmp / PREVIEW_FILE)
+            timings["preview_s"] = time.perf_counter() - t
+            timings["total_s"] = time.perf_counter() - t_start
+            (tmp / CONFIG_FILE).write_text(json.dumps(summary, indent=2))
+        if log_dir is not None:
+            log_dir = Path(log_dir)
+            log_dir.mkdir(parents=True, exist_ok=True)
+            for name in (LOG_FILE, CURVE_FILE, CONFIG_FILE, PREVIEW_FILE):
+                if (out_dir / name).is_file():
+                    with atomic_path(log_dir / name) as p:
+                        shutil.copyfile(out_dir / name, p)
+        shutil.rmtree(ckpt_root, ignore_errors=True)
+    engine.accelerator.wait_for_everyone()
+    timings.setdefault("total_s", time.perf_counter() - t_start)
+    if progress and engine.is_main:
+        logger.info("[foundation] wrote %s in %.0fs; params %s", out_dir, timings["total_s"], params)
     return summary
 
 

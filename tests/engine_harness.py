@@ -1,0 +1,195 @@
+"""Checks every trainer must pass: same results in 1 and 2 processes, and everything on the engine's device.
+
+**Two processes.** Run a trainer once in 1 process and once as 2 CPU processes (accelerate's launcher, gloo),
+same global batch.
+
+A *case* is Python source defining ``train(out: Path, steps: int, stop_after: int | None, *args) -> list[float]``:
+train ``steps`` optimizer steps into ``out`` (ending early after ``stop_after`` with its checkpoint left, as a
+preempted job would) and return the per-step logged losses of the whole run so far (resumed steps included).
+:func:`check_two_processes_match_one` runs
+
+1. 1 process, ``steps`` steps                        -> the reference losses,
+2. 2 processes, same steps, ``stop_after=steps-1``   -> a checkpoint written by a distributed run,
+3. 1 process again on that output                    -> resumes it and finishes,
+
+and asserts the losses of 2.+3. equal the reference within ``rtol`` (float summation order differs: gradients
+are all-reduced, per-process means averaged). Adding a trainer = one entry in :data:`CASES` plus a test line.
+
+Why ``--multi_gpu`` with ``ACCELERATE_USE_CPU``: in accelerate 1.x ``launch --cpu --num_processes 2`` starts a
+single process unless mpirun is configured; ``--multi_gpu`` starts ``torch.distributed.run`` and the
+accelerator, told to use the CPU, joins a gloo process group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+
+RUNNER = r'''
+import json, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+
+{case}
+
+out, steps, stop, result = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]) or None, Path(sys.argv[4])
+losses = train(out, steps, stop, *sys.argv[5:])
+import torch.distributed as dist
+if not dist.is_initialized() or dist.get_rank() == 0:
+    result.write_text(json.dumps({{"losses": [float(x) for x in losses],
+                                   "world": dist.get_world_size() if dist.is_initialized() else 1}}))
+'''
+
+# Each case: tiny model, a few steps; global batch divisible by 2 processes.
+CASES: dict[str, str] = {
+    # U-Net fine-tuning (adapt.trainer.run_training); args: foundation folder
+    "unet_finetune": r'''
+import numpy as np
+import pandas as pd
+from cxrgen.adapt.unet_finetune import UNetFinetuneConfig, train_unet
+
+def train(out, steps, stop_after, foundation):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (4, 32, 32), dtype=np.uint8)
+    prompts = ["a photo of a lung xray"] * 2 + ["a photo of a lung xray with pleural effusion"] * 2
+    cfg = UNetFinetuneConfig(steps=steps, resolution=32, batch_size=4, checkpoint_every=100, num_threads=1,
+                             seed=0, stop_after=stop_after)
+    summary = train_unet(foundation, images, prompts, cfg, out, progress=False)
+    if summary["finished"]:
+        return pd.read_csv(Path(out) / "training_log.csv")["loss"].tolist()
+    from cxrgen.checkpoint import read_checkpoint_state
+    return [r["loss"] for r in read_checkpoint_state(Path(str(out) + ".partial") / "checkpoint")["extra"]["log"]]
+''',
+    # a Cheff stage (cheff.training.train_loop): the unconditional SDM on a random smoke-size autoencoder
+    "cheff_sdm": r'''
+import numpy as np
+import pandas as pd
+from cxrgen.cheff.autoencoder import AutoencoderConfig, build_autoencoder
+from cxrgen.cheff.diffusion import SDMConfig, train_sdm
+
+def train(out, steps, stop_after):
+    torch.manual_seed(0)
+    vae = build_autoencoder(AutoencoderConfig.preset("smoke")).eval()
+    images = np.random.default_rng(0).integers(0, 255, (6, 16, 16), dtype=np.uint8)
+    cfg = SDMConfig.preset("smoke", steps=steps, batch_size=4, checkpoint_every=100)
+    ckpt = Path(str(out) + ".partial")
+    train_sdm(vae, images, cfg, out, checkpoint_dir=ckpt, seed=0, progress=False, stop_after=stop_after)
+    if (Path(out) / "training_log.csv").is_file():
+        return pd.read_csv(Path(out) / "training_log.csv")["loss"].tolist()
+    from cxrgen.checkpoint import read_checkpoint_state
+    return [r["loss"] for r in read_checkpoint_state(ckpt)["extra"]["log"]]
+''',
+    # the miniature foundation (VAE phase in full, then the U-Net phase; the U-Net losses are compared)
+    "foundation": r'''
+from cxrgen.models.foundation import FoundationConfig, build_foundation
+
+def train(out, steps, stop_after):
+    cfg = FoundationConfig.preset("smoke", n_images=12, vae_steps=2, vae_batch=4, unet_steps=steps, unet_batch=4,
+                                  checkpoint_every=100, preview_per_prompt=0, num_threads=1)
+    summary = build_foundation(cfg, out, progress=False, stop_after=stop_after)
+    if summary["finished"]:
+        import pandas as pd
+        log = pd.read_csv(Path(out) / "training_log.csv")
+        return log[log.phase == "unet"]["loss"].tolist()
+    return [r[2] for r in summary["log"] if r[0] == "unet"]
+''',
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+            "ACCELERATE_USE_CPU": "true", "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+
+
+def run_case(case: str, tmp_path: Path, out: Path, steps: int, stop_after: int | None, processes: int,
+             args: list[str], tag: str) -> dict:
+    """Run ``CASES[case]`` in ``processes`` processes; return ``{"losses": [...], "world": n}``."""
+    script = tmp_path / f"{case}_runner.py"
+    script.write_text(RUNNER.format(case=CASES[case]))
+    result = tmp_path / f"{tag}.json"
+    argv = [str(script), str(out), str(steps), str(stop_after or 0), str(result), *map(str, args)]
+    if processes == 1:
+        cmd = [sys.executable, *argv]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()), *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+    assert proc.returncode == 0, f"{tag}: {' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return json.loads(result.read_text())
+
+
+def check_two_processes_match_one(case: str, tmp_path: Path, args: list = (), steps: int = 3,
+                                  rtol: float = 1e-3) -> tuple[list[float], list[float]]:
+    """The 1-process reference vs. a 2-process run stopped one step early and resumed in 1 process."""
+    ref = run_case(case, tmp_path, tmp_path / "single", steps, None, 1, list(args), "single")
+    assert len(ref["losses"]) == steps and ref["world"] == 1
+    two = run_case(case, tmp_path, tmp_path / "ddp", steps, steps - 1, 2, list(args), "ddp")
+    assert two["world"] == 2, "the 2-process run did not start 2 processes"
+    assert len(two["losses"]) == steps - 1
+    resumed = run_case(case, tmp_path, tmp_path / "ddp", steps, None, 1, list(args), "resumed")
+    assert len(resumed["losses"]) == steps
+    assert resumed["losses"][: steps - 1] == two["losses"], "the resumed run did not continue the 2-process log"
+    np.testing.assert_allclose(resumed["losses"], ref["losses"], rtol=rtol,
+                               err_msg=f"{case}: 2 processes + resume vs 1 process")
+    return ref["losses"], resumed["losses"]
+
+
+# ------------------------------------------------------------------------------------------------ device placement
+class ReachedBackward(Exception):
+    """Raised by the spied ``Accelerator.backward``: the first loss was computed; its device is ``args[0]``."""
+
+
+def check_on_engine_device(monkeypatch, train: Callable[[], object]) -> None:
+    """Run ``train()`` with the engine's device set to ``torch.device("meta")`` until its first backward pass.
+
+    Every module called meanwhile (trained or frozen, e.g. the VAE that encodes the training images) must hold
+    its parameters and receive its tensor inputs on that device -- a global forward pre-hook records any that
+    are elsewhere -- and the first loss must be a meta tensor. Meta tensors have shapes but no data, so a
+    trainer that leaves a module or a batch on the CPU is caught here on a machine without any accelerator.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    # accelerate's own override of the device its state picks (read when each Engine makes its Accelerator)
+    monkeypatch.setenv("ACCELERATE_TORCH_DEVICE", "meta")
+
+    def spy_backward(self, loss, **kwargs):
+        raise ReachedBackward(loss.device)
+
+    off_device: list[str] = []
+
+    def hook(module, args):
+        tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False),
+                   *(a for a in args if torch.is_tensor(a) and a.ndim > 0)]
+        off_device.extend(f"{type(module).__name__}: {tuple(t.shape)} on {t.device}" for t in tensors
+                          if t.device.type != "meta")
+
+    monkeypatch.setattr(Accelerator, "backward", spy_backward)
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        with pytest.raises(ReachedBackward) as reached:
+            train()
+    finally:
+        handle.remove()
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    assert not off_device, f"modules or inputs off the engine's device: {sorted(set(off_device))[:10]}"
+    assert reached.value.args[0].type == "meta", f"the loss was computed on {reached.value.args[0]}"
