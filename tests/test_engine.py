@@ -55,3 +55,50 @@ def test_resume_policy_start_resume_or_refuse(tmp_path):
         engine.resume(ckpt, {**settings, "lr": 0.2}, {"model": fresh}, fresh_opt)
     with pytest.raises(InputError, match=r"extra: '<missing>' -> 1"):
         engine.resume(ckpt, {**settings, "extra": 1}, {"model": fresh}, fresh_opt)
+
+
+def test_sampled_batches_resume_the_same_stream():
+    from cxrgen.engine import SampledBatches
+
+    full = list(SampledBatches(10, 3, seed=5, total=6))
+    gen = torch.Generator().manual_seed(5)
+    assert full == [torch.randint(0, 10, (3,), generator=gen).tolist() for _ in range(6)]  # the stream Cheff used
+    assert list(SampledBatches(10, 3, seed=5, total=6, start=4)) == full[4:]
+
+
+def test_shards_round_trip_across_shard_boundaries(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from cxrgen.data.shards import ShardedDataset, write_shards
+
+    images = np.random.default_rng(0).integers(0, 255, (11, 5, 4), dtype=np.uint8)
+    labels = np.arange(11, dtype=np.int64)
+    folder = write_shards(tmp_path / "ds", ({"image": images[i:i + 4], "label": labels[i:i + 4]} for i in (0, 4, 8)),
+                          shard_size=3, meta={"note": "x"})
+    ds = ShardedDataset(folder, "image")
+    assert len(ds) == 11 and ds.index["shards"] == [3, 3, 3, 2] and ds.meta == {"note": "x"}
+    assert all(np.array_equal(ds[i], images[i]) for i in range(11))
+    assert np.array_equal(ds.head(5), images[:5])
+    both = pickle.loads(pickle.dumps(ShardedDataset(folder)))  # DataLoader workers get a copy
+    assert both[10]["label"] == 10 and np.array_equal(both[7]["image"], images[7])
+    with pytest.raises(IndexError):
+        ds[11]
+    with pytest.raises(InputError, match="no field 'mask'"):
+        ShardedDataset(folder, "mask")
+    with pytest.raises(InputError, match="expected a shard folder"):
+        ShardedDataset(tmp_path / "missing")
+
+
+def test_cheff_stage_refuses_a_checkpoint_of_other_settings(tmp_path):
+    import numpy as np
+
+    from cxrgen.cheff.super_resolution import SRConfig, train_sr
+
+    images = np.random.default_rng(0).integers(0, 255, (2, 32, 32), dtype=np.uint8)
+    cfg = SRConfig.preset("smoke", steps=2, batch_size=2)
+    train_sr(images, cfg, tmp_path / "sr", checkpoint_dir=tmp_path / "sr.partial", progress=False, stop_after=1)
+    other = SRConfig.preset("smoke", steps=2, batch_size=2, lr=cfg.lr * 2)
+    with pytest.raises(InputError, match=r"different settings \(lr: .*delete .*sr\.partial to start over"):
+        train_sr(images, other, tmp_path / "sr", checkpoint_dir=tmp_path / "sr.partial", progress=False)

@@ -273,6 +273,14 @@ class Engine:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
 
+    def sequential_loader(self, dataset, batch_size: int):
+        """All of ``dataset`` in order, in batches, in this process (e.g. to fill a cache on the main process),
+        with the runtime's workers and a generator of its own, so iterating it leaves torch's RNG untouched."""
+        from torch.utils.data import DataLoader
+
+        return DataLoader(dataset, batch_size=int(batch_size), shuffle=False, num_workers=self.runtime.num_workers,
+                          generator=torch.Generator().manual_seed(0))
+
     def sampled_loader(self, dataset, global_batch: int, seed: int, steps: int, start_step: int = 0,
                        collate_fn=None, what: str = "batch_size"):
         """A prepared DataLoader of ``steps`` optimizer steps' micro-batches drawn with replacement
@@ -281,8 +289,10 @@ class Engine:
 
         ga = self.gradient_accumulation_steps
         sampler = SampledBatches(len(dataset), self.micro_batch(global_batch, what), seed, steps * ga, start_step * ga)
+        # its own generator: a DataLoader iterator draws a base seed from it (else from torch's global RNG, which
+        # would shift every later draw, and differently in a resumed run)
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=self.runtime.num_workers,
-                            collate_fn=collate_fn, persistent_workers=False)
+                            collate_fn=collate_fn, generator=torch.Generator().manual_seed(int(seed)))
         return self.accelerator.prepare(loader)
 
     def mean_dict(self, values: Mapping[str, float]) -> dict[str, float]:

@@ -326,20 +326,6 @@ def encode(vae, images_uint8: np.ndarray, batch_size: int = 64, sample: bool = F
 
 
 @torch.no_grad()
-def encode_stats(vae, images_uint8: np.ndarray, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and std per image on the CPU (cached once; diffusion training samples z from them every step)."""
-    x = to_unit(images_uint8)
-    ch = vae.config.in_channels
-    device = module_device(vae)
-    means, stds = [], []
-    for i in range(0, len(x), batch_size):
-        d = vae.encode(x[i:i + batch_size].expand(-1, ch, -1, -1).to(device)).latent_dist
-        means.append(d.mean.cpu())
-        stds.append(d.std.cpu())
-    return torch.cat(means), torch.cat(stds)
-
-
-@torch.no_grad()
 def decode(vae, latents: torch.Tensor, batch_size: int = 64) -> np.ndarray:
     """Raw latents -> uint8 (N,H,W)."""
     device = module_device(vae)

@@ -202,8 +202,7 @@ def cache_latent_stats(vae, images, folder: str | os.PathLike, engine: Engine, r
         if engine.is_main:
             total, total_sq, count = 0.0, 0.0, 0
             writer = ShardWriter(folder)
-            loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False,
-                                                 num_workers=engine.runtime.num_workers)
+            loader = engine.sequential_loader(images, batch_size)
             start = 0
             with torch.no_grad():
                 for batch in loader:

@@ -173,8 +173,7 @@ def cache_lr_images(hr, cfg: SRConfig, folder: str | os.PathLike, engine: Engine
     others wait and read it."""
     with engine.accelerator.main_process_first():
         if engine.is_main:
-            loader = torch.utils.data.DataLoader(hr, batch_size=batch_size, shuffle=False,
-                                                 num_workers=engine.runtime.num_workers)
+            loader = engine.sequential_loader(hr, batch_size)
 
             def batches():
                 for batch in loader:
