@@ -109,7 +109,8 @@ def _run(steps: int, step_fn) -> dict:
 def textual_inversion(foundation, images, steps: int, batch_size: int, resolution: int, lr: float = 5e-3,
                       token: str = "<lung-xray>", initializer: str = "radiology", templates=None, seed: int = 0) -> dict:
     from cxrgen.adapt.textual_inversion import OBJECT_TEMPLATES
-    from cxrgen.adapt.trainer import images_to_tensor, make_accelerator
+    from cxrgen.adapt.trainer import images_to_tensor
+    from cxrgen.engine import make_accelerator
 
     t_setup = time.perf_counter()
     torch.manual_seed(seed)
@@ -158,7 +159,8 @@ def textual_inversion(foundation, images, steps: int, batch_size: int, resolutio
 
 
 def _prompted(foundation, images, prompts, steps, batch_size, resolution, lr, seed, max_grad_norm, lora_rank):
-    from cxrgen.adapt.trainer import images_to_tensor, make_accelerator
+    from cxrgen.adapt.trainer import images_to_tensor
+    from cxrgen.engine import make_accelerator
 
     t_setup = time.perf_counter()
     torch.manual_seed(seed)
