@@ -264,7 +264,9 @@ def train_sdm(
     cache = cache_latent_stats(vae, data, cache_dir, engine, list(reports) if encoder is not None else None,
                                tokenizer, cfg.encoder.max_length)
     latent_shape = cache.item_shape("mean")
-    scale = float(cfg.latent_scale) if cfg.latent_scale else float(1.0 / cache.meta["latent_std"])
+    # in float32, as 1 / std of the float32 latents always was (torch accumulates that std in double, too)
+    scale = (float(cfg.latent_scale) if cfg.latent_scale
+             else float(1.0 / torch.tensor(cache.meta["latent_std"], dtype=torch.float32)))
     unet = build_sdm_unet(cfg, latent_shape[0], latent_shape[-1], cfg.encoder.hidden_size if encoder is not None else None)
     params = list(unet.parameters()) + (list(encoder.parameters()) if encoder is not None else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
