@@ -23,6 +23,7 @@ from cxrgen.io import atomic_path
 
 INDEX = "index.json"
 SHARD_SIZE = 1024
+MAX_OPEN = 16  # shard files a reader keeps open
 
 
 class ShardWriter:
@@ -134,6 +135,9 @@ class ShardedDataset(torch.utils.data.Dataset):
     def _read(self, name: str, shard: int, row: int) -> np.ndarray:
         key = (name, shard)
         if key not in self._files:
+            if len(self._files) >= MAX_OPEN:  # a bounded number of open files, oldest closed first
+                oldest = next(iter(self._files))
+                self._files.pop(oldest)[0].close()
             fh = open(self.folder / f"{name}-{shard:05d}.npy", "rb")
             major, _ = np.lib.format.read_magic(fh)
             read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
