@@ -199,3 +199,25 @@ def test_a_failing_slurm_job_fails_the_run_and_names_its_log(workdir):
     assert re.search(r"\.snakemake/slurm_logs/rule_foundation/\S*\d+\.log", out), out[-4000:]
     assert "no_such_setting" in (workdir / "logs" / "foundation.log").read_text()
 
+
+
+def test_a_two_gpu_cheff_stage_is_one_slurm_job_of_two_processes(workdir):
+    # gpus.cheff_autoencoder: 2 -> resources gpu=2 -> sbatch/srun --gpus=2 (two fake GPUs) -> accelerate launch runs
+    # two ranks (CPU processes over gloo: the fake GPUs are no devices)
+    proc, seconds = _smoke_with(workdir, "two_gpus.yaml", "gpus: {cheff_autoencoder: 2}\n"
+                                "cheff: {preset: smoke, autoencoder: {steps: 2}}\n", "results/models/cheff/autoencoder")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    print(f"\n2-GPU cheff_autoencoder on SLURM (with its data jobs): {seconds:.1f} s")
+    assert re.search(r"rule cheff_autoencoder:(?:\n.*)*?\n\s+resources: .*\bgpu=2\b", out), out[-6000:]
+    assert _jobs(out)["cheff_autoencoder"]["partitions"] == {"gpu"}
+    log = workdir / "logs" / "cheff" / "autoencoder.log"
+    text = log.read_text()
+    where = _placement(log)
+    assert where.get("SLURM_JOB_PARTITION") == "gpu" and where.get("CUDA_VISIBLE_DEVICES") == "0,1", where
+    assert sorted(set(re.findall(r"process rank (\d) of (\d)", text))) == [("0", "2"), ("1", "2")], text[-4000:]
+    assert "all 2 processes finished" in text
+    job = subprocess.run(["scontrol", "show", "job", where["SLURM_JOB_ID"]], capture_output=True, text=True,
+                         env=_env()).stdout
+    assert re.search(r"gres[/:]gpu(?::fake)?[=:]2\b", job), job  # TresPerJob=gres:gpu:2 or TRES ...gres/gpu=2
+    assert (workdir / "results" / "models" / "cheff" / "autoencoder").is_dir()
