@@ -57,6 +57,7 @@ rule evaluate_reference_classifier:
         leakage=RC_LEAKAGE,
         n_boot=config["reference_classifier"]["n_boot"],
         seed=config["seed"],
+        evaluation=config["evaluation"],
     log:
         "logs/reference_classifier/evaluate.log",
     threads: workflow.cores

@@ -57,6 +57,7 @@ rule evaluate_synthesis:
         synthesis=config["synthesis"],
         classifier=REFERENCE_CLASSIFIER,
         seed=config["seed"],
+        evaluation=config["evaluation"],
     log:
         "logs/synthesis/evaluate_synthesis.log",
     benchmark:

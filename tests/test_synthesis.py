@@ -224,6 +224,9 @@ def test_fid_and_classification_tables(sets, classifier):
     assert own.loc["style", "fid"] > 0
     assert t4["extractor"].str.startswith("reference").all() and (t4["dim"] == 16).all()
     assert (t4[t4.method == "ti_object_radiology"]["fid"] > 0).all()
+    # every cell carries its sizes, a bootstrap CI and KID beside FID; n = 3 or 9 < 16 features: flagged biased
+    assert t4[["fid_ci_low", "fid_ci_high", "kid", "kid_ci_low", "kid_ci_high"]].notna().all().all()
+    assert (t4["fid_ci_low"] <= t4["fid_ci_high"]).all() and t4["fid_biased"].all() and (t4["n_boot"] == 200).all()
 
     t5 = classification_table(sets, classifier, n_boot=20, seed=0)
     assert list(t5.columns) == TABLE5_COLUMNS and list(t5["method"]) == list(sets)
@@ -240,6 +243,10 @@ def test_fid_and_classification_tables(sets, classifier):
     base = scores[scores.method == "baseline"]
     assert len(scores) == 6 * len(sets) and list(base["index"]) == [0, 1, 2] * 2
     assert roc_auc_score(base["target"], base["score"]) == pytest.approx(t5.set_index("method").loc["baseline", "auc"])
+    # 3 positives and 3 negatives: below the default minimum, so the CI is left out and the row says why
+    assert t5["auc_ci_low"].isna().all() and (t5["ci_note"] == "CI omitted: 3 positives and 3 negatives < 10").all()
+    t5c = classification_table(sets, classifier, n_boot=20, seed=0, min_class_count=3)
+    assert (t5c["auc_ci_low"] <= t5c["auc"]).all() and (t5c["ci_note"] == "").all()
     t5b = classification_table({"x": sets["baseline"]}, classifier, positive="nothing", n_boot=0)
     assert "expected both prompts" in t5b.loc[0, "note"] and np.isnan(t5b.loc[0, "auc"])
 
@@ -267,7 +274,7 @@ def test_evaluation_and_rendering(sets, classifier, tmp_path, monkeypatch):
 
     monkeypatch.setattr(ref, "load_reference_classifier", lambda spec: classifier)
     res = run_synthesis_evaluation(sets, sets["baseline"], "tiny", tmp_path / "eval", extractor="reference",
-                                   n_boot=10, progress=False)
+                                   n_boot=10, progress=False, fid_n_boot=20, min_class_count=3)
     assert set(res) == {"table4", "table5", "scores"} and (tmp_path / "eval" / "scores.csv").is_file() and (tmp_path / "eval" / "table4.csv").is_file()
     paths = render_synthesis(tmp_path / "eval", sets, tmp_path / "t4", tmp_path / "t5", tmp_path / "fig4",
                              fig5_stem=tmp_path / "fig5", train_dir=sets["baseline"], fig5_method="baseline",
@@ -278,16 +285,22 @@ def test_evaluation_and_rendering(sets, classifier, tmp_path, monkeypatch):
         assert paths[key]["png"].is_file() and paths[key]["pdf"].is_file()
     t4 = pd.read_csv(paths["table4"]["csv"])
     assert {"fid (paper)", "fid (this run)", "extractor (this run)", "n real (this run)"} <= set(t4.columns)
+    assert {"kid (this run)", "n synthetic (this run)"} <= set(t4.columns) and "kid (paper)" not in t4.columns
     sd = t4[(t4.method == "Stable Diffusion") & (t4.prompt == "A photo of a lung xray")].iloc[0]
-    assert sd["fid (paper)"] == pytest.approx(0.097) and sd["fid (this run)"] == pytest.approx(0.0, abs=1e-6)
-    assert sd["run method"] == "baseline"
+    assert sd["fid (paper)"] == pytest.approx(0.097) and sd["fid (this run)"].startswith("0.000 [")
+    assert sd["run method"] == "baseline" and sd["n real (this run)"] == 9 and sd["n synthetic (this run)"] == 3
     ti = t4[(t4.method == "Object, radiology") & (t4.prompt.str.contains("style"))].iloc[0]
-    assert ti["fid (paper)"] == pytest.approx(0.092) and ti["fid (this run)"] > 0
+    value, ci = ti["fid (this run)"].split(" [")
+    low, high = (float(v) for v in ci.rstrip("]").split(", "))
+    assert ti["fid (paper)"] == pytest.approx(0.092) and float(value) > 0 and low <= float(value) <= high
+    md4 = paths["table4"]["md"].read_text()
+    assert "FID is biased upward at n below the feature dimension" in md4 and "n real / n synthetic per row" in md4
     assert len(t4) == 25  # the paper's 24 cells + this run's baseline style prompt (blank in the paper)
     t5 = pd.read_csv(paths["table5"]["csv"])
     assert {"auc (paper)", "auc (this run)", "n (this run)"} <= set(t5.columns)
     row = t5.set_index("method").loc["Textual Inversion"]
     assert row["auc (paper)"] == pytest.approx(0.742) and "[" in str(row["auc (this run)"])
+    assert row["n positive (this run)"] == 3 and pd.isna(row["CI note (this run)"])
     md = paths["table5"]["md"].read_text()
     assert "(paper)" in md and "(this run)" in md and "miniature" in md
     with pytest.raises(InputError, match="train_dir"):

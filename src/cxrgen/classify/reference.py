@@ -42,7 +42,7 @@ from cxrgen.data.sampling import SampleFolderDataset, load_images
 from cxrgen.engine import Engine, EpochPermutation, RuntimeConfig, default_device, module_device
 from cxrgen.errors import InputError, WeightsUnavailableError
 from cxrgen.io import atomic_path
-from cxrgen.metrics.classification import binary_metrics, choose_threshold, per_label_table
+from cxrgen.metrics.classification import MIN_CLASS_COUNT, binary_metrics, choose_threshold, per_label_table
 
 XRV_PREFIX = "xrv:"
 #: torchxrayvision output name -> CheXpert label name (others keep their xrv name).
@@ -507,10 +507,12 @@ def train_reference_classifier(train_dir, val_dir, cfg: ReferenceClassifierConfi
 
 # ----------------------------------------------------------------------------------------------- evaluation
 def evaluate_classifier(clf: ReferenceClassifier, images, manifest: pd.DataFrame, labels: Sequence[str] | None = None,
-                        n_boot: int = 1000, seed: int = 0, probs: np.ndarray | None = None) -> pd.DataFrame:
+                        n_boot: int = 1000, seed: int = 0, probs: np.ndarray | None = None,
+                        min_class_count: int = MIN_CLASS_COUNT) -> pd.DataFrame:
     """Per-label n, prevalence, threshold, auc/accuracy/f1/precision/recall at ``clf.thresholds``, each with a
     stratified percentile-bootstrap 95% CI in ``<metric>_ci_low`` / ``<metric>_ci_high``
-    (:func:`cxrgen.metrics.classification.per_label_table`; ``n_boot=0`` skips the CIs).
+    (:func:`cxrgen.metrics.classification.per_label_table`; ``n_boot=0`` skips the CIs; a label with fewer than
+    ``min_class_count`` positives or negatives gets no CI and a ``ci_note``).
 
     ``manifest`` holds binarised label columns (blank rows are left out of that label's metrics).
     ``labels`` defaults to the classifier's labels that are manifest columns (Chambon: the 12 of Table 1).
@@ -526,14 +528,15 @@ def evaluate_classifier(clf: ReferenceClassifier, images, manifest: pd.DataFrame
     p = clf.predict_proba(images) if probs is None else np.asarray(probs, dtype=float)
     scores = p[:, cols]
     thr = [clf.thresholds[clf.labels[c]] for c in cols]
-    table = per_label_table(y, scores, labels, thr, n_boot=n_boot, seed=seed)
+    table = per_label_table(y, scores, labels, thr, n_boot=n_boot, seed=seed, min_class_count=min_class_count)
     return table
 
 
-def evaluate_folder(clf: ReferenceClassifier, folder, labels=None, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+def evaluate_folder(clf: ReferenceClassifier, folder, labels=None, n_boot: int = 1000, seed: int = 0,
+                    min_class_count: int = MIN_CLASS_COUNT) -> pd.DataFrame:
     """:func:`evaluate_classifier` on a materialised folder."""
     images, manifest = load_images(folder)
-    return evaluate_classifier(clf, images, manifest, labels, n_boot, seed)
+    return evaluate_classifier(clf, images, manifest, labels, n_boot, seed, min_class_count=min_class_count)
 
 
 def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:

@@ -5,6 +5,10 @@ Conventions: a prediction is positive when ``score >= threshold``; precision/rec
 are dropped per label.  Point metrics use scikit-learn; the bootstrap uses an equivalent vectorised numpy version
 (AUC by Mann-Whitney ranks with ties averaged, which is exactly ``roc_auc_score``) so that 1000 resamples x 12
 labels stay fast; tests check both against scikit-learn.
+
+CIs are reported only when each class has at least ``min_class_count`` cases (config ``evaluation.min_class_count``):
+with fewer, a stratified bootstrap resamples the same few cases and gives a narrow, meaningless interval (e.g. an
+AUC of 0.93 [0.89, 0.97] from one positive). The point value stays; the CI cells are NaN and ``ci_note`` says why.
 """
 
 from __future__ import annotations
@@ -27,6 +31,21 @@ from sklearn.metrics import (
 from cxrgen.errors import InputError
 
 METRICS: tuple[str, ...] = ("auc", "accuracy", "f1", "precision", "recall")
+#: Fewest positives and fewest negatives a CI needs (the schema's default of ``evaluation.min_class_count``).
+MIN_CLASS_COUNT = 10
+
+
+def ci_omission_reason(y_true, min_class_count: int = MIN_CLASS_COUNT) -> str:
+    """``""`` when both classes of ``y_true`` (0/1, NaN ignored) have >= ``min_class_count`` cases, else why the CI
+    is left out, e.g. ``"CI omitted: 1 positive < 10"``."""
+    if min_class_count < 1:
+        raise InputError(f"min_class_count={min_class_count}; expected an integer >= 1")
+    y = np.asarray(y_true, dtype=np.float64).reshape(-1)
+    y = y[~np.isnan(y)]
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    short = [f"{k} {word}{'' if k == 1 else 's'}" for k, word in ((n_pos, "positive"), (n_neg, "negative"))
+             if k < min_class_count]
+    return f"CI omitted: {' and '.join(short)} < {min_class_count}" if short else ""
 
 
 def _clean(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
@@ -113,8 +132,12 @@ def bootstrap_ci(
     n_boot: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
+    min_class_count: int = MIN_CLASS_COUNT,
 ) -> dict:
-    """Percentile bootstrap CI of ``metric_fn(y_true, y_score)``: dict(value, ci_low, ci_high, n_boot).
+    """Percentile bootstrap CI of ``metric_fn(y_true, y_score)``: dict(value, ci_low, ci_high, n_boot, ci_note).
+
+    With fewer than ``min_class_count`` positives or negatives the CI is NaN and ``ci_note`` says why
+    (:func:`ci_omission_reason`).
 
     Resampling is stratified by class (the class counts of the data are kept), NaN targets are dropped first,
     resamples with one class only (possible only if the data have one class) and NaN metric values are skipped;
@@ -124,8 +147,9 @@ def bootstrap_ci(
     if not 0 < alpha < 1:
         raise InputError(f"alpha={alpha}; expected 0 < alpha < 1")
     value = float(metric_fn(y, s)) if y.size else np.nan
-    if y.size == 0 or n_boot < 1:
-        return {"value": value, "ci_low": np.nan, "ci_high": np.nan, "n_boot": 0}
+    note = ci_omission_reason(y, min_class_count)
+    if y.size == 0 or n_boot < 1 or note:
+        return {"value": value, "ci_low": np.nan, "ci_high": np.nan, "n_boot": 0, "ci_note": note}
     vals = []
     for block in _stratified_index_chunks(y, n_boot, seed):
         for row in block:
@@ -136,9 +160,9 @@ def bootstrap_ci(
             if np.isfinite(v):
                 vals.append(v)
     if not vals:
-        return {"value": value, "ci_low": np.nan, "ci_high": np.nan, "n_boot": 0}
+        return {"value": value, "ci_low": np.nan, "ci_high": np.nan, "n_boot": 0, "ci_note": ""}
     lo, hi = np.quantile(vals, [alpha / 2, 1 - alpha / 2])
-    return {"value": value, "ci_low": float(lo), "ci_high": float(hi), "n_boot": len(vals)}
+    return {"value": value, "ci_low": float(lo), "ci_high": float(hi), "n_boot": len(vals), "ci_note": ""}
 
 
 def auc_rows(y: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -177,9 +201,11 @@ def per_label_table(
     n_boot: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
+    min_class_count: int = MIN_CLASS_COUNT,
 ) -> pd.DataFrame:
-    """One row per label: n, prevalence, threshold, auc/accuracy/f1/precision/recall and ``<metric>_ci_low`` /
-    ``<metric>_ci_high`` (stratified percentile bootstrap, ``n_boot`` resamples; 0 skips the CIs).
+    """One row per label: n, n_positive, prevalence, threshold, auc/accuracy/f1/precision/recall, ``<metric>_ci_low``
+    / ``<metric>_ci_high`` (stratified percentile bootstrap, ``n_boot`` resamples; 0 skips the CIs) and ``ci_note``
+    (why the CIs are empty when a class has fewer than ``min_class_count`` cases; see :func:`ci_omission_reason`).
 
     ``thresholds``: a float for all labels, a sequence (one per label), a dict label -> float (missing: 0.5), or
     "youden"/"f1" to choose on these same data (optimistic; prefer thresholds from validation data).
@@ -211,9 +237,10 @@ def per_label_table(
         t = thr[j]
         if isinstance(t, str):
             t = choose_threshold(y, s, t) if 0 < y.sum() < y.size else 0.5
-        row = {"label": label, **binary_metrics(y, s, t)}
+        row = {"label": label, "n_positive": int(y.sum()), **binary_metrics(y, s, t)}
         cis = {f"{m}_{k}": np.nan for m in METRICS for k in ("ci_low", "ci_high")}
-        if n_boot > 0 and y.size and 0 < y.sum() < y.size:
+        row["ci_note"] = ci_omission_reason(y, min_class_count) if n_boot > 0 else ""
+        if n_boot > 0 and not row["ci_note"]:
             boot = {m: [] for m in METRICS}
             for r in _stratified_index_chunks(y, n_boot, seed):
                 for m, v in _vectorised_metrics(y[r], s[r], t).items():
@@ -225,7 +252,7 @@ def per_label_table(
                     cis[f"{m}_ci_low"], cis[f"{m}_ci_high"] = np.quantile(v, [alpha / 2, 1 - alpha / 2])
         row.update(cis)
         rows.append(row)
-    cols = ["label", "n", "prevalence", "threshold"]
+    cols = ["label", "n", "n_positive", "prevalence", "threshold"]
     for m in METRICS:
         cols += [m, f"{m}_ci_low", f"{m}_ci_high"]
-    return pd.DataFrame(rows)[cols]
+    return pd.DataFrame(rows)[cols + ["ci_note"]]

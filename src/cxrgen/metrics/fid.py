@@ -13,6 +13,12 @@ Both equal scipy's ``sqrtm``-based value up to rounding (tests compare with torc
 
 ``kernel_inception_distance`` uses torchmetrics' ``poly_mmd`` (cubic polynomial kernel, unbiased MMD^2) on
 ``subsets`` random subsets of ``subset_size`` drawn with a seeded numpy generator (torchmetrics draws unseeded).
+
+``fid_kid_with_ci`` is the one function every table's FID/KID cell comes from: FID and KID with their set sizes
+and 95% percentile-bootstrap CIs (real and synthetic rows resampled with replacement, independently, from one
+seeded generator). FID is biased upward at small n (its expectation falls with n, Chong & Forsyth 2020), so a
+bootstrap CI at n below the feature dimension describes the spread of that biased estimate; such rows are flagged
+(``fid_biased``) and carry KID, whose MMD^2 estimate is unbiased at any n, beside FID.
 """
 
 from __future__ import annotations
@@ -98,6 +104,91 @@ def kernel_inception_distance(
         scores.append(float(poly_mmd(a[ia], b[ib], degree, gamma, coef)))
     s = np.asarray(scores)
     return {"mean": float(s.mean()), "std": float(s.std(ddof=0)), "subsets": subsets, "subset_size": subset_size}
+
+
+def _kid_bootstrap(a: np.ndarray, b: np.ndarray, idx_a: np.ndarray, idx_b: np.ndarray, degree: int = 3,
+                   coef: float = 1.0, block: int = 2048) -> np.ndarray:
+    """Unbiased MMD^2 (KID's polynomial kernel, gamma = 1/d) of every bootstrap resample of the full sets.
+
+    A resample is a multiplicity vector w (how often each row was drawn). Pairs of draws of the same row are left
+    out of the within-set means, (w^T K w - sum_i w_i^2 K_ii) / (m^2 - sum_i w_i^2): counted in, k(x, x) would
+    inflate every resample's KID far above the estimate (k(x, x) >> k(x, y) in high dimension). The kernel
+    matrices are formed once, block by block, and never per resample.
+    """
+    na, nb, d = a.shape[0], b.shape[0], a.shape[1]
+    w_a = np.stack([np.bincount(r, minlength=na) for r in idx_a]).astype(np.float64).T  # (na, B)
+    w_b = np.stack([np.bincount(r, minlength=nb) for r in idx_b]).astype(np.float64).T
+
+    def kernel(x, y):
+        return (x @ y.T / d + coef) ** degree
+
+    def quad(x, wx, y, wy):  # diag(wx^T K(x, y) wy) per resample, K built in row blocks
+        out = np.zeros(wx.shape[1])
+        for s in range(0, x.shape[0], block):
+            out += np.einsum("ib,ib->b", wx[s:s + block], kernel(x[s:s + block], y) @ wy)
+        return out
+
+    diag_a = ((a * a).sum(1) / d + coef) ** degree
+    diag_b = ((b * b).sum(1) / d + coef) ** degree
+    pairs_a, pairs_b = na**2 - (w_a**2).sum(0), nb**2 - (w_b**2).sum(0)  # 0 when a resample repeats one row
+    with np.errstate(invalid="ignore", divide="ignore"):
+        aa = np.where(pairs_a > 0, (quad(a, w_a, a, w_a) - diag_a @ w_a**2) / pairs_a, np.nan)
+        bb = np.where(pairs_b > 0, (quad(b, w_b, b, w_b) - diag_b @ w_b**2) / pairs_b, np.nan)
+    ab = quad(a, w_a, b, w_b) / (na * nb)
+    return aa + bb - 2.0 * ab
+
+
+def fid_kid_with_ci(
+    feats_real,
+    feats_fake,
+    n_boot: int = 200,
+    alpha: float = 0.05,
+    seed: int = 0,
+    kid_subsets: int = 50,
+    kid_subset_size: int = 1000,
+) -> dict:
+    """FID and KID of two feature sets with sizes and percentile-bootstrap CIs, for one table cell.
+
+    Returns dict(fid, fid_ci_low, fid_ci_high, kid, kid_std, kid_ci_low, kid_ci_high, kid_subset_size, n_real,
+    n_fake, dim, n_boot, fid_biased). FID CI: percentile bootstrap shifted by the bootstrap bias estimate (see
+    below). ``kid`` / ``kid_std`` are the mean / sd over ``kid_subsets`` subsets of ``kid_subset_size`` (capped at
+    the smaller set) as torchmetrics reports them; the KID CI is the percentile bootstrap of the full-set unbiased
+    MMD^2 with the same kernel. ``n_boot=0`` leaves the CIs NaN. ``fid_biased`` is True when
+    min(n_real, n_fake) is below the feature dimension. Deterministic for a fixed ``seed``.
+    """
+    a = _feats64(feats_real, "feats_real")
+    b = _feats64(feats_fake, "feats_fake")
+    if a.shape[1] != b.shape[1]:
+        raise InputError(f"feature sizes differ: {a.shape[1]} vs {b.shape[1]}; expected features from one extractor")
+    if n_boot < 0 or not 0 < alpha < 1:
+        raise InputError(f"n_boot={n_boot}, alpha={alpha}; expected n_boot >= 0 and 0 < alpha < 1")
+    na, nb, d = a.shape[0], b.shape[0], a.shape[1]
+    k = kernel_inception_distance(a, b, subsets=kid_subsets, subset_size=min(int(kid_subset_size), na, nb), seed=seed)
+    out = {"fid": frechet_distance(a, b), "fid_ci_low": np.nan, "fid_ci_high": np.nan, "kid": k["mean"],
+           "kid_std": k["std"], "kid_ci_low": np.nan, "kid_ci_high": np.nan, "kid_subset_size": k["subset_size"],
+           "n_real": na, "n_fake": nb, "dim": d, "n_boot": int(n_boot), "fid_biased": bool(min(na, nb) < d)}
+    if n_boot == 0:
+        return out
+    rng = np.random.default_rng(seed)
+    idx_a = rng.integers(0, na, size=(n_boot, na))
+    idx_b = rng.integers(0, nb, size=(n_boot, nb))
+    fids = np.array([frechet_distance(a[ia], b[ib]) for ia, ib in zip(idx_a, idx_b)])
+    # A resample repeats rows, which lowers its effective n and so raises FID's small-sample bias: shift the
+    # replicates by the bootstrap bias estimate (mean replicate - estimate) so the interval is about the FID at
+    # this n (negligible shift once n >> dim).
+    fids = fids - (fids.mean() - out["fid"])
+    kids = _kid_bootstrap(a, b, idx_a, idx_b)
+    kids = kids[np.isfinite(kids)]  # resamples that drew a single row n times (possible at n = 2 or 3)
+    q = [alpha / 2, 1 - alpha / 2]
+    out["fid_ci_low"], out["fid_ci_high"] = (float(v) for v in np.quantile(fids, q))
+    if kids.size:
+        out["kid_ci_low"], out["kid_ci_high"] = (float(v) for v in np.quantile(kids, q))
+    return out
+
+
+#: Columns a FID/KID row carries (in this order) in every study's CSV.
+FID_KID_COLUMNS: tuple[str, ...] = ("fid", "fid_ci_low", "fid_ci_high", "kid", "kid_std", "kid_ci_low", "kid_ci_high",
+                                    "kid_subset_size", "n_real", "n_fake", "dim", "n_boot", "fid_biased")
 
 
 def _extract(extractor, images) -> tuple[FeatureExtractor, torch.Tensor]:

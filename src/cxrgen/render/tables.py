@@ -103,6 +103,31 @@ def format_ci(value, low, high, digits: int = 3) -> str:
     return f"{text} [{float(low):.{digits}f}, {float(high):.{digits}f}]"
 
 
+def fid_kid_caption(frame: pd.DataFrame) -> str:
+    """Caption sentences for FID/KID cells computed by :func:`cxrgen.metrics.fid.fid_kid_with_ci`: the CI method,
+    where n is shown and, where min(n_real, n_fake) is below the feature dimension, that FID is biased at that n
+    and KID (unbiased) is the one to compare. ``frame`` needs ``n_real``, ``n_fake``, ``dim``, ``n_boot``."""
+    missing = [c for c in ("n_real", "n_fake", "dim", "n_boot") if c not in frame.columns]
+    if missing:
+        raise InputError(f"FID/KID frame lacks {missing}; expected the columns fid_kid_with_ci returns")
+    rows = frame.dropna(subset=["n_real", "n_fake"])
+    if rows.empty:
+        return "No FID/KID was computed (too few images)."
+    boots = sorted({int(b) for b in rows["n_boot"].dropna()})
+    text = ("FID and KID cells: value [95% CI], percentile bootstrap over "
+            f"{' / '.join(map(str, boots)) or 0} resamples of the real and the synthetic feature rows (FID's shifted "
+            "by the bootstrap bias estimate, so it brackets the FID at that n); n real / n synthetic per row.")
+    n_min = rows[["n_real", "n_fake"]].min(axis=1)
+    biased = n_min < rows["dim"]
+    if biased.any():
+        lo, hi = int(n_min[biased].min()), int(n_min[biased].max())
+        span = f"{lo}" if lo == hi else f"{lo}-{hi}"
+        text += (f" FID is biased upward at n below the feature dimension ({span} < {int(rows['dim'][biased].max())} "
+                 "here; Chong & Forsyth 2020): compare FID only between rows of equal n, and use KID, whose estimate "
+                 "is unbiased at any n, across sizes.")
+    return text
+
+
 def side_by_side(
     paper_df: pd.DataFrame,
     ours_df: pd.DataFrame,

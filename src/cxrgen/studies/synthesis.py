@@ -34,8 +34,8 @@ from cxrgen.data.prompts import CHAMBON_PROMPTS
 from cxrgen.data.sampling import load_images
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path, write_csv_atomic
-from cxrgen.metrics.classification import METRICS
-from cxrgen.metrics.fid import frechet_distance
+from cxrgen.metrics.classification import METRICS, MIN_CLASS_COUNT
+from cxrgen.metrics.fid import FID_KID_COLUMNS, fid_kid_with_ci
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,10 @@ PAPER_PROMPTS = {
 MANIFEST_COLUMNS = ["image_id", "file", "prompt_name", "prompt", "prompt_used", "index", "seed", "method",
                     "adaptation", "steps", "guidance", "guidance_rescale", "scheduler", "height", "width",
                     "foundation", "adapter"]
-TABLE4_COLUMNS = ["method", "prompt_name", "prompt", "real_subset", "fid", "extractor", "dim", "n_real", "n_fake",
-                  "note"]
+TABLE4_COLUMNS = ["method", "prompt_name", "prompt", "real_subset", *FID_KID_COLUMNS, "extractor", "note"]
 TABLE5_METRICS = ("auc", "accuracy", "f1", "precision", "recall")
 TABLE5_COLUMNS = (["method", "label", "n", "n_positive", "prevalence", "threshold"]
-                  + [c for m in TABLE5_METRICS for c in (m, f"{m}_ci_low", f"{m}_ci_high")] + ["note"])
+                  + [c for m in TABLE5_METRICS for c in (m, f"{m}_ci_low", f"{m}_ci_high")] + ["ci_note", "note"])
 OWN_GROUP = "(this run only)"
 RESULT_FILES = {"table4": "table4.csv", "table5": "table5.csv", "scores": "scores.csv"}
 
@@ -175,8 +174,11 @@ def fid_table(
     classifier=None,
     real_classes: Mapping[str, str | None] | None = None,
     progress: bool = True,
+    fid_n_boot: int = 200,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """Chambon Table 4 as a long frame: one row per (method, prompt) with the FID against the matching real images.
+    """Chambon Table 4 as a long frame: one row per (method, prompt) with the FID and KID against the matching real
+    images, their bootstrap CIs (``fid_n_boot`` resamples) and set sizes (:func:`cxrgen.metrics.fid.fid_kid_with_ci`).
 
     ``sets`` maps this run's method name to a synthetic-set folder or an ``(images, manifest)`` pair.
     ``extractor``: ``"reference"`` (the reference classifier's penultimate features; needs ``classifier``),
@@ -196,13 +198,13 @@ def fid_table(
         for prompt_name, grp in manifest.groupby("prompt_name", sort=False):
             mask, desc = real_subset_mask(real_manifest, prompt_name, real_classes)
             fr, ff = f_real[mask], f_fake[grp.index.to_numpy()]
-            row = {"method": method, "prompt_name": prompt_name, "prompt": str(grp["prompt"].iloc[0]),
-                   "real_subset": desc, "fid": np.nan, "extractor": ext.name, "dim": int(f_real.shape[1]),
-                   "n_real": int(fr.shape[0]), "n_fake": int(ff.shape[0]), "note": ""}
+            row = {**{c: np.nan for c in FID_KID_COLUMNS}, "method": method, "prompt_name": prompt_name,
+                   "prompt": str(grp["prompt"].iloc[0]), "real_subset": desc, "extractor": ext.name,
+                   "dim": int(f_real.shape[1]), "n_real": int(fr.shape[0]), "n_fake": int(ff.shape[0]), "note": ""}
             if fr.shape[0] < 2 or ff.shape[0] < 2:
                 row["note"] = f"FID needs >= 2 images per side (real {fr.shape[0]}, synthetic {ff.shape[0]})"
             else:
-                row["fid"] = frechet_distance(fr, ff)
+                row.update(fid_kid_with_ci(fr, ff, n_boot=fid_n_boot, seed=seed))
             rows.append(row)
     return pd.DataFrame(rows, columns=TABLE4_COLUMNS)
 
@@ -216,6 +218,7 @@ def classification_table(
     negative: str = "normal",
     n_boot: int = 200,
     seed: int = 0,
+    min_class_count: int = MIN_CLASS_COUNT,
 ) -> pd.DataFrame:
     """Chambon Table 5: per method, the reference classifier's ``label`` scores on the ``positive`` prompt's images
     (target 1) and the ``negative`` prompt's (target 0), at the classifier's stored threshold, with CIs.
@@ -230,7 +233,8 @@ def classification_table(
         pos = (manifest["prompt_name"] == positive).to_numpy()
         neg = (manifest["prompt_name"] == negative).to_numpy()
         row = {c: np.nan for c in TABLE5_COLUMNS}
-        row.update(method=method, label=label, n=int(pos.sum() + neg.sum()), n_positive=int(pos.sum()), note="")
+        row.update(method=method, label=label, n=int(pos.sum() + neg.sum()), n_positive=int(pos.sum()), ci_note="",
+                   note="")
         if not pos.any() or not neg.any():
             row["note"] = (f"set has {int(pos.sum())} {positive!r} and {int(neg.sum())} {negative!r} images; "
                            "expected both prompts")
@@ -238,8 +242,9 @@ def classification_table(
             continue
         keep = pos | neg
         targets = pd.DataFrame({label: pos[keep].astype(float)})
-        t = evaluate_classifier(classifier, images[keep], targets, [label], n_boot=n_boot, seed=seed).iloc[0]
-        row.update({c: t[c] for c in ("n", "prevalence", "threshold") + tuple(
+        t = evaluate_classifier(classifier, images[keep], targets, [label], n_boot=n_boot, seed=seed,
+                                min_class_count=min_class_count).iloc[0]
+        row.update({c: t[c] for c in ("n", "prevalence", "threshold", "ci_note") + tuple(
             x for m in TABLE5_METRICS for x in (m, f"{m}_ci_low", f"{m}_ci_high"))})
         rows.append(row)
     return pd.DataFrame(rows, columns=TABLE5_COLUMNS)
@@ -281,6 +286,8 @@ def run_synthesis_evaluation(
     seed: int = 0,
     label: str = "Pleural Effusion",
     progress: bool = True,
+    fid_n_boot: int = 200,
+    min_class_count: int = MIN_CLASS_COUNT,
 ) -> dict[str, pd.DataFrame]:
     """Tables 4 and 5 for synthetic-set folders (method name -> folder) against the real sample ``real_dir``;
     writes ``table4.csv`` and ``table5.csv`` into ``out_dir``. ``classifier_spec``: a folder or ``xrv:<weights>``."""
@@ -292,8 +299,10 @@ def run_synthesis_evaluation(
     real_images, real_manifest = load_images(real_dir)
     sets = {m: _as_set(v, m) for m, v in set_dirs.items()}
     result = {
-        "table4": fid_table(sets, real_images, real_manifest, extractor, classifier, progress=progress),
-        "table5": classification_table(sets, classifier, label=label, n_boot=n_boot, seed=seed),
+        "table4": fid_table(sets, real_images, real_manifest, extractor, classifier, progress=progress,
+                            fid_n_boot=fid_n_boot, seed=seed),
+        "table5": classification_table(sets, classifier, label=label, n_boot=n_boot, seed=seed,
+                                       min_class_count=min_class_count),
         "scores": classifier_scores(sets, classifier, label=label),
     }
     out = Path(out_dir)
@@ -301,8 +310,9 @@ def run_synthesis_evaluation(
     for key, fname in RESULT_FILES.items():
         write_csv_atomic(result[key], out / fname)
     for _, r in result["table4"].iterrows():
-        log.info("FID %s / %s vs real %s [%s, n %d vs %d]: %.4g", r["method"], r["prompt_name"], r["real_subset"],
-                 r["extractor"], r["n_real"], r["n_fake"], r["fid"])
+        log.info("FID %s / %s vs real %s [%s, n %d vs %d]: %.4g [%.4g, %.4g], KID %.4g", r["method"], r["prompt_name"],
+                 r["real_subset"], r["extractor"], r["n_real"], r["n_fake"], r["fid"], r["fid_ci_low"], r["fid_ci_high"],
+                 r["kid"])
     for _, r in result["table5"].iterrows():
         log.info("Table 5 %s: AUC %.3f (n %d)", r["method"], r["auc"], r["n"])
     return result
@@ -392,7 +402,7 @@ def _display_name(method: str, rows: dict) -> str:
 def table4_beside_paper(ours: pd.DataFrame, rows: Mapping[str, dict]) -> tuple[pd.DataFrame, dict]:
     """This run's Table 4 frame joined with the paper's on (strategy_group, method, prompt)."""
     from cxrgen.render.reference import load_reference
-    from cxrgen.render.tables import OURS, side_by_side
+    from cxrgen.render.tables import OURS, PAPER, side_by_side
 
     paper, meta = load_reference("chambon2022", "table4")
     t = ours.copy()
@@ -401,7 +411,9 @@ def table4_beside_paper(ours: pd.DataFrame, rows: Mapping[str, dict]) -> tuple[p
     t["method"] = [rows[m]["table4"][1] if rows[m]["table4"] else m for m in t["run_method"]]
     t["prompt"] = [PAPER_PROMPTS.get(p, txt) for p, txt in zip(t["prompt_name"], t["prompt"])]
     keys = ["strategy_group", "method", "prompt"]
-    out = side_by_side(paper, t, keys=keys, value_cols=["fid"])
+    t["kid"] = t["kid"].astype(float)
+    paper = paper.assign(kid=np.nan)  # the paper reports FID only
+    out = side_by_side(paper, t, keys=keys, value_cols=["fid", "kid"]).drop(columns=[f"kid {PAPER}"])
     extra = t.set_index(keys)
     idx = pd.MultiIndex.from_frame(out[keys])
     out[f"extractor {OURS}"] = extra["extractor"].reindex(idx).to_numpy()
@@ -424,6 +436,8 @@ def table5_beside_paper(ours: pd.DataFrame, rows: Mapping[str, dict]) -> tuple[p
     out = side_by_side(paper, t, keys=["method"], value_cols=["prevalence"] + list(TABLE5_METRICS))
     extra = t.set_index("method")
     out[f"n {OURS}"] = extra["n"].reindex(out["method"]).astype("Int64").array
+    out[f"n positive {OURS}"] = extra["n_positive"].reindex(out["method"]).astype("Int64").array
+    out[f"CI note {OURS}"] = extra["ci_note"].reindex(out["method"]).fillna("").to_numpy()
     out[f"threshold {OURS}"] = extra["threshold"].reindex(out["method"]).to_numpy()
     out["run method"] = extra["run_method"].reindex(out["method"]).to_numpy()
     return out, meta
@@ -490,7 +504,7 @@ def render_synthesis(
     ``train_dir`` (the fine-tuning images), Fig. 5 for ``fig5_method`` (default: the last method, usually the
     most adapted). ``eval_dir`` holds :func:`run_synthesis_evaluation`'s CSVs."""
     from cxrgen.render.reference import paper_table_label
-    from cxrgen.render.tables import write_table
+    from cxrgen.render.tables import fid_kid_caption, write_table
 
     eval_dir = Path(eval_dir)
     frames = {k: pd.read_csv(eval_dir / f, keep_default_na=False, na_values=[""]) for k, f in RESULT_FILES.items()}
@@ -504,8 +518,9 @@ def render_synthesis(
         t4, table4_stem,
         caption=(f"FID of synthetic images per adaptation method and prompt, each against real images of the matching "
                  f"class (normal prompt: No Finding; effusion prompt: Pleural Effusion; style prompt: all); lower is "
-                 f"better. This run's features: {ext}; set sizes per row. The paper's values (< 1, normalisation not "
-                 f"stated) are not on the same scale as this run's, so compare rankings, not values."),
+                 f"better. This run's features: {ext}. {fid_kid_caption(frames['table4'])} The paper's values (< 1, "
+                 f"normalisation not stated; FID only) are not on the same scale as this run's, so compare rankings, "
+                 f"not values."),
         scale=scale, paper_table=paper_table_label(meta4), float_format=".3f",
     )
     t5, meta5 = table5_beside_paper(frames["table5"], rows)
@@ -513,7 +528,8 @@ def render_synthesis(
         t5, table5_stem,
         caption=("Reference classifier (DenseNet-121) on synthetic images: Pleural Effusion scores of images from the "
                  "effusion prompt (positive) and the normal prompt (negative), at the classifier's stored threshold; "
-                 "this run's cells show the value and a stratified bootstrap 95% CI. A threshold chosen on real "
+                 "this run's cells show the value and a stratified bootstrap 95% CI, left out (CI note) where the "
+                 "positives or negatives are fewer than evaluation.min_class_count. A threshold chosen on real "
                  "images can be miscalibrated on synthetic ones: AUC is the threshold-free comparison."),
         scale=scale, paper_table=paper_table_label(meta5), float_format=".3f",
     )
