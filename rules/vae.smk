@@ -33,6 +33,7 @@ rule vae_study:
         foundation=FOUNDATION,
         classifier=REFERENCE_CLASSIFIER,
         seed=config["seed"],
+        evaluation=config["evaluation"],
     log:
         "logs/vae_study/vae_study.log",
     benchmark:

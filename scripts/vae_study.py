@@ -11,4 +11,5 @@ with script_context(snakemake) as log:
         snakemake.params.study,
         seed=snakemake.params.seed,
         out_dir=Path(snakemake.output.per_image).parent,
+        evaluation=snakemake.params.evaluation,
     )

@@ -10,6 +10,8 @@ from skimage.metrics import structural_similarity as sk_ssim
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
 from cxrgen.errors import InputError, WeightsUnavailableError
+from cxrgen.metrics.classification import ci_omission_reason
+from cxrgen.metrics.fid import _kid_bootstrap
 from cxrgen.metrics import (
     batched_fid,
     batched_fid_from_features,
@@ -20,6 +22,7 @@ from cxrgen.metrics import (
     describe,
     fid,
     format_mean_sd,
+    fid_kid_with_ci,
     frechet_distance,
     get_extractor,
     kernel_inception_distance,
@@ -127,6 +130,63 @@ def test_kid_matches_torchmetrics_and_sanity():
     assert diff == kernel_inception_distance(a, b, subsets=10, subset_size=20, seed=1)
     with pytest.raises(InputError):
         kernel_inception_distance(a, b, subsets=1, subset_size=41)
+
+
+def _gaussians(n, d, seed):
+    """N(0, I) vs N(mu, 2 I) with |mu|^2 = 1: FID = 1 + d (3 - 2 sqrt 2) exactly."""
+    rng = np.random.default_rng(seed)
+    mu = np.full(d, 1 / np.sqrt(d))
+    return rng.normal(size=(n, d)), mu + np.sqrt(2) * rng.normal(size=(n, d)), 1 + d * (3 - 2 * np.sqrt(2))
+
+
+def test_fid_bootstrap_ci_covers_truth_and_shrinks_with_n():
+    d, cover, widths = 3, 0, {}
+    for seed in range(10):
+        a, b, truth = _gaussians(400, d, seed)
+        r = fid_kid_with_ci(a, b, n_boot=200, seed=seed, kid_subsets=5)
+        cover += r["fid_ci_low"] <= truth <= r["fid_ci_high"]
+        assert r["fid_ci_low"] < r["fid"] < r["fid_ci_high"]
+        assert (r["n_real"], r["n_fake"], r["dim"], r["n_boot"], r["fid_biased"]) == (400, 400, 3, 200, False)
+    assert cover >= 8  # nominal 95%: 10 of 10 expected, 8 leaves room for chance, a broken CI covers ~never
+    for n in (100, 1600):
+        a, b, _ = _gaussians(n, d, 0)
+        r = fid_kid_with_ci(a, b, n_boot=200, seed=0, kid_subsets=5)
+        widths[n] = r["fid_ci_high"] - r["fid_ci_low"]
+        kid_width = r["kid_ci_high"] - r["kid_ci_low"]
+        widths[f"kid{n}"] = kid_width
+    assert widths[1600] < widths[100] / 2 and widths["kid1600"] < widths["kid100"] / 2  # ~ 1/sqrt(n): 4x narrower
+
+
+def test_fid_kid_ci_deterministic_and_flags_small_n():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(20, 64)), rng.normal(0.5, size=(24, 64))
+    r = fid_kid_with_ci(a, b, n_boot=50, seed=1)
+    assert r == fid_kid_with_ci(a, b, n_boot=50, seed=1) and r != fid_kid_with_ci(a, b, n_boot=50, seed=2)
+    assert r["fid_biased"] and (r["n_real"], r["n_fake"]) == (20, 24) and r["kid_subset_size"] == 20
+    assert r["fid"] == pytest.approx(frechet_distance(a, b))
+    # KID's CI separates a real shift from 0; the same distribution gives a CI around 0
+    assert 0 < r["kid_ci_low"] < r["kid"] < r["kid_ci_high"]
+    same = fid_kid_with_ci(a[:10], a[10:], n_boot=200, seed=0)
+    assert same["kid_ci_low"] < 0 < same["kid_ci_high"]
+    none = fid_kid_with_ci(a, b, n_boot=0)
+    assert np.isnan(none["fid_ci_low"]) and np.isnan(none["kid_ci_high"]) and none["fid"] == r["fid"]
+    tiny = fid_kid_with_ci(a[:2], b[:2], n_boot=20)  # resamples repeating one row drop out of KID's CI
+    assert np.isfinite(tiny["fid_ci_low"])
+    with pytest.raises(InputError, match="n_boot"):
+        fid_kid_with_ci(a, b, n_boot=-1)
+
+
+def test_kid_bootstrap_identity_resample_equals_torchmetrics():
+    from torchmetrics.image.kid import poly_mmd
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(30, 8)), rng.normal(0.3, size=(30, 8))
+    ident = np.arange(30)[None]
+    assert _kid_bootstrap(a, b, ident, ident)[0] == pytest.approx(float(poly_mmd(torch.from_numpy(a), torch.from_numpy(b))))
+    # pairs of draws of the same row are left out: a resample's KID stays near the estimate, not k(x, x)-inflated
+    idx = rng.integers(0, 30, size=(200, 30))
+    boots = _kid_bootstrap(a, b, idx, rng.integers(0, 30, size=(200, 30)))
+    assert abs(np.mean(boots) - _kid_bootstrap(a, b, ident, ident)[0]) < np.std(boots)
 
 
 def test_batched_fid_from_features():
@@ -292,6 +352,30 @@ def test_per_label_table():
     assert t2["auc_ci_low"].isna().all() and t2.loc[0, "threshold"] == choose_threshold(y1, s1)
     with pytest.raises(InputError):
         per_label_table(Y, S, ["A"])
+
+
+def test_ci_needs_min_class_count():
+    assert ci_omission_reason([1, 0, 0] + [0] * 20, 10) == "CI omitted: 1 positive < 10"
+    assert ci_omission_reason([1] * 3 + [0] * 4, 5) == "CI omitted: 3 positives and 4 negatives < 5"
+    assert ci_omission_reason([1] * 10 + [0] * 10 + [np.nan], 10) == ""
+    with pytest.raises(InputError, match="min_class_count"):
+        ci_omission_reason([1, 0], 0)
+    rng = np.random.default_rng(0)
+    y = np.r_[1.0, np.zeros(99)]  # one positive case, as on a real NIH test split for pneumothorax
+    s = rng.random(100)
+    s[0] = 0.95
+    t = per_label_table(y[:, None], s[:, None], ["Pneumothorax"], n_boot=100, seed=0, min_class_count=10)
+    row = t.iloc[0]
+    assert row["n_positive"] == 1 and np.isfinite(row["auc"]) and row["ci_note"] == "CI omitted: 1 positive < 10"
+    assert all(np.isnan(row[f"{m}_ci_{k}"]) for m in ("auc", "accuracy", "f1") for k in ("low", "high"))
+    b = bootstrap_ci(y, s, roc_auc_score, n_boot=100, min_class_count=10)
+    assert np.isnan(b["ci_low"]) and b["ci_note"] == "CI omitted: 1 positive < 10" and b["value"] == row["auc"]
+    y2 = (rng.random(100) < 0.3).astype(float)  # >= 10 of each class: CI present, no note
+    t2 = per_label_table(y2[:, None], s[:, None], ["A"], n_boot=100, seed=0, min_class_count=10)
+    assert t2.loc[0, "ci_note"] == "" and t2.loc[0, "auc_ci_low"] <= t2.loc[0, "auc"] <= t2.loc[0, "auc_ci_high"]
+    # the same one-positive data with the minimum lowered to 1 gives the narrow, misleading CI the rule prevents
+    t3 = per_label_table(y[:, None], s[:, None], ["Pneumothorax"], n_boot=100, seed=0, min_class_count=1)
+    assert np.isfinite(t3.loc[0, "auc_ci_low"])
 
 
 # ------------------------------------------------------------------------------------------------------ summary

@@ -87,7 +87,10 @@ def test_identity_vae_is_perfect():
     fid = res["fid"]
     assert set(fid["scope"]) == {"all", "batches"}
     assert (fid["extractor"] == "reference:tiny").all()
-    assert np.allclose(fid["value"], 0, atol=1e-6)
+    assert np.allclose(fid["fid"], 0, atol=1e-6)
+    everything = fid.set_index("scope").loc["all"]
+    assert (everything["n_real"], everything["n_fake"], everything["n_boot"]) == (24, 24, 200)
+    assert everything["fid_ci_low"] <= everything["fid_ci_high"] and np.isfinite(everything["kid_ci_low"])
     assert int(fid.loc[fid["scope"] == "batches", "n_batches"].iloc[0]) == 3
     t = res["table1"]
     for m in TABLE1_METRICS:
@@ -102,19 +105,26 @@ def test_table1_layout_and_notes():
     images, manifest = phantom()
     clf = tiny_classifier()
     res = run_vae_study(images, manifest, IdentityVAE(), clf, resolutions=[32], fid_batch_size=8, n_boot=10,
-                        progress=False)
+                        progress=False, min_class_count=3, fid_n_boot=5)
     t = res["table1"].set_index("label")
-    expected = ["resolution", "finding", "n", "prevalence", "threshold"]
+    expected = ["resolution", "finding", "n", "n_positive", "prevalence", "threshold"]
     for m in ("auc", "accuracy", "f1"):
         for k in ("orig", "recon"):
             expected += [f"{m}_{k}", f"{m}_{k}_ci_low", f"{m}_{k}_ci_high"]
-    assert list(res["table1"].columns) == expected[:1] + ["finding", "label"] + expected[2:] + ["note"]
+    assert list(res["table1"].columns) == expected[:1] + ["finding", "label"] + expected[2:] + ["ci_note", "note"]
     assert len(t) == 12  # the paper's 12 labels, in its order
     assert t.loc["Enlarged Cardiomediastinum", "finding"] == "Enlarged Mediastinum"
     assert "not an output" in t.loc["Pneumothorax", "note"] and np.isnan(t.loc["Pneumothorax", "auc_orig"])
     assert "single class" in t.loc["Fracture", "note"] and np.isnan(t.loc["Fracture", "f1_recon"])
     assert t.loc["Atelectasis", "n"] == len(images) - 1  # the blank target is ignored
     assert t.loc["Atelectasis", "note"] == "" and t.loc["Atelectasis", "auc_orig_ci_low"] <= t.loc["Atelectasis", "auc_orig"]
+    assert t.loc["Atelectasis", "ci_note"] == ""
+    # with the default minimum of 10 the same labels' CIs are left out, each row saying why
+    strict = run_vae_study(images, manifest, IdentityVAE(), clf, resolutions=[32], fid_batch_size=8, n_boot=10,
+                           progress=False, fid_n_boot=5)["table1"].set_index("label")
+    n_pos = int(strict.loc["Atelectasis", "n_positive"])
+    assert n_pos < 10 and strict.loc["Atelectasis", "ci_note"] == f"CI omitted: {n_pos} positives < 10"
+    assert np.isnan(strict.loc["Atelectasis", "auc_recon_ci_high"]) and np.isfinite(strict.loc["Atelectasis", "auc_recon"])
 
 
 def test_per_image_scores_give_table1_auc():
@@ -195,6 +205,12 @@ def test_study_and_render_with_tiny_autoencoder(tmp_path):
         assert p.is_file() and p.stat().st_size > 0
     t1 = pd.read_csv(out["table1"]["csv"])
     assert "auc_orig (paper)" in t1.columns and "auc_recon (this run)" in t1.columns
-    summ = pd.read_csv(out["summary"]["csv"])
-    assert summ["metric"].str.contains("extractor reference:tiny").any()
+    assert "CI omitted" in t1["note (this run)"].str.cat(sep=" ") and "n positive (this run)" in t1.columns
+    summ = pd.read_csv(out["summary"]["csv"]).set_index("metric")
+    assert summ.index.str.contains("extractor reference:tiny").any()
+    fid_all, kid_all = summ.loc["FID (all images, extractor reference:tiny)"], summ.loc["KID (all images, extractor reference:tiny)"]
+    assert "[" in fid_all["mean (this run)"] and "[" in kid_all["mean (this run)"]
+    assert fid_all["n (this run)"] == "16 real / 16 reconstructed" and summ.loc["SSIM", "n (this run)"] == "16 images"
+    md = out["summary"]["md"].read_text()
+    assert "FID and KID cells: value [95% CI]" in md and "FID is biased upward" not in md  # n 16 = the 16 features
     assert "32x32" in out["table1"]["md"].read_text()

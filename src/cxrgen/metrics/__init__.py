@@ -14,9 +14,11 @@ from cxrgen.metrics.features import (
     xrv_weights_path,
 )
 from cxrgen.metrics.fid import (
+    FID_KID_COLUMNS,
     batched_fid,
     batched_fid_from_features,
     fid,
+    fid_kid_with_ci,
     frechet_distance,
     kernel_inception_distance,
     kid,
@@ -25,6 +27,7 @@ from cxrgen.metrics.image_quality import psnr, reconstruction_metrics, rmse, ssi
 from cxrgen.metrics.summary import cosine_similarity_pairs, describe, format_mean_sd
 
 __all__ = [
+    "FID_KID_COLUMNS",
     "FeatureExtractor",
     "InceptionExtractor",
     "ReferenceExtractor",
@@ -38,6 +41,7 @@ __all__ = [
     "cosine_similarity_pairs",
     "describe",
     "fid",
+    "fid_kid_with_ci",
     "format_mean_sd",
     "frechet_distance",
     "get_extractor",

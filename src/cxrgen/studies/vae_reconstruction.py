@@ -37,8 +37,8 @@ from tqdm import tqdm
 from cxrgen.data.schema import CHAMBON_TABLE1_LABELS
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path, write_csv_atomic
-from cxrgen.metrics.classification import METRICS, per_label_table
-from cxrgen.metrics.fid import batched_fid_from_features, frechet_distance
+from cxrgen.metrics.classification import METRICS, MIN_CLASS_COUNT, per_label_table
+from cxrgen.metrics.fid import batched_fid_from_features, fid_kid_with_ci
 from cxrgen.metrics.image_quality import reconstruction_metrics
 from cxrgen.metrics.summary import cosine_similarity_pairs, describe, format_mean_sd
 
@@ -162,26 +162,33 @@ def make_fid_extractor(name, classifier=None, **kw):
     return get_extractor(name, **kw)
 
 
-def _fid_rows(resolution: int, ext, f_orig, f_recon, batch_size: int) -> list[dict]:
+FID_COLUMNS = ["resolution", "scope", "extractor", "dim", "n", "n_real", "n_fake", "batch_size", "n_batches", "fid",
+               "fid_ci_low", "fid_ci_high", "kid", "kid_ci_low", "kid_ci_high", "n_boot", "fid_biased", "sd", "median",
+               "min", "max", "note"]
+
+
+def _fid_rows(resolution: int, ext, f_orig, f_recon, batch_size: int, fid_n_boot: int = 200, seed: int = 0) -> list[dict]:
+    """FID of all originals vs all reconstructions (with KID and bootstrap CIs) and Chambon's mean over paired
+    batches (its spread over batches is the sd / min / max; n_real / n_fake are per batch)."""
     n = int(f_orig.shape[0])
-    base = {"resolution": resolution, "extractor": ext.name, "dim": int(f_orig.shape[1]), "n": n}
+    empty = {c: np.nan for c in FID_COLUMNS}
+    base = {**empty, "resolution": resolution, "extractor": ext.name, "dim": int(f_orig.shape[1]), "n": n}
     rows = []
     if n >= 2:
-        v = frechet_distance(f_orig, f_recon)
-        rows.append({**base, "scope": "all", "batch_size": n, "n_batches": 1, "value": v, "sd": np.nan,
-                     "median": v, "min": v, "max": v, "note": ""})
+        r = fid_kid_with_ci(f_orig, f_recon, n_boot=fid_n_boot, seed=seed)
+        rows.append({**base, **{k: v for k, v in r.items() if k in FID_COLUMNS}, "scope": "all", "batch_size": n,
+                     "n_batches": 1, "median": r["fid"], "min": r["fid"], "max": r["fid"], "note": ""})
     else:
-        rows.append({**base, "scope": "all", "batch_size": n, "n_batches": 0, "value": np.nan, "sd": np.nan,
-                     "median": np.nan, "min": np.nan, "max": np.nan, "note": "FID needs at least 2 images"})
+        rows.append({**base, "scope": "all", "batch_size": n, "n_batches": 0, "note": "FID needs at least 2 images"})
     if n >= batch_size >= 2:
         b = batched_fid_from_features(f_orig, f_recon, batch_size=batch_size, drop_last=True)
         vals = np.asarray(b["values"])
         rows.append({**base, "scope": "batches", "batch_size": batch_size, "n_batches": b["n_batches"], "n": b["n"],
-                     "value": b["mean"], "sd": b["sd"], "median": b["median"], "min": float(vals.min()),
-                     "max": float(vals.max()), "note": "mean over paired batches (Chambon 2.3)"})
+                     "n_real": batch_size, "n_fake": batch_size, "fid": b["mean"], "sd": b["sd"],
+                     "median": b["median"], "min": float(vals.min()), "max": float(vals.max()),
+                     "fid_biased": batch_size < int(f_orig.shape[1]), "note": "mean over paired batches (Chambon 2.3)"})
     else:
-        rows.append({**base, "scope": "batches", "batch_size": batch_size, "n_batches": 0, "value": np.nan,
-                     "sd": np.nan, "median": np.nan, "min": np.nan, "max": np.nan,
+        rows.append({**base, "scope": "batches", "batch_size": batch_size, "n_batches": 0,
                      "note": f"{n} images give no full batch of {batch_size}"})
     return rows
 
@@ -195,16 +202,18 @@ def table1(
     labels: Sequence[str] = CHAMBON_TABLE1_LABELS,
     n_boot: int = 200,
     seed: int = 0,
+    min_class_count: int = MIN_CLASS_COUNT,
 ) -> pd.DataFrame:
-    """Chambon Table 1 layout: one row per label with ``finding`` (paper's name), ``label``, ``n``, ``prevalence``,
-    ``threshold`` and ``<metric>_{orig,recon}`` plus ``_ci_low``/``_ci_high`` for auc, accuracy, f1, and ``note``.
+    """Chambon Table 1 layout: one row per label with ``finding`` (paper's name), ``label``, ``n``, ``n_positive``,
+    ``prevalence``, ``threshold`` and ``<metric>_{orig,recon}`` plus ``_ci_low``/``_ci_high`` for auc, accuracy, f1,
+    ``ci_note`` (why the CIs are empty: fewer than ``min_class_count`` positives or negatives) and ``note``.
 
     ``probs_*`` are the classifier's (N, L) probabilities in ``classifier.labels`` order.
     """
     rows = []
     for label in labels:
-        row = {"finding": PAPER_FINDING_NAMES.get(label, label), "label": label, "n": 0, "prevalence": np.nan,
-               "threshold": np.nan}
+        row = {"finding": PAPER_FINDING_NAMES.get(label, label), "label": label, "n": 0, "n_positive": 0,
+               "prevalence": np.nan, "threshold": np.nan, "ci_note": ""}
         for m in TABLE1_METRICS:
             for kind in ("orig", "recon"):
                 row.update({f"{m}_{kind}": np.nan, f"{m}_{kind}_ci_low": np.nan, f"{m}_{kind}_ci_high": np.nan})
@@ -225,22 +234,25 @@ def table1(
         row["prevalence"] = float(y[known].mean()) if known.any() else np.nan
         row["threshold"] = float(classifier.thresholds[classifier.labels[j]])
         n_pos = int(np.nansum(y))
+        row["n_positive"] = n_pos
         if not 0 < n_pos < row["n"]:
             rows.append({**row, "note": f"single class in the sample ({n_pos} of {row['n']} positive): metrics undefined"})
             continue
         for kind, probs in (("orig", probs_orig), ("recon", probs_recon)):
-            t = per_label_table(y[:, None], np.asarray(probs)[:, [j]], [label], [row["threshold"]], n_boot=n_boot, seed=seed)
+            t = per_label_table(y[:, None], np.asarray(probs)[:, [j]], [label], [row["threshold"]], n_boot=n_boot,
+                                seed=seed, min_class_count=min_class_count)
             rec = t.iloc[0]
+            row["ci_note"] = rec["ci_note"]
             for m in TABLE1_METRICS:
                 row[f"{m}_{kind}"] = float(rec[m])
                 row[f"{m}_{kind}_ci_low"] = float(rec[f"{m}_ci_low"])
                 row[f"{m}_{kind}_ci_high"] = float(rec[f"{m}_ci_high"])
         rows.append({**row, "note": ""})
-    cols = ["finding", "label", "n", "prevalence", "threshold"]
+    cols = ["finding", "label", "n", "n_positive", "prevalence", "threshold"]
     for m in TABLE1_METRICS:
         for kind in ("orig", "recon"):
             cols += [f"{m}_{kind}", f"{m}_{kind}_ci_low", f"{m}_{kind}_ci_high"]
-    return pd.DataFrame(rows, columns=cols + ["note"])
+    return pd.DataFrame(rows, columns=cols + ["ci_note", "note"])
 
 
 def per_image_scores(classifier, manifest: pd.DataFrame, probs_orig, probs_recon,
@@ -296,6 +308,8 @@ def run_vae_study(
     labels: Sequence[str] = CHAMBON_TABLE1_LABELS,
     n_examples: int = 4,
     progress: bool = True,
+    fid_n_boot: int = 200,
+    min_class_count: int = MIN_CLASS_COUNT,
 ) -> dict:
     """Run the study on uint8 grayscale ``images`` (N,H,W) with their ``manifest`` (``image_id`` + label columns).
 
@@ -332,12 +346,12 @@ def run_vae_study(
         q[COSINE] = cosine_similarity_pairs(f_o, f_r)
         per_image.append(q)
 
-        fid_rows += _fid_rows(res, ext, ext(orig), ext(recon), int(fid_batch_size))
+        fid_rows += _fid_rows(res, ext, ext(orig), ext(recon), int(fid_batch_size), fid_n_boot, seed)
 
         p_o, p_r = classifier.predict_proba(orig), classifier.predict_proba(recon)
         for col, values in per_image_scores(classifier, manifest, p_o, p_r, labels).items():
             q[col] = values
-        t = table1(classifier, manifest, p_o, p_r, labels, n_boot=n_boot, seed=seed)
+        t = table1(classifier, manifest, p_o, p_r, labels, n_boot=n_boot, seed=seed, min_class_count=min_class_count)
         t.insert(0, "resolution", res)
         tables.append(t)
         examples[f"original_{res}"] = orig[:k]
@@ -346,8 +360,7 @@ def run_vae_study(
     return {
         "per_image": per_image_df,
         "summary": summarise(per_image_df),
-        "fid": pd.DataFrame(fid_rows, columns=["resolution", "scope", "extractor", "dim", "n", "batch_size", "n_batches",
-                                               "value", "sd", "median", "min", "max", "note"]),
+        "fid": pd.DataFrame(fid_rows, columns=FID_COLUMNS),
         "table1": pd.concat(tables, ignore_index=True),
         "examples": examples,
     }
@@ -379,9 +392,10 @@ def load_vae(foundation, device: str | None = None):
 
 
 def run_vae_study_from_paths(sample_dir, foundation, classifier_spec, study: dict, seed: int, out_dir,
-                             progress: bool = True) -> dict:
+                             progress: bool = True, evaluation: dict | None = None) -> dict:
     """Workflow entry point: load the sample folder, the foundation's VAE and the reference classifier, run
-    :func:`run_vae_study` with the ``vae_study`` config block and save the results into ``out_dir``."""
+    :func:`run_vae_study` with the ``vae_study`` config block (and the ``evaluation`` block's ``fid_n_boot`` /
+    ``min_class_count``) and save the results into ``out_dir``."""
     from cxrgen.classify.reference import load_reference_classifier
     from cxrgen.data.sampling import load_images
 
@@ -402,12 +416,15 @@ def run_vae_study_from_paths(sample_dir, foundation, classifier_spec, study: dic
         sample_posterior=bool(study.get("sample_posterior", True)),
         batch_size=int(study.get("batch_size", 16)),
         progress=progress,
+        fid_n_boot=int((evaluation or {}).get("fid_n_boot", 200)),
+        min_class_count=int((evaluation or {}).get("min_class_count", MIN_CLASS_COUNT)),
     )
     save_vae_study(result, out_dir)
     for _, row in result["summary"].iterrows():
         log.info("%dpx %s (%s): %s", row["resolution"], row["metric"], row["latent"], row["text"])
     for _, row in result["fid"].iterrows():
-        log.info("%dpx FID %s [%s]: %s", row["resolution"], row["scope"], row["extractor"], row["value"])
+        log.info("%dpx FID %s [%s]: %s [%s, %s]", row["resolution"], row["scope"], row["extractor"], row["fid"],
+                 row["fid_ci_low"], row["fid_ci_high"])
     return result
 
 
@@ -422,7 +439,7 @@ def render_vae_study(study_dir, table1_stem, summary_stem, figure_stem, scale: s
     folder. Uses the largest studied resolution (the paper's is 512 px). ``paper_table`` is ``table1`` (MIMIC-CXR)
     or ``table6`` (CheXpert); the summary compares with the matching dataset's rows."""
     from cxrgen.render.reference import load_reference, paper_table_label
-    from cxrgen.render.tables import side_by_side, write_table
+    from cxrgen.render.tables import OURS, fid_kid_caption, side_by_side, write_table
 
     study_dir = Path(study_dir)
     frames = {k: pd.read_csv(study_dir / f, keep_default_na=False, na_values=[""]) for k, f in RESULT_FILES.items()}
@@ -433,36 +450,53 @@ def render_vae_study(study_dir, table1_stem, summary_stem, figure_stem, scale: s
     paper, meta = load_reference("chambon2022", paper_table)
     value_cols = ["prevalence"] + [f"{m}_{k}" for m in TABLE1_METRICS for k in ("orig", "recon")]
     t = side_by_side(paper, ours, keys=["finding"], value_cols=value_cols)
-    notes = ours.set_index("finding")["note"].reindex(t["finding"]).fillna("").to_numpy()
-    t["note (this run)"] = notes
+    per_finding = ours.set_index("finding")
+    t[f"n positive {OURS}"] = per_finding["n_positive"].reindex(t["finding"]).astype("Int64").array
+    notes = per_finding["note"].reindex(t["finding"]).fillna("")
+    ci_notes = per_finding["ci_note"].reindex(t["finding"]).fillna("")
+    t[f"note {OURS}"] = ["; ".join(x for x in pair if x) for pair in zip(notes, ci_notes)]
     dataset = "MIMIC-CXR" if paper_table == "table1" else "CheXpert"
     paths["table1"] = write_table(
         t, table1_stem,
         caption=(f"Reference classifier on original vs VAE-reconstructed images ({res}x{res} px, sampled latent), "
                  f"prevalence, AUC, accuracy and F1 at the classifier's stored thresholds; this run's cells show "
-                 f"the value and a stratified bootstrap 95% CI. Paper: DenseNet-121 on {dataset}."),
+                 f"the value and a stratified bootstrap 95% CI, left out (note) where the positives or negatives are fewer "
+                 f"than evaluation.min_class_count. Paper: DenseNet-121 on {dataset}."),
         scale=scale, paper_table=paper_table_label(meta), float_format=".3f",
     )
 
     # 3.2 summary (+ FID rows, which the paper gives no numbers for)
     res_s, summ = _largest(frames["summary"])
-    summ = summ[summ["latent"] == "sample"][["metric", "mean", "sd", "median", "min", "max"]]
+    summ = summ[summ["latent"] == "sample"][["metric", "mean", "sd", "median", "min", "max", "n"]]
+    summ = summ.assign(n=[f"{int(n)} images" for n in summ["n"]])
     fid_res = frames["fid"][frames["fid"]["resolution"] == res_s]
     fid_rows = []
     for _, r in fid_res.iterrows():
         scope = "all images" if r["scope"] == "all" else f"batches of {int(r['batch_size'])}"
-        fid_rows.append({"metric": f"FID ({scope}, extractor {r['extractor']})", "mean": r["value"], "sd": r["sd"],
-                         "median": r["median"], "min": r["min"], "max": r["max"]})
-    ours_s = pd.concat([summ, pd.DataFrame(fid_rows, columns=summ.columns)], ignore_index=True)
+        if r["scope"] == "all":
+            n = "" if pd.isna(r["n_real"]) else f"{int(r['n_real'])} real / {int(r['n_fake'])} reconstructed"
+        else:
+            n = f"{int(r['n_batches'])} batches of {int(r['batch_size'])} / {int(r['batch_size'])}" if r["n_batches"] else ""
+        fid_rows.append({"metric": f"FID ({scope}, extractor {r['extractor']})", "mean": r["fid"], "sd": r["sd"],
+                         "median": r["median"], "min": r["min"], "max": r["max"], "n": n,
+                         "mean_ci_low": r["fid_ci_low"], "mean_ci_high": r["fid_ci_high"]})
+        if r["scope"] == "all":
+            fid_rows.append({"metric": f"KID ({scope}, extractor {r['extractor']})", "mean": r["kid"], "n": n,
+                             "mean_ci_low": r["kid_ci_low"], "mean_ci_high": r["kid_ci_high"]})
+    ours_s = pd.concat([summ, pd.DataFrame(fid_rows, columns=[*summ.columns, "mean_ci_low", "mean_ci_high"])],
+                       ignore_index=True)
     ref_s, meta_s = load_reference("chambon2022", "vae_summary")
     ref_s = ref_s[ref_s["dataset"] == dataset].drop(columns=["dataset"])
     s = side_by_side(ref_s, ours_s, keys=["metric"], value_cols=["mean", "sd", "median", "min", "max"])
+    s[f"n {OURS}"] = ours_s.set_index("metric")["n"].reindex(s["metric"]).fillna("").to_numpy()
     paths["summary"] = write_table(
         s, summary_stem,
         caption=(f"VAE reconstruction quality per image-reconstruction pair at {res_s}x{res_s} px (sampled latent): "
                  f"RMSE and PSNR on the 0-255 scale, SSIM, cosine similarity of the reference classifier's "
                  f"penultimate features, and FID of originals vs reconstructions (extractor named per row; the "
-                 f"paper used Inception V3 on batches of 32 and reports no VAE FID number). Paper rows: {dataset}."),
+                 f"paper used Inception V3 on batches of 32 and reports no VAE FID number). The all-images FID and KID "
+                 f"rows show value [95% CI]: {fid_kid_caption(fid_res[fid_res['scope'] == 'all'])} The batched FID's "
+                 f"spread over batches is its sd / min / max. Paper rows: {dataset}."),
         scale=scale, paper_table=paper_table_label(meta_s), float_format=".3g",
     )
 
