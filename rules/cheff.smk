@@ -241,6 +241,7 @@ rule cheff_synthesis:
         classifier=REFERENCE_CLASSIFIER,
         scale=config["scale"],
         seed=config["seed"],
+        evaluation=config["evaluation"],
     log:
         "logs/cheff/synthesis.log",
     benchmark:
@@ -278,6 +279,7 @@ rule cheff_synthesis_comparison:
         classifier=REFERENCE_CLASSIFIER,
         scale=config["scale"],
         seed=config["seed"],
+        evaluation=config["evaluation"],
     log:
         "logs/cheff/synthesis_comparison.log",
     benchmark:

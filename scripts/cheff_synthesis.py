@@ -20,5 +20,6 @@ with script_context(snakemake) as log:
         snakemake.params.scale,
         classifier=snakemake.params.classifier,
         seed=snakemake.params.seed,
+        fid_n_boot=snakemake.params.evaluation["fid_n_boot"],
     )
     log.info("FID/KID of this run:\n%s", fid_kid.to_string(index=False))

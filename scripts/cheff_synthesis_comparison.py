@@ -18,5 +18,6 @@ with script_context(snakemake) as log:
         p.scale,
         classifier=p.classifier,
         seed=p.seed,
+        fid_n_boot=p.evaluation["fid_n_boot"],
     )
     log.info("FID/KID on one real set:\n%s", df.to_string(index=False))

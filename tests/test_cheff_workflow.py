@@ -206,12 +206,14 @@ def test_synthesis_comparison_scores_every_set_on_equal_terms(tmp_path):
             {"model": "noise", "study": "SD", "images": np.random.default_rng(3).integers(0, 255, (10, 16, 16), np.uint8)}]
     df = ev.synthesis_comparison(sets, real, _PoolExtractor(), kid_subset_size=50, seed=0)
     assert list(df["model"]) == ["Cheff", "same", "noise"]
-    assert (df["resolution"] == 16).all() and (df["n_synthetic"] == 8).all() and (df["n_real"] == 12).all()
+    assert (df["resolution"] == 16).all() and (df["n_fake"] == 8).all() and (df["n_real"] == 12).all()
     assert list(df["n_available"]) == [8, 10, 10] and list(df["native_resolution"]) == [32, 16, 16]
     assert (df["kid_subset_size"] == 8).all() and (df["extractor"] == "pool4x4").all()
     d = df.set_index("model")
     assert d.loc["noise", "fid"] > 3 * max(d.loc["same", "fid"], d.loc["Cheff", "fid"])
     assert d.loc["noise", "kid"] > d.loc["same", "kid"] and (df["kid_std"] >= 0).all()
+    assert (df["fid_ci_low"] <= df["fid_ci_high"]).all() and (df["kid_ci_low"] <= df["kid_ci_high"]).all()
+    assert d.loc["noise", "fid_ci_low"] > d.loc["same", "fid_ci_high"]  # 10 noise images vs blobs: no overlap
     # the 32 px set goes through the same resizing as everything else: pre-resized, it scores the same
     sets16 = [{**sets[0], "images": resize_images(cheff, 16)}, *sets[1:]]
     df16 = ev.synthesis_comparison(sets16, real, _PoolExtractor(), kid_subset_size=50, seed=0)
@@ -222,12 +224,30 @@ def test_synthesis_comparison_scores_every_set_on_equal_terms(tmp_path):
 
     paths = ev.write_synthesis_comparison(df, tmp_path / "cmp", "miniature")
     table = pd.read_csv(paths["csv"]).set_index("model")
-    assert table.loc["Cheff", "fid (paper)"] == 11.58 and np.isclose(table.loc["Cheff", "fid (this run)"], d.loc["Cheff", "fid"])
+    cheff_cell = table.loc["Cheff", "fid (this run)"]
+    assert table.loc["Cheff", "fid (paper)"] == 11.58 and np.isclose(float(cheff_cell.split(" [")[0]), d.loc["Cheff", "fid"])
+    assert cheff_cell == f"{d.loc['Cheff', 'fid']:.4f} [{d.loc['Cheff', 'fid_ci_low']:.4f}, {d.loc['Cheff', 'fid_ci_high']:.4f}]"
+    assert "[" in table.loc["noise", "kid (this run)"]
     assert np.isnan(table.loc["noise", "fid (paper)"]) and table.loc["noise", "n synthetic"] == 8
     assert table.loc["Triple cascaded diffusion model (64->256->1024 px)", "study"] == "paper only"
     assert list(table.columns[:5]) == ["study", "n synthetic", "n real", "native px", "scored px"]
     md = paths["md"].read_text()
     assert "miniature" in md and "pool4x4" in md and "16 px" in md and "KID sd (this run)" in md
+    assert "FID and KID cells: value [95% CI]" in md and "FID is biased upward" in md  # 8 images < 16 features
+
+
+def test_fid_kid_table_carries_n_and_cis(tmp_path):
+    from cxrgen.cheff import evaluate as ev
+
+    ours = ev.synthesis_metrics(_blobs(12, 16, 0), _blobs(10, 16, 1), _PoolExtractor(), kid_subset=50, seed=0,
+                                fid_n_boot=50)
+    r = ours.iloc[0]
+    assert (r["n_real"], r["n_fake"], r["kid_subset_size"], r["n_boot"], r["dim"]) == (12, 10, 10, 50, 16)
+    assert r["fid_ci_low"] <= r["fid_ci_high"] and r["kid_ci_low"] <= r["kid_ci_high"] and r["fid_biased"]
+    table = pd.read_csv(ev.write_fid_kid(ours, tmp_path / "fk", "miniature")["csv"]).set_index("model")
+    assert table.loc["Cheff", "n real (this run)"] == 12 and table.loc["Cheff", "n synthetic (this run)"] == 10
+    assert table.loc["Cheff", "kid (this run)"] == f"{r['kid']:.4f} [{r['kid_ci_low']:.4f}, {r['kid_ci_high']:.4f}]"
+    assert "FID is biased upward at n below the feature dimension (10 < 16" in (tmp_path / "fk.md").read_text()
 
 
 def test_run_synthesis_comparison_reads_the_three_studies(tmp_path, monkeypatch):
@@ -254,7 +274,7 @@ def test_run_synthesis_comparison_reads_the_three_studies(tmp_path, monkeypatch)
                                          CheffConfig.from_dict({"preset": "smoke"}), tmp_path / "cmp.csv",
                                          tmp_path / "t" / "cmp", "miniature")
     assert list(df["model"]) == ["Cheff", "original", "full_ft (Zafar)"]
-    assert list(df["n_available"]) == [6, 8, 7] and (df["n_synthetic"] == 6).all() and (df["n_real"] == 10).all()
+    assert list(df["n_available"]) == [6, 8, 7] and (df["n_fake"] == 6).all() and (df["n_real"] == 10).all()
     assert pd.read_csv(tmp_path / "cmp.csv").shape[0] == 3 and (tmp_path / "t" / "cmp.md").is_file()
 
 

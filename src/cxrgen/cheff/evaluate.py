@@ -109,33 +109,45 @@ def write_table2(ours: pd.DataFrame, out_stem, scale: str) -> dict:
 
 
 def synthesis_metrics(real: np.ndarray, fake: np.ndarray, extractor, kid_subset: int = 100, seed: int = 0,
-                      model: str = "Cheff") -> pd.DataFrame:
-    """FID and KID of ``fake`` against ``real`` with the named extractor (both uint8 (N,H,W))."""
-    from cxrgen.metrics.fid import fid, kid
+                      model: str = "Cheff", fid_n_boot: int = 200) -> pd.DataFrame:
+    """FID and KID of ``fake`` against ``real`` (both uint8 (N,H,W)) with the named extractor (a registry name or a
+    FeatureExtractor), their bootstrap CIs and set sizes (:func:`cxrgen.metrics.fid.fid_kid_with_ci`)."""
+    from cxrgen.metrics.features import get_extractor
+    from cxrgen.metrics.fid import fid_kid_with_ci
 
-    f = fid(real, fake, extractor)
-    k = kid(real, fake, extractor, subsets=KID_SUBSETS, subset_size=kid_subset, seed=seed)
-    return pd.DataFrame([{"model": model, "fid": f["value"], "kid": k["mean"], "kid_std": k["std"],
-                          "extractor": f["extractor"], "n_real": f["n_real"], "n_fake": f["n_fake"],
-                          "kid_subset_size": k["subset_size"]}])
+    ext = get_extractor(extractor) if isinstance(extractor, str) else extractor
+    r = fid_kid_with_ci(ext(real), ext(fake), n_boot=fid_n_boot, seed=seed, kid_subsets=KID_SUBSETS,
+                        kid_subset_size=kid_subset)
+    return pd.DataFrame([{"model": model, **r, "extractor": ext.name}])
+
+
+def _n_columns(df: pd.DataFrame, ours: pd.DataFrame) -> None:
+    """Add this run's set sizes beside the FID/KID cells (rows only the paper has stay blank)."""
+    from cxrgen.render.tables import OURS
+
+    extra = ours.set_index("model")
+    for col, name in (("n_real", "n real"), ("n_fake", "n synthetic")):
+        df[f"{name} {OURS}"] = pd.to_numeric(df["model"].map(extra[col]), errors="coerce").round().astype("Int64").array
 
 
 def write_fid_kid(ours: pd.DataFrame, out_stem, scale: str) -> dict:
     from cxrgen.render.reference import load_reference, paper_table_label
-    from cxrgen.render.tables import side_by_side, write_table
+    from cxrgen.render.tables import fid_kid_caption, side_by_side, write_table
 
     paper, meta = load_reference(PAPER, "fid_kid")
-    df = side_by_side(paper, ours, ["model"], ["fid", "kid"])
+    df = side_by_side(paper, ours, ["model"], ["fid", "kid"], digits=4)
+    _n_columns(df, ours)
     df["extractor (this run)"] = df["model"].map(dict(zip(ours["model"], ours["extractor"]))).fillna("")
     ext = ", ".join(sorted(set(ours["extractor"])))
     return write_table(df, out_stem, f"FID and KID of unconditional cascade samples against held-out real images; "
                        f"features of this run: {ext} (the paper does not state its sample size or extractor). "
-                       "Numbers from different extractors and sample sizes are not comparable", scale,
-                       paper_table_label(meta), float_format=".4f")
+                       f"{fid_kid_caption(ours)} KID: mean over {KID_SUBSETS} subsets of "
+                       f"{int(ours['kid_subset_size'].iloc[0])}. Numbers from different extractors and sample sizes "
+                       "are not comparable", scale, paper_table_label(meta), float_format=".4f")
 
 
 def synthesis_comparison(sets: Sequence[Mapping], real: np.ndarray, extractor, kid_subset_size: int = 50,
-                         seed: int = 0, resolution: int | None = None) -> pd.DataFrame:
+                         seed: int = 0, resolution: int | None = None, fid_n_boot: int = 200) -> pd.DataFrame:
     """FID and KID of several synthetic sets against ONE real set, on equal terms.
 
     ``sets``: ``{"model", "study", "images"}`` dicts (images uint8 (N,H,W)). Every set and ``real`` is resized to
@@ -143,9 +155,10 @@ def synthesis_comparison(sets: Sequence[Mapping], real: np.ndarray, extractor, k
     :func:`cxrgen.studies.vae_reconstruction.resize_images`), every synthetic set is cut to the size of the
     smallest (a ``seed``-seeded subset; FID's small-sample bias then weighs the same on every row), features come
     from one ``extractor`` with the real features computed once, and KID uses one subset size (the smallest of
-    ``kid_subset_size``, the real and the synthetic count) and the same seed for every row. One row per set.
+    ``kid_subset_size``, the real and the synthetic count) and the same seed for every row. One row per set, with
+    bootstrap CIs and set sizes (``n_real``, ``n_fake``; :func:`cxrgen.metrics.fid.fid_kid_with_ci`).
     """
-    from cxrgen.metrics.fid import frechet_distance, kernel_inception_distance
+    from cxrgen.metrics.fid import fid_kid_with_ci
     from cxrgen.studies.vae_reconstruction import resize_images
 
     if not sets:
@@ -163,15 +176,13 @@ def synthesis_comparison(sets: Sequence[Mapping], real: np.ndarray, extractor, k
     for s, a in zip(sets, arrays):
         idx = np.sort(np.random.default_rng(seed).permutation(len(a))[:n])
         f_fake = extractor(resize_images(a[idx], res)).double().numpy()
-        kd = kernel_inception_distance(f_real, f_fake, subsets=KID_SUBSETS, subset_size=k, seed=seed)
-        rows.append({"model": s["model"], "study": s["study"], "n_synthetic": n, "n_available": len(a),
-                     "n_real": len(real), "native_resolution": int(a.shape[-1]), "resolution": res,
-                     "fid": frechet_distance(f_real, f_fake), "kid": kd["mean"], "kid_std": kd["std"],
-                     "kid_subset_size": k, "extractor": extractor.name})
+        r = fid_kid_with_ci(f_real, f_fake, n_boot=fid_n_boot, seed=seed, kid_subsets=KID_SUBSETS, kid_subset_size=k)
+        rows.append({"model": s["model"], "study": s["study"], "n_available": len(a),
+                     "native_resolution": int(a.shape[-1]), "resolution": res, **r, "extractor": extractor.name})
     return pd.DataFrame(rows)
 
 
-COMPARISON_COLUMNS = {"study": "study", "n_synthetic": "n synthetic", "n_real": "n real",
+COMPARISON_COLUMNS = {"study": "study", "n_fake": "n synthetic", "n_real": "n real",
                       "native_resolution": "native px", "resolution": "scored px", "kid_std": "KID sd (this run)"}
 
 
@@ -180,10 +191,10 @@ def write_synthesis_comparison(ours: pd.DataFrame, out_stem, scale: str, real_na
     """The comparison table beside the paper's FID/KID (Weber sec. 5 reports Cheff and the pixel cascade only; the
     adapted Stable Diffusion models have no paper numbers, Weber shows them as images, Fig. 4)."""
     from cxrgen.render.reference import load_reference, paper_table_label
-    from cxrgen.render.tables import side_by_side, write_table
+    from cxrgen.render.tables import fid_kid_caption, side_by_side, write_table
 
     paper, meta = load_reference(PAPER, "fid_kid")
-    df = side_by_side(paper[["model", "fid", "kid"]], ours, ["model"], ["fid", "kid"])
+    df = side_by_side(paper[["model", "fid", "kid"]], ours, ["model"], ["fid", "kid"], digits=4)
     extra = ours.set_index("model")
     for col, name in COMPARISON_COLUMNS.items():
         df[name] = df["model"].map(extra[col])
@@ -198,7 +209,7 @@ def write_synthesis_comparison(ours: pd.DataFrame, out_stem, scale: str, real_na
                f"the same features ({r['extractor']}), the same resizing (antialiased bicubic to "
                f"{int(r['resolution'])} px) and the same number of synthetic images per model (n synthetic, a "
                f"seeded subset of each set); KID: mean and sd over {KID_SUBSETS} subsets of "
-               f"{int(r['kid_subset_size'])}. Lower is better. The paper's numbers (Cheff and the full pixel-space "
+               f"{int(r['kid_subset_size'])}. {fid_kid_caption(ours)} Lower is better. The paper's numbers (Cheff and the full pixel-space "
                "cascade, 1024 px, Weber sec. 5) use Inception features and samples of unstated size; it reports "
                "no FID for Stable Diffusion, only images (Fig. 4), so those rows have this run's numbers only. "
                "This Cheff row differs from the weber2023_fid_kid table, which scores the cascade at its own "

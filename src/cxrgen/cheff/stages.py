@@ -164,14 +164,16 @@ def _fid_extractor(name: str, classifier=None):
 
 
 def run_synthesis(machex_dir, ae_dir, sdm_dir, sdm_report_dir, sr_dir, cfg: CheffConfig, out_dir, table_stem,
-                  grid_stem, report_grid_stem, scale: str, classifier=None, seed: int = 0) -> pd.DataFrame:
+                  grid_stem, report_grid_stem, scale: str, classifier=None, seed: int = 0,
+                  fid_n_boot: int = 200) -> pd.DataFrame:
     """Unconditional cascade samples -> FID/KID vs held-out real x_HR; report-conditioned samples per prompt."""
     e = cfg.evaluation
     vae, sr = load_autoencoder(ae_dir), SuperResolution.load(sr_dir)
     lr, hr = sample_cascade(SDM.load(sdm_dir), vae, sr, e.n_samples, seed=seed)
     real = load_split(machex_dir, "test", cfg.sr.hr_size)[0].head()  # the whole test split: FID's real set
     ext = _fid_extractor(e.fid_extractor, classifier)
-    ours = ev.synthesis_metrics(real, hr, ext, min(e.kid_subset_size, len(real), len(hr)), seed)
+    ours = ev.synthesis_metrics(real, hr, ext, min(e.kid_subset_size, len(real), len(hr)), seed,
+                                fid_n_boot=fid_n_boot)
     write_csv_atomic(ours, Path(out_dir) / "fid_kid.csv")
     with atomic_path(Path(out_dir) / "samples.npz") as tmp:
         with open(tmp, "wb") as fh:
@@ -193,7 +195,8 @@ def run_synthesis(machex_dir, ae_dir, sdm_dir, sdm_report_dir, sr_dir, cfg: Chef
 
 
 def run_synthesis_comparison(cheff_samples, sd_sets: dict, zafar_sets: dict, real_dir, cfg: CheffConfig, out_csv,
-                             table_stem, scale: str, classifier=None, seed: int = 0) -> pd.DataFrame:
+                             table_stem, scale: str, classifier=None, seed: int = 0,
+                             fid_n_boot: int = 200) -> pd.DataFrame:
     """The Cheff cascade's samples (``samples.npz`` of :func:`run_synthesis`, the SR output) beside every adapted
     Stable Diffusion set (``sd_sets``: method -> folder of :func:`cxrgen.studies.synthesis.generate_set`) and the
     Zafar models' FID images (``zafar_sets``: model -> folder of :func:`cxrgen.studies.zafar.sample_zafar_sets`, part
@@ -216,7 +219,7 @@ def run_synthesis_comparison(cheff_samples, sd_sets: dict, zafar_sets: dict, rea
                      "images": np.stack(fid_part)})
     real, _ = load_images(real_dir)
     ext = _fid_extractor(cfg.evaluation.fid_extractor, classifier)
-    ours = ev.synthesis_comparison(sets, real, ext, cfg.evaluation.kid_subset_size, seed)
+    ours = ev.synthesis_comparison(sets, real, ext, cfg.evaluation.kid_subset_size, seed, fid_n_boot=fid_n_boot)
     write_csv_atomic(ours, out_csv)
     ev.write_synthesis_comparison(ours, table_stem, scale, real_name=f"the real sample {Path(real_dir).name!r}")
     return ours
