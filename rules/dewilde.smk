@@ -63,6 +63,7 @@ rule dewilde_sweep_point:
         foundation=FOUNDATION,
         classifier=REFERENCE_CLASSIFIER,
         seed=config["seed"],
+        evaluation=config["evaluation"],
     log:
         "logs/dewilde/sweep_{cls}_v{vectors}_n{cases}_steps{steps}_cfg{cfg}.log",
     benchmark:
@@ -218,6 +219,7 @@ rule render_dewilde:
         points=DW_POINTS,
         dewilde=DW,
         scale=config["scale"],
+        evaluation=config["evaluation"],
     log:
         "logs/dewilde/render_dewilde.log",
     localrule: True

@@ -159,6 +159,7 @@ rule zafar_evaluate:
         leakage=ZAFAR_LEAKAGE,
         n_boot=ZAFAR["evaluation"]["n_boot"],
         seed=config["seed"],
+        evaluation=config["evaluation"],
     log:
         "logs/zafar/evaluate.log",
     benchmark:

@@ -12,7 +12,8 @@ with script_context(snakemake) as log:
     frame = run_sweep_point(p.foundation, snakemake.input.embedding, snakemake.input.real, p.classifier,
                             snakemake.output.images, snakemake.output.fid, point, sw["n_generated"], sw["n_real"],
                             p.seed, scheduler=inf["scheduler"], batch_size=inf["batch_size"],
-                            extractor=sw["fid_extractor"], progress=False, features_npz=snakemake.output.features)
+                            extractor=sw["fid_extractor"], progress=False, features_npz=snakemake.output.features,
+                            fid_n_boot=p.evaluation["fid_n_boot"])
     rows = [frame.assign(**{k: q[k] for k in ("table", "sweep")}) for q in p.points]
     write_csv_atomic(pd.concat(rows, ignore_index=True), snakemake.output.fid)
     log.info("FID rows: %s", pd.concat(rows).to_dict("records"))

@@ -10,5 +10,6 @@ with script_context(snakemake) as log:
     d = snakemake.params.dewilde
     paths = render_dewilde(snakemake.input.fids, snakemake.input.sets, snakemake.input.composability,
                            snakemake.input.inpainting, snakemake.input.classifier, stems, default_cases=d["cases"],
-                           scale=snakemake.params.scale, n_show=d["n_show"])
+                           scale=snakemake.params.scale, n_show=d["n_show"],
+                           min_class_count=snakemake.params.evaluation["min_class_count"])
     log.info("rendered %s", paths)

@@ -131,6 +131,7 @@ def test_sweep_point_fid(foundation, embeddings, tmp_path, monkeypatch):
         assert z["real"].shape[0] == 3 and z["fake"].shape[0] == 3
         assert frechet_distance(z["real"], z["fake"]) == pytest.approx(row["fid"], rel=1e-4)
     assert row["n_real"] == 3 and row["n_fake"] == 3 and np.isfinite(row["fid"]) and row["fid"] > 0
+    assert row["fid_ci_low"] <= row["fid_ci_high"] and np.isfinite(row["kid"]) and row["fid_biased"]  # 3 < 8 features
     assert row["extractor"].startswith("reference") and (tmp_path / "set" / "manifest.csv").is_file()
     assert pd.read_csv(tmp_path / "fid.csv").loc[0, "embedding_size"] == 3
 
@@ -188,9 +189,9 @@ def test_table4_summary_beside_paper():
     for seed, auc in ((0, 0.6), (1, 0.8)):
         rows.append(pd.DataFrame([
             {"seed": seed, "real_cases": 50, "synthetic_cases": 0, "synthetic_embedding_cases": None, "test_auc": auc,
-             "best_val_auc": auc, "n_test": 30},
+             "best_val_auc": auc, "n_test": 30, "n_test_positive": 15},
             {"seed": seed, "real_cases": 0, "synthetic_cases": 200, "synthetic_embedding_cases": 5,
-             "test_auc": auc - 0.1, "best_val_auc": auc, "n_test": 30}]))
+             "test_auc": auc - 0.1, "best_val_auc": auc, "n_test": 30, "n_test_positive": 15}]))
     summary = summarise_table4(rows)
     real = summary[summary.synthetic_cases == 0].iloc[0]
     assert real["auc_mean"] == pytest.approx(0.7) and real["auc_sd"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
@@ -198,5 +199,8 @@ def test_table4_summary_beside_paper():
     assert meta["table_number"] == 4
     row = out.set_index("configuration").loc["real only"]
     assert row["AUC (paper)"] == "0.780 ± 0.017" and row["AUC (this run)"] == "0.700 ± 0.141"
+    assert row["test positives / negatives (this run)"] == "15 / 15" and row["note (this run)"] == ""
+    strict = table4_beside_paper(summary, default_cases=25, min_class_count=20)[0].set_index("configuration")
+    assert strict.loc["real only", "note (this run)"] == "too few test cases for a CI: 15 positives and 15 negatives < 20"
     few = out.set_index("configuration").loc["synthetic (large, few-case embedding)"]
     assert few["synthetic_cases (paper)"] == 2000 and few["synthetic_cases (this run)"] == 200

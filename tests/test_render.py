@@ -266,3 +266,32 @@ def test_figures_write_png_and_pdf(tmp_path):
         assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert paths["pdf"].read_bytes()[:5] == b"%PDF-"
     assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")]
+
+
+# --------------------------------------------------------------------------- FID/KID cells (issue 17)
+def test_fid_kid_cells_show_ci_and_caption_states_n_and_bias(tmp_path):
+    from cxrgen.metrics.fid import fid_kid_with_ci
+    from cxrgen.render.tables import fid_kid_caption
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for model, n in (("small", 12), ("large", 40)):
+        r = fid_kid_with_ci(rng.normal(size=(n, 32)), rng.normal(0.3, size=(n, 32)), n_boot=30, seed=0)
+        rows.append({"model": model, **r})
+    ours = pd.DataFrame(rows)
+    paper = pd.DataFrame({"model": ["small", "large"], "fid": [1.0, 2.0], "kid": [0.1, 0.2]})
+    t = side_by_side(paper, ours, ["model"], ["fid", "kid"], digits=2)
+    cell = t.set_index("model").loc["small", "fid (this run)"]
+    r = rows[0]
+    assert cell == f"{r['fid']:.2f} [{r['fid_ci_low']:.2f}, {r['fid_ci_high']:.2f}]"
+    caption = fid_kid_caption(ours)
+    assert "value [95% CI]" in caption and "30 resamples" in caption and "n real / n synthetic per row" in caption
+    assert "FID is biased upward at n below the feature dimension (12 < 32 here" in caption and "KID" in caption
+    md = write_table(t, tmp_path / "fk", caption, "miniature", paper_table="x, Table 1")["md"].read_text()
+    assert cell in md and "(12 < 32 here" in md
+    # n at or above the feature dimension: no bias warning
+    big = fid_kid_with_ci(rng.normal(size=(40, 8)), rng.normal(size=(40, 8)), n_boot=10)
+    assert "biased" not in fid_kid_caption(pd.DataFrame([big]))
+    assert fid_kid_caption(pd.DataFrame({"n_real": [np.nan], "n_fake": [np.nan], "dim": [8], "n_boot": [0]})).startswith("No FID")
+    with pytest.raises(InputError, match="n_real"):
+        fid_kid_caption(pd.DataFrame({"fid": [1.0]}))

@@ -259,7 +259,8 @@ def test_evaluation_and_rendering(world, tmp_path, monkeypatch):
     monkeypatch.setattr(ref, "load_reference_classifier", lambda spec: clf)
     adapters = {"foundation": None, **world["adapters"]}
     frames = zafar.evaluate_zafar(world["sets"], adapters, world["test"], "tiny", world["root"] / "attr",
-                                  world["root"] / "corpus", tmp_path / "eval", n_boot=10)
+                                  world["root"] / "corpus", tmp_path / "eval", n_boot=10, fid_n_boot=20,
+                                  min_class_count=4)
     m = frames["methods"].set_index("model")
     assert m.loc["foundation", "trainable_params"] == 0 and m["colour_auc"].between(0, 1).all()
     base = m.loc["foundation", "colour_auc"]
@@ -268,10 +269,15 @@ def test_evaluation_and_rendering(world, tmp_path, monkeypatch):
         assert np.allclose(m["retained_vs_foundation"], (m["colour_auc"] - 0.5) / (base - 0.5))
     assert m.loc["full_ft", "artefact_bytes"] > 5 * m.loc["lora", "artefact_bytes"] > 0
     assert m.loc["full_ft", "trainable_params"] > 5 * m.loc["lora", "trainable_params"]
-    assert np.isfinite(m["fid"]).all() and (m["n_fid"] == 4).all()
+    from cxrgen.data.sampling import load_images
+
+    assert np.isfinite(m["fid"]).all() and (m["n_fake"] == 4).all() and (m["n_real"] == len(load_images(world["test"])[1])).all()
+    assert (m["fid_ci_low"] <= m["fid_ci_high"]).all() and m["kid_ci_low"].notna().all() and (m["n_boot"] == 20).all()
     c = frames["controllability"]
     assert set(c["attribute"]) == {"sex", "view", "finding"} and len(c) == 9 and c["prompts_differ"].all()
     assert c["auc"].between(0, 1).all()
+    # 3 images per prompt < min_class_count 4: no CI, and the reason
+    assert c["auc_ci_low"].isna().all() and (c["ci_note"] == "CI omitted: 3 positives and 3 negatives < 4").all()
     f = frames["forgetting"]
     assert set(f["model"]) == set(world["sets"]) and f["both_share"].between(0, 1).all() and len(f) == 3 * 2
     assert f["colour_auc"].between(0, 1).all() and (f.groupby("model")["colour_auc"].mean().round(9)
@@ -290,7 +296,8 @@ def test_evaluation_and_rendering(world, tmp_path, monkeypatch):
     table = pd.read_csv(paths["methods"]["csv"])
     assert list(table["model"]) == ["foundation", "full_ft", "lora"]
     row = table.set_index("model").loc["lora"]
-    assert row["train images (paper)"] == 960 and "[" in row["sex AUC (this run)"]
+    assert row["train images (paper)"] == 960 and row["sex AUC (this run)"].endswith("(CI omitted: 3 positives and 3 negatives < 4)")
+    assert "[" in row["FID (this run)"] and "[" in row["KID (this run)"] and row["n real / generated (this run)"].endswith(" / 4")
     assert {"OOD colour recognised (this run)", "OOD shape recognised (this run)", "OOD colour AUC (this run)",
             "retained vs foundation (this run)", "prompts with findings dropped (this run)"} <= set(table.columns)
     assert "Retained vs foundation uses colour" in paths["methods"]["md"].read_text()

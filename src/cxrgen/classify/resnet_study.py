@@ -256,7 +256,8 @@ def train_and_evaluate(train_images, train_labels, val_images, val_labels, test_
     test_auc = _auc(y_te, predict(final, x_te))
     return {"test_auc": test_auc, "best_val_auc": best["val_auc"], "best_step": best["step"],
             "n_train": int(len(y_tr)), "n_train_positive": int(y_tr.sum()), "n_val": int(len(y_va)),
-            "n_test": int(len(y_te)), "seconds": time.perf_counter() - t0, "losses": losses}
+            "n_test": int(len(y_te)), "n_test_positive": int(y_te.sum()), "seconds": time.perf_counter() - t0,
+            "losses": losses}
 
 
 # ------------------------------------------------------------------------------------------------ splits

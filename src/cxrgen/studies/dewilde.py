@@ -29,13 +29,15 @@ from PIL import Image
 
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path, write_csv_atomic
+from cxrgen.metrics.classification import MIN_CLASS_COUNT, ci_omission_reason
+from cxrgen.metrics.fid import FID_KID_COLUMNS, fid_kid_with_ci
 
 log = logging.getLogger(__name__)
 
 HEALTHY = "No Finding"
 EMBEDS_LIMIT_BYTES = 1_000_000
-SWEEP_COLUMNS = ["table", "sweep", "class", "steps", "cfg_scale", "embedding_size", "training_cases", "fid",
-                 "extractor", "n_real", "n_fake"]
+SWEEP_COLUMNS = ["table", "sweep", "class", "steps", "cfg_scale", "embedding_size", "training_cases",
+                 *FID_KID_COLUMNS, "extractor"]
 
 
 # ------------------------------------------------------------------------------------------------ names
@@ -129,14 +131,15 @@ def _features(images, classifier, extractor: str):
 # ------------------------------------------------------------------------------------------------ sweeps
 def run_sweep_point(foundation, embedding_dir, real_dir, classifier_spec, set_dir, fid_csv, point: Mapping,
                     n_generated: int, n_real: int, seed: int, scheduler: str | None = None, batch_size: int = 100,
-                    extractor: str = "reference", progress: bool = True, features_npz=None) -> pd.DataFrame:
+                    extractor: str = "reference", progress: bool = True, features_npz=None,
+                    fid_n_boot: int = 200) -> pd.DataFrame:
     """One sweep point: ``n_generated`` images of the embedding's token alone at ``point['steps']`` /
-    ``point['cfg_scale']``, their FID vs ``n_real`` real images of the class; writes the set and ``fid_csv``, and
-    with ``features_npz`` the ``real`` / ``fake`` feature matrices (rows in image order: every point shares its real
-    images and the seeds of its generated ones, so two points can be compared by a paired bootstrap)."""
+    ``point['cfg_scale']``, their FID and KID (bootstrap CIs, ``fid_n_boot`` resamples) vs ``n_real`` real images
+    of the class; writes the set and ``fid_csv``, and with ``features_npz`` the ``real`` / ``fake`` feature matrices
+    (rows in image order: every point shares its real images and the seeds of its generated ones, so two points
+    can be compared by a paired bootstrap)."""
     from cxrgen.adapt.pipeline import load_adapted_pipeline, read_adapter
     from cxrgen.classify.reference import load_reference_classifier
-    from cxrgen.metrics.fid import frechet_distance
     from cxrgen.studies.synthesis import generate_set, load_set
 
     adapter = read_adapter(embedding_dir)
@@ -153,8 +156,8 @@ def run_sweep_point(foundation, embedding_dir, real_dir, classifier_spec, set_di
     classifier = load_reference_classifier(classifier_spec)
     ext, f_real = _features(real, classifier, extractor)
     f_fake = ext(fake).double().numpy()
-    row = {**{k: point.get(k) for k in SWEEP_COLUMNS if k in point}, "fid": frechet_distance(f_real, f_fake),
-           "extractor": ext.name, "n_real": int(len(real)), "n_fake": int(len(fake))}
+    row = {**{k: point.get(k) for k in SWEEP_COLUMNS if k in point},
+           **fid_kid_with_ci(f_real, f_fake, n_boot=fid_n_boot, seed=seed), "extractor": ext.name}
     frame = pd.DataFrame([row]).reindex(columns=SWEEP_COLUMNS)
     write_csv_atomic(frame, fid_csv)
     if features_npz is not None:
@@ -175,7 +178,7 @@ def _paper_table1(paper: pd.DataFrame) -> pd.DataFrame:
 
 def _sweep_beside_paper(ours: pd.DataFrame, table: str, keys: list[str]):
     from cxrgen.render.reference import load_reference
-    from cxrgen.render.tables import OURS, side_by_side
+    from cxrgen.render.tables import OURS, PAPER, side_by_side
 
     paper, meta = load_reference("dewilde2023", table)
     if table == "table1":
@@ -187,7 +190,8 @@ def _sweep_beside_paper(ours: pd.DataFrame, table: str, keys: list[str]):
             paper[k] = paper[k].astype(int)
         elif k == "cfg_scale":
             t[k], paper[k] = t[k].astype(float), paper[k].astype(float)
-    out = side_by_side(paper, t, keys=keys, value_cols=["fid"])
+    out = side_by_side(paper.assign(kid=np.nan), t, keys=keys, value_cols=["fid", "kid"], digits=4)
+    out = out.drop(columns=[f"kid {PAPER}"])  # the paper reports FID only
     extra = t.set_index(keys)
     idx = pd.MultiIndex.from_frame(out[keys]) if len(keys) > 1 else pd.Index(out[keys[0]])
     fixed = [c for c in ("steps", "cfg_scale", "embedding_size", "training_cases") if c not in keys]
@@ -427,6 +431,8 @@ def summarise_table4(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
                             n_seeds="count").reset_index()
     out["best_val_auc_mean"] = g["best_val_auc"].mean().to_numpy()
     out["n_test"] = g["n_test"].first().to_numpy()
+    if "n_test_positive" in df.columns:
+        out["n_test_positive"] = g["n_test_positive"].first().to_numpy()
     return out
 
 
@@ -438,7 +444,7 @@ def _configuration_name(real: int, syn: int, emb, large: int, default_cases: int
     return f"{'real + ' if real else ''}synthetic ({size}{few})"
 
 
-def table4_beside_paper(summary: pd.DataFrame, default_cases: int):
+def table4_beside_paper(summary: pd.DataFrame, default_cases: int, min_class_count: int = MIN_CLASS_COUNT):
     from cxrgen.render.reference import load_reference
     from cxrgen.render.tables import OURS, PAPER
 
@@ -464,6 +470,12 @@ def table4_beside_paper(summary: pd.DataFrame, default_cases: int):
                           zip(merged["auc_mean t"], merged["auc_sd t"])]
     out[f"seeds {OURS}"] = merged["n_seeds"].astype("Int64").array
     out[f"n test {OURS}"] = merged["n_test"].astype("Int64").array
+    if "n_test_positive" in merged.columns:
+        pos, n = merged["n_test_positive"], merged["n_test"]
+        out[f"test positives / negatives {OURS}"] = ["" if pd.isna(p) else f"{int(p)} / {int(k - p)}" for p, k in zip(pos, n)]
+        # the spread is over training seeds on one test set: too few test cases make every seed's AUC unreliable
+        out[f"note {OURS}"] = ["" if pd.isna(p) else ci_omission_reason([1] * int(p) + [0] * int(k - p), min_class_count)
+                               .replace("CI omitted", "too few test cases for a CI") for p, k in zip(pos, n)]
     return out, meta
 
 
@@ -507,12 +519,12 @@ def _inpainting_figure(summary: pd.DataFrame, out_stem, title: str):
 
 def render_dewilde(sweep_csvs: Sequence, sweep_sets: Sequence, composability_dir, inpainting_dir,
                    classifier_csvs: Sequence, stems: Mapping[str, object], default_cases: int, scale: str = "miniature",
-                   n_show: int = 3) -> dict:
+                   n_show: int = 3, min_class_count: int = MIN_CLASS_COUNT) -> dict:
     """Tables 1-4 beside the paper and the figures (stems: table1..table4, fig2, fig3, fig4, fig5,
     composability, inpainting)."""
     from cxrgen.render.figures import image_grid
     from cxrgen.render.reference import paper_table_label
-    from cxrgen.render.tables import write_table
+    from cxrgen.render.tables import fid_kid_caption, write_table
     from cxrgen.studies.synthesis import load_set
 
     paths = {}
@@ -532,18 +544,21 @@ def render_dewilde(sweep_csvs: Sequence, sweep_sets: Sequence, composability_dir
         paths[table] = write_table(
             frame, stems[table], scale=scale, paper_table=paper_table_label(meta), float_format=".1f",
             caption=(f"{what[table]}; lower is better. Generated images from the token alone vs real images of the "
-                     f"same class (sole finding); this run's features: {ext}; set sizes per row. Rows match the "
+                     f"same class (sole finding); this run's features: {ext}; KID beside FID (the paper reports FID "
+                     f"only). {fid_kid_caption(sweep[sweep['table'] == table])} Rows match the "
                      "paper's only where the setting is the same; the paper's values (Inception FID on prostate MRI) "
                      "are not on this run's scale, so compare trends, not values."))
     frames = [pd.read_csv(p) for p in classifier_csvs]
     summary = summarise_table4(frames)
-    t4, meta4 = table4_beside_paper(summary, default_cases)
+    t4, meta4 = table4_beside_paper(summary, default_cases, min_class_count)
     finding = frames[0]["finding"].iloc[0]
     paths["table4"] = write_table(
         t4, stems["table4"], scale=scale, paper_table=paper_table_label(meta4),
         caption=(f"Test AUC (mean ± sd over seeds) of ResNet-18 classifiers of {finding} vs No Finding trained on "
                  "real, synthetic or real + synthetic images; best-validation checkpoint, patient-disjoint real test "
-                 "set. Cases count both classes. The paper's task is prostate cancer on MRI with ImageNet weights."))
+                 "set. The sd is over training seeds on one fixed test set (test positives / negatives per row), so "
+                 "it leaves out the test set's own sampling error; the note says where that set has fewer cases of a "
+                 "class than evaluation.min_class_count. Cases count both classes. The paper's task is prostate cancer on MRI with ImageNet weights."))
 
     # Fig. 2 style: the first image of every sweep point, one row per sweep
     grid_rows, labels, width = [], [], 0

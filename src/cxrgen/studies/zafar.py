@@ -549,8 +549,11 @@ def retained_vs(methods: pd.DataFrame, baseline: str, column: str = "colour_auc"
 
 def evaluate_zafar(set_dirs: Mapping[str, object], adapter_dirs: Mapping[str, object], real_dir, reference_spec,
                    attribute_dir, corpus_dir, out_dir, baseline: str = "foundation", n_boot: int = 200,
-                   seed: int = 0) -> dict[str, pd.DataFrame]:
+                   seed: int = 0, fid_n_boot: int = 200, min_class_count: int = 10) -> dict[str, pd.DataFrame]:
     """The three evaluation frames (methods, controllability, forgetting), also written as CSVs into ``out_dir``.
+
+    FID/KID come with bootstrap CIs (``fid_n_boot`` resamples) and ``n_real`` / ``n_fake``; attribute AUC CIs
+    (``n_boot``) are left out, with a ``ci_note``, below ``min_class_count`` images per prompt of the pair.
 
     ``set_dirs``: model name -> folder of :func:`sample_zafar_sets`; ``adapter_dirs``: model name -> adapter folder
     (None for the foundation). ``baseline`` names the foundation's set (retained knowledge is relative to it).
@@ -558,7 +561,7 @@ def evaluate_zafar(set_dirs: Mapping[str, object], adapter_dirs: Mapping[str, ob
     from cxrgen.classify.reference import load_reference_classifier
     from cxrgen.data.sampling import load_images
     from cxrgen.metrics.classification import bootstrap_ci
-    from cxrgen.metrics.fid import frechet_distance
+    from cxrgen.metrics.fid import FID_KID_COLUMNS, fid_kid_with_ci
     from cxrgen.studies.vae_reconstruction import make_fid_extractor
 
     if baseline not in set_dirs:
@@ -574,10 +577,10 @@ def evaluate_zafar(set_dirs: Mapping[str, object], adapter_dirs: Mapping[str, ob
         imgs, man = load_zafar_set(folder)
         # FID of the fid part against all real images
         fid_idx = np.flatnonzero((man["part"] == "fid").to_numpy())
-        fid = np.nan
+        fid = {**{c: np.nan for c in FID_KID_COLUMNS}, "n_real": len(f_real), "n_fake": len(fid_idx)}
         if len(fid_idx) >= 2:
             f_fake = ext(np.stack([imgs[i] for i in fid_idx])).double().numpy()
-            fid = frechet_distance(f_real, f_fake)
+            fid = fid_kid_with_ci(f_real, f_fake, n_boot=fid_n_boot, seed=seed)
         # controllability
         att = man[man["part"] == "attribute"]
         scores_by_attr = {}
@@ -590,10 +593,10 @@ def evaluate_zafar(set_dirs: Mapping[str, object], adapter_dirs: Mapping[str, ob
                 s = attr_clf.predict(x)[attr]
                 scorer = f"attribute classifier ({attr}: {attr_clf.meta['positive'][attr]})"
             y = grp["positive"].astype(float).to_numpy()
-            ci = bootstrap_ci(y, s, _auc, n_boot=n_boot, seed=seed)
+            ci = bootstrap_ci(y, s, _auc, n_boot=n_boot, seed=seed, min_class_count=min_class_count)
             same = grp.groupby("positive")["prompt"].first()
             ctrl_rows.append({"model": model, "attribute": attr, "auc": ci["value"], "auc_ci_low": ci["ci_low"],
-                              "auc_ci_high": ci["ci_high"], "n": len(grp), "scorer": scorer,
+                              "auc_ci_high": ci["ci_high"], "ci_note": ci["ci_note"], "n": len(grp), "scorer": scorer,
                               "mean_score_negative": float(s[y == 0].mean()), "mean_score_positive": float(s[y == 1].mean()),
                               "prompts_differ": bool(same.nunique() > 1),
                               "negative_prompt": same.get(0, ""), "positive_prompt": same.get(1, "")})
@@ -608,8 +611,7 @@ def evaluate_zafar(set_dirs: Mapping[str, object], adapter_dirs: Mapping[str, ob
                 pd.DataFrame(np.asarray(ood_probs["colour"], float), columns=[f"p_colour:{c}" for c in colours])))
         forget_rows += [{"model": model, **r} for r in per_prompt]
         info = _adapter_info(adapter_dirs.get(model))
-        method_rows.append({"model": model, "method": str(man["method"].iloc[0]), "fid": fid,
-                            "n_fid": int(len(fid_idx)), "n_real": int(len(real_images)),
+        method_rows.append({"model": model, "method": str(man["method"].iloc[0]), **fid,
                             **{f"{a}_auc": scores_by_attr.get(a, np.nan) for a in ATTRIBUTES},
                             **summary, "n_ood": int(len(ood)), **info})
     methods = pd.DataFrame(method_rows)
@@ -622,8 +624,8 @@ def evaluate_zafar(set_dirs: Mapping[str, object], adapter_dirs: Mapping[str, ob
     for key, fname in EVAL_FILES.items():
         write_csv_atomic(frames[key], out / fname)
     for _, r in methods.iterrows():
-        log.info("%s: FID %.4g, AUC sex %.3f view %.3f finding %.3f, OOD colour share %.3f AUC %.3f", r["model"],
-                 r["fid"], r["sex_auc"], r["view_auc"], r["finding_auc"], r["colour_share"], r["colour_auc"])
+        log.info("%s: FID %.4g (%d vs %d), AUC sex %.3f view %.3f finding %.3f, OOD colour share %.3f AUC %.3f", r["model"],
+                 r["fid"], r["n_real"], r["n_fake"], r["sex_auc"], r["view_auc"], r["finding_auc"], r["colour_share"], r["colour_auc"])
     return frames
 
 
@@ -652,11 +654,17 @@ def methods_table(eval_dir, paper_runs: Mapping[str, str | None] | None = None) 
                f"paper run {PAPER}": run or "", f"train images {PAPER}": paper.loc[run, "n_train_images"] if run else None,
                f"train prompt {PAPER}": paper.loc[run, "train_prompt"] if run else "",
                f"train images {OURS}": r.get("n_train_images"), f"prompt level {OURS}": r.get("train_prompt_level") or "",
-               f"FID {OURS}": r["fid"]}
+               f"FID {OURS}": format_ci(r["fid"], r["fid_ci_low"], r["fid_ci_high"]),
+               f"KID {OURS}": format_ci(r["kid"], r["kid_ci_low"], r["kid_ci_high"], digits=4),
+               f"n real / generated {OURS}": f"{int(r['n_real'])} / {int(r['n_fake'])}"}
         for attr in ATTRIBUTES:
             cc = c[(c["model"] == r["model"]) & (c["attribute"] == attr)]
-            row[f"{attr} AUC {OURS}"] = (format_ci(cc["auc"].iloc[0], cc["auc_ci_low"].iloc[0], cc["auc_ci_high"].iloc[0])
-                                         if len(cc) else "")
+            cell = ""
+            if len(cc):
+                cell = format_ci(cc["auc"].iloc[0], cc["auc_ci_low"].iloc[0], cc["auc_ci_high"].iloc[0])
+                note = cc["ci_note"].iloc[0]
+                cell += f" ({note})" if isinstance(note, str) and note else ""
+            row[f"{attr} AUC {OURS}"] = cell
         row.update({f"OOD colour recognised {OURS}": r["colour_share"], f"OOD shape recognised {OURS}":
                     r["shape_share"], f"OOD colour AUC {OURS}": r["colour_auc"],
                     f"retained vs foundation {OURS}": r["retained_vs_foundation"],
@@ -729,7 +737,7 @@ def render_zafar(eval_dir, set_dirs: Mapping[str, object], adapter_dirs: Mapping
     prompts, step_grid, samples -> output path stems)."""
     from cxrgen.data.sampling import load_images
     from cxrgen.render.reference import paper_table_label
-    from cxrgen.render.tables import write_table
+    from cxrgen.render.tables import fid_kid_caption, write_table
 
     missing = sorted({"methods", "prompts", "step_grid", "samples"} - set(stems))
     if missing:
@@ -738,11 +746,13 @@ def render_zafar(eval_dir, set_dirs: Mapping[str, object], adapter_dirs: Mapping
     table, meta = methods_table(eval_dir, paper_runs)
     paths["methods"] = write_table(
         table, stems["methods"],
-        caption=("Full fine-tuning vs DreamBooth + LoRA. FID: synthetic images from the structured prompts of real test "
-                 "rows vs the real test images (reference classifier features; lower is better). sex / view / finding "
+        caption=("Full fine-tuning vs DreamBooth + LoRA. FID and KID: synthetic images from the structured prompts of "
+                 "real test rows vs the real test images (reference classifier features; lower is better). "
+                 f"{fid_kid_caption(pd.read_csv(Path(eval_dir) / EVAL_FILES['methods']))} sex / view / finding "
                  "AUC: a classifier separating images generated from two prompts that differ only in that attribute "
                  "(F vs M, AP vs PA, pleural effusion vs normal; paired seeds; 0.5 = the prompt has no effect; "
-                 "bootstrap 95% CI). Forgetting check (Zafar Fig. 8): out-of-domain prompts of the foundation's corpus "
+                 "bootstrap 95% CI, left out with the reason where a prompt has fewer images than "
+                 "evaluation.min_class_count). Forgetting check (Zafar Fig. 8): out-of-domain prompts of the foundation's corpus "
                  "('a photo of a red circle', ...) scored by a colour + shape classifier trained on corpus images "
                  "degraded the way the foundation draws them (blur, shifted colour); OOD colour / shape recognised: "
                  "share of images whose predicted colour / shape is the prompt's; OOD colour AUC: how well "

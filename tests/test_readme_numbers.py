@@ -1,0 +1,64 @@
+"""Numbers the README states in prose are configuration values; each is checked here against config.yaml / the schema
+defaults, so a config change that leaves the README behind fails (issue 17: measured results are never typed into
+the README; timings there are labelled measurements with a date and machine)."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+README = " ".join((ROOT / "README.md").read_text().split())  # statements may wrap across lines
+CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
+SCHEMA = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())
+
+
+def nums(text: str) -> list[float]:
+    return [float(x) for x in re.split(r"[/, ]+", text.strip()) if x]
+
+
+def schema_default(section: str, key: str):
+    return SCHEMA["properties"][section]["properties"][key]["default"]
+
+
+DW = CONFIG["dewilde"]
+SW, CLS = DW["sweep"], DW["classifier"]
+
+# (pattern with one group per stated value, the config values it must equal)
+STATEMENTS = [
+    (r"Table 1 steps ([\d/]+) at CFG ([\d.]+) and CFG ([\d/]+) at (\d+) steps",
+     [SW["steps"], DW["inference"]["guidance"], SW["guidance"], DW["inference"]["steps"]]),
+    (r"Table 2 vectors ([\d/]+)", [SW["vectors"]]),
+    (r"Table 3 cases ([\d/]+)", [SW["cases"]]),
+    (r"each point (\d+) generated vs (\d+) real images", [SW["n_generated"], SW["n_real"]]),
+    (r"\(default (\d+) vectors, (\d+) cases, (\d+) TI steps\)",
+     [DW["vectors"], DW["cases"], DW["textual_inversion"]["steps"]]),
+    (r"with (\d+) real cases per class", [CLS["real_per_class"]]),
+    (r"([\d/]+) synthetic per class, and the (\d+)-case embeddings", [CLS["synthetic_per_class"], CLS["few_cases"]]),
+    (r"(\d+) seeds \(paper 10\), (\d+) batches", [len(CLS["seeds"]), CLS["training"]["steps"]]),
+    (r"`synthesis.memorization_quantile` \(default ([\d.]+)\)", [schema_default("synthesis", "memorization_quantile")]),
+    (r"`evaluation.fid_n_boot` \(default (\d+)\)", [schema_default("evaluation", "fid_n_boot")]),
+    (r"`evaluation.min_class_count` \(default (\d+)\)", [schema_default("evaluation", "min_class_count")]),
+]
+
+
+@pytest.mark.parametrize("pattern, expected", STATEMENTS, ids=[p for p, _ in STATEMENTS])
+def test_readme_states_the_config_values(pattern, expected):
+    found = re.findall(pattern, README)
+    assert len(found) == 1, f"README should state this once ({pattern!r}); found {len(found)}: update the README or this check"
+    stated = found[0] if isinstance(found[0], tuple) else (found[0],)
+    for text, value in zip(stated, expected):
+        want = [float(v) for v in value] if isinstance(value, list) else [float(value)]
+        assert nums(text) == want, f"README says {text!r} for {pattern!r}; config has {value}"
+
+
+def test_config_evaluation_matches_schema_defaults():
+    # the README quotes the schema defaults; config.yaml must not silently override them
+    for key in ("fid_n_boot", "min_class_count"):
+        assert CONFIG["evaluation"][key] == schema_default("evaluation", key)
+
+
+def test_readme_labels_its_timings_as_dated_measurements():
+    for match in re.finditer(r"Measured[^.]*", README):
+        assert re.search(r"Measured on \d{4}-\d{2}-\d{2} on an idle", match.group(0)), match.group(0)
