@@ -144,7 +144,14 @@ def test_smoke_run_completes_and_is_deterministic(workdir):
     assert inpainted[0].startswith("finding,n,p_before,p_after") and len(inpainted) == 2
     assert (results / "dewilde" / "classifier" / "seed1.csv").is_file()
     metrics = (results / "reference_classifier" / "test_metrics.csv").read_text().splitlines()
-    assert metrics[0].startswith("label,n,prevalence") and len(metrics) == 13  # header + 12 Chambon labels
+    assert metrics[0].startswith("label,n,n_positive,prevalence") and len(metrics) == 13  # header + 12 Chambon labels
+    assert metrics[0].endswith(",ci_note")  # why a label's CIs are empty (fewer than evaluation.min_class_count)
+    # every FID/KID table states n and a CI per cell, and the captions say how (issue 17)
+    for table in ("chambon2022_table4", "chambon2022_vae_summary", "weber2023_fid_kid", "weber2023_synthesis_comparison",
+                  "zafar2023_methods", "dewilde2023_table1", "dewilde2023_table2", "dewilde2023_table3"):
+        md = (results / "tables" / f"{table}.md").read_text()
+        assert "FID and KID cells: value [95% CI]" in md and re.search(r"\d \[-?\d", md), table
+        assert re.search(r"n real|real / generated|real / reconstructed", md), table
     # the findings table: one verdict per claim of reference/findings.yaml, computed by the run (hashed below too)
     findings = pd.read_csv(results / "tables" / "findings.csv")
     assert len(findings) >= 10 and set(findings["verdict"]) <= {"reproduced", "contradicted", "inconclusive at this n", "not run"}
