@@ -494,8 +494,8 @@ def render_vae_study(study_dir, table1_stem, summary_stem, figure_stem, scale: s
         caption=(f"VAE reconstruction quality per image-reconstruction pair at {res_s}x{res_s} px (sampled latent): "
                  f"RMSE and PSNR on the 0-255 scale, SSIM, cosine similarity of the reference classifier's "
                  f"penultimate features, and FID of originals vs reconstructions (extractor named per row; the "
-                 f"paper used Inception V3 on batches of 32 and reports no VAE FID number). The all-images FID and KID "
-                 f"rows show value [95% CI]: {fid_kid_caption(fid_res[fid_res['scope'] == 'all'])} The batched FID's "
+                 f"paper used Inception V3 on batches of 32 and reports no VAE FID number). All-images rows: "
+                 f"{fid_kid_caption(fid_res[fid_res['scope'] == 'all'])} The batched FID's "
                  f"spread over batches is its sd / min / max. Paper rows: {dataset}."),
         scale=scale, paper_table=paper_table_label(meta_s), float_format=".3g",
     )
