@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from cxrgen.engine import RuntimeConfig
 from cxrgen.errors import InputError
@@ -44,3 +45,104 @@ def test_textual_projection_takes_runtime_from_its_settings(foundation, tmp_path
     summary = tp.train_from_config(foundation, settings, tmp_path / "proj", seed=0, progress=False)
     assert seen == [RuntimeConfig(gradient_accumulation_steps=2)]
     assert summary["steps"] == 2
+
+
+# ---------------------------------------------------------------------------------------------- trainers
+# Each trainer runs with the engine's device set to meta until its first backward pass
+# (engine_harness.check_on_engine_device): every module it calls and every batch must be on that device. Losses
+# that mask rows by their (NaN) targets need values, which meta tensors lack: a plain mean stands in for them.
+def _meta_safe_loss(logits, *args):
+    return logits.float().mean()
+
+
+def test_reference_classifier_trains_on_engine_device(tmp_path, monkeypatch):
+    from engine_harness import check_on_engine_device
+    from test_reference_classifier import LABELS, SIZE, _write_folder
+
+    from cxrgen.classify import reference
+    from cxrgen.classify.reference import ReferenceClassifierConfig, train_reference_classifier
+
+    monkeypatch.setattr(reference, "_masked_bce", _meta_safe_loss)
+    train, val = _write_folder(tmp_path / "train", 8, 0), _write_folder(tmp_path / "validate", 4, 1)
+    cfg = ReferenceClassifierConfig(labels=LABELS, image_size=SIZE, epochs=1, batch_size=4)
+    check_on_engine_device(monkeypatch, lambda: train_reference_classifier(train, val, cfg, tmp_path / "clf",
+                                                                           progress=False))
+
+
+def test_zafar_classifiers_train_on_engine_device(tmp_path, monkeypatch):
+    from engine_harness import check_on_engine_device
+    from test_zafar import _write_sample
+
+    from cxrgen.studies import zafar
+
+    monkeypatch.setattr(zafar, "_head_loss", _meta_safe_loss)
+    train, val = _write_sample(tmp_path / "train", 8, 0), _write_sample(tmp_path / "val", 4, 1)
+    check_on_engine_device(monkeypatch, lambda: zafar.train_attribute_classifier(train, val, tmp_path / "attr",
+                                                                                 epochs=1, batch_size=4))
+    check_on_engine_device(monkeypatch, lambda: zafar.train_corpus_classifier(
+        tmp_path / "corpus", n_images=40, epochs=1, batch_size=8, augment_copies=0))
+
+
+def test_resnet_study_trains_on_engine_device(monkeypatch):
+    from engine_harness import check_on_engine_device
+
+    from cxrgen.classify.resnet_study import ResNetStudyConfig, train_and_evaluate
+
+    x = np.random.default_rng(0).integers(0, 255, (6, 20, 20), dtype=np.uint8)
+    y = np.arange(6) % 2
+    cfg = ResNetStudyConfig(steps=1, batch_size=4, image_size=16)
+    check_on_engine_device(monkeypatch, lambda: train_and_evaluate(x, y, x, y, x, y, cfg, seed=0))
+
+
+def test_textual_projection_trains_on_engine_device(foundation, tmp_path, monkeypatch):
+    """The frozen encoders and the projection are built on the engine's device (the meta run of the harness cannot
+    reach the first backward here: transformers' attention mask inspects values)."""
+    import cxrgen.adapt.textual_projection as tp
+    import cxrgen.engine as engine_module
+
+    make = engine_module.make_accelerator
+
+    def on_meta(*args, **kwargs):
+        accelerator = make(*args, **kwargs)
+        accelerator.state.device = torch.device("meta")
+        return accelerator
+
+    class Reached(Exception):
+        pass
+
+    def prepare(foundation, cfg, device=None, pipe=None):
+        raise Reached(device)
+
+    monkeypatch.setattr(engine_module, "make_accelerator", on_meta)
+    monkeypatch.setattr(tp, "prepare", prepare)
+    with pytest.raises(Reached) as reached:
+        tp.train_from_config(foundation, {"variant": "token", "steps": 1}, tmp_path / "proj", seed=0, progress=False)
+    assert reached.value.args[0] == torch.device("meta")
+
+
+# ---------------------------------------------------------------------------------------------- 1 vs 2 processes
+@pytest.mark.slow
+def test_reference_classifier_two_processes_match_one(tmp_path):
+    from engine_harness import check_two_processes_match_one
+    from test_reference_classifier import _write_folder
+
+    _write_folder(tmp_path / "data" / "train", 16, 0)
+    _write_folder(tmp_path / "data" / "validate", 8, 1)
+    check_two_processes_match_one("reference_classifier", tmp_path, [tmp_path / "data"], steps=2)
+
+
+@pytest.mark.slow
+def test_resnet_study_two_processes_match_one(tmp_path):
+    from engine_harness import run_case
+
+    one = run_case("resnet_study", tmp_path, tmp_path / "one", 3, None, 1, [], "one")
+    two = run_case("resnet_study", tmp_path, tmp_path / "two", 3, None, 2, [], "two")
+    assert one["world"] == 1 and two["world"] == 2 and len(one["losses"]) == 3
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_textual_projection_two_processes_match_one(foundation, tmp_path):
+    from engine_harness import check_two_processes_match_one
+
+    check_two_processes_match_one("textual_projection", tmp_path, [foundation], steps=3)

@@ -367,11 +367,20 @@ def _augment(x: torch.Tensor, cfg: ReferenceClassifierConfig, gen: torch.Generat
     return F.grid_sample(x + 1024.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1024.0
 
 
-def _masked_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _masked_bce(logits: torch.Tensor, y: torch.Tensor, engine: Engine | None = None) -> torch.Tensor:
+    """BCE averaged over the labelled (non-NaN) entries of the global batch. In N processes each returns its sum
+    over N / the global count, so the mean of the processes' losses and gradients (DDP) is the global one even
+    when the blanks fall unevenly."""
     mask = ~torch.isnan(y)
-    if not mask.any():
+    if engine is None or engine.num_processes == 1:
+        if not mask.any():
+            return logits.sum() * 0.0
+        return F.binary_cross_entropy_with_logits(logits[mask], y[mask])
+    count = engine.mean(mask.sum()) * engine.num_processes
+    if count == 0:
         return logits.sum() * 0.0
-    return F.binary_cross_entropy_with_logits(logits[mask], y[mask])
+    total = F.binary_cross_entropy_with_logits(logits[mask], y[mask], reduction="sum")
+    return total * (engine.num_processes / count)
 
 
 def _mean_auc(y: np.ndarray, p: np.ndarray) -> tuple[float, list[float]]:
@@ -448,7 +457,7 @@ def train_reference_classifier(train_dir, val_dir, cfg: ReferenceClassifierConfi
             if cfg.augment:
                 xb = _augment(xb, cfg, gen, n, engine.local_rows(n))
             with accelerator.accumulate(model):
-                loss = _masked_bce(model(xb), yb)
+                loss = _masked_bce(model(xb), yb, engine)
                 accelerator.backward(loss)
                 opt.step()
                 sched.step()
