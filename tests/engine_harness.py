@@ -106,6 +106,104 @@ def train(out, steps, stop_after):
 }
 
 
+# ------------------------------------------------------------------------------------------------ more trainers
+# Reference classifier, ResNet-18 study and textual projection (issue 16). A case with a stop_after ends early
+# through Engine.save: every process raises once the checkpoint of that step is written, so none waits for another.
+# DenseNet-121 and ResNet-18 normalise with BatchNorm, which in N processes sees each process's share of the batch
+# (SyncBatchNorm has no CPU kernel) and so cannot match 1 process; these cases swap it for GroupNorm(1, C), which
+# normalises each image alone, so the comparison checks everything else exactly: data order, augmentation draws,
+# the split of the global batch, gradient averaging and the resume.
+_TRAINER_CASE_TOOLS = r"""
+import cxrgen.engine as engine_module
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_after_save(stop_after):
+    real = engine_module.Engine.save
+
+    def save(self, *args, **kwargs):
+        path = real(self, *args, **kwargs)
+        step = kwargs.get("step", args[5] if len(args) > 5 else 0)
+        if stop_after and step >= stop_after:
+            raise Stop
+        return path
+
+    engine_module.Engine.save = save
+
+
+def per_image_norm(build):
+    def built(*args, **kwargs):
+        model = build(*args, **kwargs)
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, torch.nn.BatchNorm2d):
+                    setattr(parent, name, torch.nn.GroupNorm(1, child.num_features))
+        return model
+
+    return built
+"""
+
+CASES.update({
+    # a "step" is an epoch (the reference classifier checkpoints per epoch); args: folder with train/ and validate/
+    "reference_classifier": _TRAINER_CASE_TOOLS + r"""
+from cxrgen.checkpoint import read_checkpoint_state
+from cxrgen.classify import reference
+from cxrgen.classify.reference import ReferenceClassifierConfig, train_reference_classifier
+
+reference._build_densenet = per_image_norm(reference._build_densenet)
+
+
+def train(out, epochs, stop_after, data):
+    stop_after_save(stop_after)
+    cfg = ReferenceClassifierConfig(labels=("Pleural Effusion", "Cardiomegaly"), image_size=32, epochs=epochs,
+                                    batch_size=8, lr=1e-3, seed=0)
+    try:
+        log = train_reference_classifier(Path(data) / "train", Path(data) / "validate", cfg, out, progress=False)["log"]
+    except Stop:
+        log = read_checkpoint_state(Path(str(out) + ".partial"))["extra"]["log"]
+    return [row["train_loss"] for row in log]
+""",
+    # no checkpoints (a run is a few minutes even at paper scale): compared without the resume; args: none
+    "resnet_study": _TRAINER_CASE_TOOLS + r"""
+import numpy as np
+from cxrgen.classify import resnet_study
+from cxrgen.classify.resnet_study import ResNetStudyConfig, train_and_evaluate
+
+resnet_study.build_resnet18 = per_image_norm(resnet_study.build_resnet18)
+
+
+def train(out, steps, stop_after):
+    rng = np.random.default_rng(0)
+    y = np.arange(24) % 2
+    x = (rng.integers(0, 120, (24, 32, 32)) + 100 * y[:, None, None]).astype(np.uint8)
+    cfg = ResNetStudyConfig(steps=steps, batch_size=8, eval_every=steps, image_size=32)
+    return train_and_evaluate(x[:16], y[:16], x[16:], y[16:], x[16:], y[16:], cfg, seed=0)["losses"]
+""",
+    # args: foundation folder
+    "textual_projection": _TRAINER_CASE_TOOLS + r"""
+import pandas as pd
+from cxrgen.adapt.textual_projection import train_from_config
+from cxrgen.checkpoint import read_checkpoint_state
+
+
+def train(out, steps, stop_after, foundation):
+    stop_after_save(stop_after)
+    cfg = {"variant": "token", "steps": steps, "batch_size": 4, "eval_prompts": 3, "eval_every": steps,
+           "checkpoint_every": 1, "warmup_steps": 1, "num_threads": 1}
+    try:
+        train_from_config(foundation, cfg, out, seed=0, progress=False)
+        log = pd.read_csv(Path(out) / "training_log.csv")
+        return log[log["phase"] == "train"]["loss"].tolist()
+    except Stop:
+        rows = json.loads(read_checkpoint_state(Path(str(out) + ".partial") / "checkpoint")["extra"]["rows"])
+        return [r[2] for r in rows if r[0] == "train"]
+""",
+})
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
