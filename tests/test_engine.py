@@ -25,6 +25,16 @@ def test_runtime_config_rejects_bad_values():
         RuntimeConfig.from_dict({"gradient_accumulation_steps": 0})
 
 
+def test_mixed_precision_the_device_cannot_do_is_reported(caplog):
+    with caplog.at_level("WARNING", logger="cxrgen.engine"):
+        Engine(RuntimeConfig(mixed_precision="fp16", cpu=True))
+    assert "mixed_precision='fp16' is not available on cpu; this run trains in fp32" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cxrgen.engine"):
+        Engine(RuntimeConfig(mixed_precision="no", cpu=True))
+    assert "not available" not in caplog.text
+
+
 def test_batch_split_is_global_over_accumulation_and_processes():
     engine = Engine(RuntimeConfig(gradient_accumulation_steps=2, cpu=True))
     assert engine.device == torch.device("cpu") and engine.num_processes == 1

@@ -156,6 +156,11 @@ class Engine:
         self.runtime.validate()
         self.accelerator = make_accelerator(self.runtime.mixed_precision, self.runtime.gradient_accumulation_steps,
                                             self.runtime.cpu)
+        if self.runtime.mixed_precision != "no" and not self.accelerator.native_amp:
+            # accelerate then trains in fp32 without a word (fp16 on a CPU): a paper config's timing or memory
+            # measured here would silently not be the mixed-precision one
+            log.warning("mixed_precision=%r is not available on %s; this run trains in fp32",
+                        self.runtime.mixed_precision, self.device)
 
     # -- where and how many ----------------------------------------------------------------------
     @property
