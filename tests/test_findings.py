@@ -188,8 +188,13 @@ def test_table_is_deterministic_and_labelled(tmp_path):
     assert paths["tex"].is_file() and len(pd.read_csv(paths["csv"])) == len(CLAIMS)
 
 
-def test_every_claim_is_cited_and_its_published_numbers_parse():
+def paper_text(paper: str) -> str:
+    """The paper's text named in findings.yaml (a path relative to the repository root)."""
     doc = yaml.safe_load((reference_root() / "findings.yaml").read_text())
+    return (Path(__file__).resolve().parents[1] / doc["source_texts"][paper]).read_text()
+
+
+def test_every_claim_is_cited_and_its_published_numbers_parse():
     assert {c["evaluator"] for c in CLAIMS} == set(EVALUATORS)  # no evaluator without a claim, none missing
     issue_claims = {"chambon_vae_keeps_auc", "chambon_encoder_beats_bag_of_words", "chambon_inversion_lifts_effusion_auc",
                     "chambon_unet_prior_best", "zafar_lora_retains_prior", "weber_beta_less_signal",
@@ -197,7 +202,7 @@ def test_every_claim_is_cited_and_its_published_numbers_parse():
                     "dewilde_real_plus_synthetic_beats_real", "weber_sr_fine_improves_cascade"}
     assert issue_claims <= {c["id"] for c in CLAIMS}
     for claim in CLAIMS:
-        text = Path(doc["source_texts"][claim["paper"]]).read_text().lower()
+        text = paper_text(claim["paper"]).lower()
         title = re.sub(r"^[0-9ivx.]+\s+", "", claim["section"].split(",")[0].lower()).split(" - ")[-1]
         assert title in text, (claim["id"], title)  # the cited section exists in the paper
         pub = claim["published"]
@@ -216,7 +221,7 @@ def test_every_claim_is_cited_and_its_published_numbers_parse():
 
 def test_weber_table2_numbers_in_the_paper():
     """The issue quotes 25.77 vs 24.05 dB (workflow 1): check them against the paper's text, not only our CSV."""
-    text = Path(yaml.safe_load((reference_root() / "findings.yaml").read_text())["source_texts"]["weber2023"]).read_text()
+    text = paper_text("weber2023")
     assert re.search(r"SRbase.*0\.0039 24\.05 0\.9512", text) and re.search(r"SRfine.*0\.0026 25\.77 0\.9510", text)
 
 
