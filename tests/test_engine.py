@@ -74,6 +74,10 @@ def test_sampled_batches_resume_the_same_stream():
     gen = torch.Generator().manual_seed(5)
     assert full == [torch.randint(0, 10, (3,), generator=gen).tolist() for _ in range(6)]  # the stream Cheff used
     assert list(SampledBatches(10, 3, seed=5, total=6, start=4)) == full[4:]
+    shared = torch.Generator().manual_seed(5)  # a trainer's own generator: the same draws, from its stream
+    assert list(SampledBatches(10, 3, total=6, generator=shared)) == full
+    with pytest.raises(InputError, match="shared generator"):
+        SampledBatches(10, 3, total=6, start=2, generator=shared)
 
 
 def test_shards_round_trip_across_shard_boundaries(tmp_path):

@@ -118,16 +118,23 @@ class SampledBatches(torch.utils.data.Sampler):
     """Index batches drawn with replacement: batch k is the k-th ``torch.randint(0, n, (batch_size,))`` of a
     generator seeded with ``seed`` (every batch full whatever the data size). Starting at ``start`` replays the
     earlier draws, so a resumed run continues the same stream without saving the generator, and DataLoader
-    prefetching cannot put a checkpoint's generator ahead of the batches actually trained on."""
+    prefetching cannot put a checkpoint's generator ahead of the batches actually trained on.
 
-    def __init__(self, n: int, batch_size: int, seed: int, total: int, start: int = 0):
+    ``generator`` instead draws from a generator the trainer shares (e.g. with its augmentation, so draws keep the
+    order of one index-then-augment loop); the stream then depends on what else drew from it, so no replay."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, total: int = 0, start: int = 0,
+                 generator: torch.Generator | None = None):
         if n < 1:
             raise InputError("no training items; expected at least one")
+        if generator is not None and start:
+            raise InputError(f"start={start} with a shared generator; expected 0 (a shared stream cannot be replayed)")
         self.n, self.batch_size, self.seed, self.total, self.start = int(n), int(batch_size), int(seed), int(total), int(start)
+        self.generator = generator
         self.drop_last = False  # read by accelerate when it shards the batches
 
     def __iter__(self):
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = self.generator if self.generator is not None else torch.Generator().manual_seed(self.seed)
         for k in range(self.total):
             idx = torch.randint(0, self.n, (self.batch_size,), generator=gen)
             if k >= self.start:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.data
 
-from cxrgen.engine import Engine, RuntimeConfig, module_device
+from cxrgen.engine import Engine, RuntimeConfig, SampledBatches, module_device
 from cxrgen.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -148,22 +148,6 @@ def augment(x: torch.Tensor, gen: torch.Generator, n: int | None = None, rows: s
     return (x * mask).clamp(0.0, 1.0)
 
 
-class ReplacementBatches(torch.utils.data.Sampler):
-    """``batches`` batches of ``batch_size`` indices drawn with replacement, each drawn (``torch.randint`` on
-    ``generator``) only when the DataLoader asks for it."""
-
-    def __init__(self, n: int, batch_size: int, batches: int, generator: torch.Generator):
-        self.n, self.batch_size, self.batches, self.generator = int(n), int(batch_size), int(batches), generator
-        self.drop_last = False
-
-    def __iter__(self):
-        for _ in range(self.batches):
-            yield torch.randint(0, self.n, (self.batch_size,), generator=self.generator).tolist()
-
-    def __len__(self) -> int:
-        return self.batches
-
-
 class _AugmentingCollate:
     """Stack (image, target) items and augment the batch with the training generator. It runs in the DataLoader,
     right after the batch's indices are drawn from the same generator, so draws keep the order of one
@@ -224,7 +208,8 @@ def train_and_evaluate(train_images, train_labels, val_images, val_labels, test_
     micro = engine.micro_batch(cfg.batch_size)
     data = torch.utils.data.TensorDataset(x_tr, torch.from_numpy(y_tr))
     loader = torch.utils.data.DataLoader(
-        data, batch_sampler=ReplacementBatches(len(data), micro, cfg.steps * engine.gradient_accumulation_steps, gen),
+        data, batch_sampler=SampledBatches(len(data), micro, total=cfg.steps * engine.gradient_accumulation_steps,
+                                           generator=gen),
         collate_fn=_AugmentingCollate(gen, cfg.augment, engine.num_processes, engine.local_rows),
         generator=torch.Generator().manual_seed(int(seed)))  # an iterator's base seed: not from torch's global RNG
     loader = engine.prepare(loader)
