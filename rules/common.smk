@@ -35,7 +35,8 @@ TRAINED = [name for name, m in ADAPTED.items() if m["method"] != "none"]
 try:
     for _name, _spec in config["samples"].items():
         leakage.sample_splits(_spec, config["data"]["splits"])
-    ALLOWED_OVERLAPS = leakage.check_config(config)
+    leakage.check_config(config)
+    ALLOWED_OVERLAPS = leakage.allowed_overlaps(config)  # {frozenset({trains, evaluates}): reason}
 except InputError as _exc:
     raise WorkflowError(f"config leakage check: {_exc}")
 FEW_SHOT_METHODS = ("textual_inversion", "unet")  # the methods that train on images (projection trains on captions)
@@ -62,10 +63,9 @@ REFERENCE_CLASSIFIER = (
 
 def manifest_checks(*pairs):
     """Run-time patient check of (trains, evaluates, purpose) sample pairs a rule reads (cxrgen.data.leakage.check_sample_dirs)."""
-    allowed = leakage.allowed_overlaps(config)
     return [
         {"trains": t, "trains_dir": f"{DATA_DIR}/samples/{t}", "evaluates": e, "evaluates_dir": f"{DATA_DIR}/samples/{e}",
-         "purpose": purpose, "allowed_reason": allowed.get(frozenset((t, e)))}
+         "purpose": purpose, "allowed_reason": ALLOWED_OVERLAPS.get(frozenset((t, e)))}
         for t, e, purpose in pairs
     ]
 
