@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 import sys
 from contextlib import contextmanager
 
@@ -55,6 +56,10 @@ def _step_flops(snakemake, log_path):
         yield
 
 
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 @contextmanager
 def script_context(snakemake):
     """Redirect stdout/stderr into the rule's log, cap torch threads to the rule's, seed from config, check the
@@ -80,6 +85,9 @@ def script_context(snakemake):
         logging.getLogger("cxrgen").info("placement %s", " ".join(f"{k}={v}" for k, v in placement.items()))
     if worker:
         logging.getLogger("cxrgen").info("process %s", worker)
+    # SIGTERM (Snakemake or SLURM stopping the job) unwinds like Ctrl-C, so every ``finally`` runs: atomic writes
+    # delete their temporaries instead of leaving them beside the outputs
+    previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         status = launch.relaunch(snakemake, stream)
         if status is not None:
@@ -110,6 +118,7 @@ def script_context(snakemake):
         logging.getLogger("cxrgen").exception("rule %s failed", snakemake.rule)
         raise
     finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
         sys.stdout, sys.stderr = old_out, old_err
         if stream:
             stream.close()
