@@ -25,9 +25,35 @@ include: "rules/report.smk"
 
 
 rule all:
+    """Target: the studies of the papers config["studies"] selects, the findings table and the results index."""
     default_target: True
     input:
         all_targets(),
+
+
+# one paper's tables and figures (and only what they need): snakemake <paper> [--configfile ...]
+rule chambon2022:
+    input:
+        paper_targets("chambon2022"),
+    localrule: True
+
+
+rule weber2023:
+    input:
+        paper_targets("weber2023"),
+    localrule: True
+
+
+rule zafar2023:
+    input:
+        paper_targets("zafar2023"),
+    localrule: True
+
+
+rule dewilde2023:
+    input:
+        paper_targets("dewilde2023"),
+    localrule: True
 
 
 

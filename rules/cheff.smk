@@ -17,7 +17,7 @@ CHEFF_SDM_VARIANTS = ["unconditional", "report"]
 # The MaCheX sources: the configured list, or the workflow's dataset (config["data"]) as the only one. A configured
 # root must exist (checked when the workflow is parsed); the phantom root is made by rule phantom_dataset.
 CHEFF_SOURCES = CHEFF["machex"].get("sources") or []
-for _i, _src in enumerate(CHEFF_SOURCES):
+for _i, _src in enumerate(CHEFF_SOURCES if "weber2023" in STUDIES else []):
     _made_here = config["data"]["source"] == "phantom" and _src["root"] == config["data"]["root"]
     if not _made_here and not Path(_src["root"]).exists():
         raise WorkflowError(
@@ -40,16 +40,19 @@ cheff_report = lambda stem, exts, caption: {
 }
 
 
+# the comparison's Stable Diffusion sets: those of the selected studies (Chambon's adapted models, Zafar's models)
+CHEFF_COMPARED_SD = list(ADAPTED) if "chambon2022" in STUDIES else []
+CHEFF_COMPARED_ZAFAR = ZAFAR_SETS if "zafar2023" in STUDIES else []
 # run-time patient checks (cxrgen.data.leakage) of the comparison's real set: the cascade's MaCheX training rows of
-# the workflow's own dataset, the few-shot fine-tuning samples, Zafar's training samples
+# the workflow's own dataset, the few-shot fine-tuning samples, Zafar's training samples (of the compared sets)
 CHEFF_COMPARISON_LEAKAGE = [
     {**check, "trains_dir": f"{CHEFF_MACHEX}/table.csv", "trains_rows": ["in_machex", "workflow_dataset"]}
     for check in manifest_checks((leakage.MACHEX_TRAIN, config["synthesis"]["real_sample"], "Cheff comparison: real set vs the cascade's training images"))
 ] + manifest_checks(
     *[(adaptation_sample(n), config["synthesis"]["real_sample"], f"Cheff comparison: real set vs {n}'s fine-tuning images")
-      for n in TRAINED if ADAPTED[n]["method"] in FEW_SHOT_METHODS],
+      for n in TRAINED if ADAPTED[n]["method"] in FEW_SHOT_METHODS and n in CHEFF_COMPARED_SD],
     *[(m.get("sample", ZAFAR["train_sample"]), config["synthesis"]["real_sample"], f"Cheff comparison: real set vs Zafar {n}'s training images")
-      for n, m in ZAFAR_METHODS.items()],
+      for n, m in ZAFAR_METHODS.items() if n in CHEFF_COMPARED_ZAFAR],
 )
 TABLE_EXTS = ("csv", "md", "tex")
 FIGURE_EXTS = ("png", "pdf")
@@ -258,12 +261,12 @@ rule cheff_synthesis:
 
 
 rule cheff_synthesis_comparison:
-    """FID/KID of the cascade's samples and of every adapted Stable Diffusion set (Chambon's methods, Zafar's models)
-    against one real set, with one extractor, one resizing and equal synthetic counts."""
+    """FID/KID of the cascade's samples and of every adapted Stable Diffusion set of the selected studies (Chambon's
+    methods, Zafar's models) against one real set, with one extractor, one resizing and equal synthetic counts."""
     input:
         cheff=rules.cheff_synthesis.output.samples,
-        sd_sets=expand(f"{SYNTH_DIR}/{{adapted}}", adapted=list(ADAPTED)),
-        zafar_sets=expand(f"{ZAFAR_DIR}/samples/{{model}}", model=ZAFAR_SETS),
+        sd_sets=expand(f"{SYNTH_DIR}/{{adapted}}", adapted=CHEFF_COMPARED_SD),
+        zafar_sets=expand(f"{ZAFAR_DIR}/samples/{{model}}", model=CHEFF_COMPARED_ZAFAR),
         real=f"{DATA_DIR}/samples/{config['synthesis']['real_sample']}",
         classifier=CHEFF_CLASSIFIER_INPUT,
         machex=rules.cheff_machex.output.table,
@@ -273,8 +276,8 @@ rule cheff_synthesis_comparison:
         **cheff_report("results/tables/weber2023_synthesis_comparison", TABLE_EXTS, "cheff_synthesis_comparison"),
     params:
         cheff=CHEFF,
-        sd_names=list(ADAPTED),
-        zafar_names=ZAFAR_SETS,
+        sd_names=CHEFF_COMPARED_SD,
+        zafar_names=CHEFF_COMPARED_ZAFAR,
         leakage=CHEFF_COMPARISON_LEAKAGE,
         classifier=REFERENCE_CLASSIFIER,
         scale=config["scale"],
@@ -363,10 +366,14 @@ CHEFF_REPORTED = [
     ("results/tables/weber2023_fid_kid.md", "cheff_synthesis", "FID/KID of unconditional cascade samples (Weber sec. 5)"),
     ("results/figures/weber2023_samples.png", "cheff_synthesis", "unconditional cascade samples: D(z) and SR(D(z)) (Weber Fig. 4e)"),
     ("results/figures/weber2023_report_samples.png", "cheff_synthesis", "report-conditioned cascade samples (Weber Fig. 8)"),
-    ("results/tables/weber2023_synthesis_comparison.md", "cheff_synthesis_comparison", "FID/KID of Cheff and every adapted Stable Diffusion model on one real set (Weber sec. 5, miniature)"),
     ("results/figures/weber2023_inpainting.png", "cheff_inpainting", "inpainting with the unconditional SDM (Weber Fig. 5)"),
     ("results/figures/weber2023_outpainting.png", "cheff_inpainting", "outpainting completions of one provided area (Weber Fig. 7)"),
     ("results/tables/weber2023_beta_check.md", "cheff_beta_check", "terminal signal and corr(z_T, z_0) for max beta 0.0195 vs 0.0295 (Weber 7.6)"),
     ("results/figures/weber2023_fig13.png", "cheff_beta_check", "decoded z_T for both max betas (Weber Fig. 13)"),
 ]
 cheff_reported_outputs = lambda: list(CHEFF_REPORTED)
+# the cross-study comparison: in rule all when Weber and a study with Stable Diffusion sets are selected (not part of
+# `snakemake weber2023`, which makes the paper's own tables and figures)
+cheff_comparison_reported_outputs = lambda: [
+    ("results/tables/weber2023_synthesis_comparison.md", "cheff_synthesis_comparison", "FID/KID of Cheff and every adapted Stable Diffusion model of the selected studies on one real set (Weber sec. 5, miniature)"),
+] if "weber2023" in STUDIES and (CHEFF_COMPARED_SD or CHEFF_COMPARED_ZAFAR) else []

@@ -9,8 +9,10 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the checkout's package, installed or not
 from cxrgen.data import leakage
 from cxrgen.errors import InputError
+from cxrgen.runs import PAPERS
 
 validate(config, schema="../schemas/config.schema.yaml")
+STUDIES = config["studies"]  # the selected papers (rule all, the index, the report and the findings follow)
 
 DATASET = config["data"]["name"]
 DATA_DIR = f"results/data/{DATASET}"
@@ -132,12 +134,19 @@ def fig5_sample():
     return adaptation_sample(fig5_method())
 
 
-def reported_outputs():
-    """The tables and figures of this run with the rule that makes each and what it shows (results/README.md)."""
+def needs_foundation():
+    """Whether a selected study samples or adapts the foundation (Cheff trains its own cascade)."""
+    return any(paper in STUDIES for paper in ("chambon2022", "zafar2023", "dewilde2023"))
+
+
+def needs_reference_classifier():
+    """Whether a selected study scores images with the reference classifier (Cheff only for its FID features)."""
+    return needs_foundation() or ("weber2023" in STUDIES and CHEFF_FID_EXTRACTOR == "reference")
+
+
+def chambon_reported_outputs():
+    """(path, rule, description) of the Chambon et al. tables and figures (VAE, text encoders, synthesis, privacy)."""
     items = [
-        (f"{DATA_DIR}/summary/label_counts.csv", "data_summary", "label counts per split"),
-        (f"{DATA_DIR}/summary/phantom_grid.png", "data_summary", "example images per finding"),
-        (f"{CLASSIFIER_DIR}/test_metrics.csv", "evaluate_reference_classifier", "reference classifier on the test sample"),
         ("results/tables/chambon2022_table1.md", "render_vae_study", "VAE reconstruction: classifier on originals vs reconstructions (Chambon Table 1)"),
         ("results/tables/chambon2022_vae_summary.md", "render_vae_study", "VAE reconstruction: RMSE, PSNR, SSIM, FID, cosine similarity (Chambon 3.2)"),
         ("results/figures/chambon2022_fig3.png", "render_vae_study", "original vs reconstruction examples (Chambon Fig. 3)"),
@@ -155,28 +164,63 @@ def reported_outputs():
         ("results/tables/privacy_memorization.md", "render_memorization", "nearest fine-tuning image of synthetic images (privacy)"),
         ("results/figures/privacy_closest_pairs.png", "render_memorization", "synthetic images closest to a fine-tuning image"),
     ]
-    items += cheff_reported_outputs()
-    items += zafar_reported_outputs()
-    items += dewilde_reported_outputs()
+    return items
+
+
+def paper_reported_outputs(paper):
+    """(path, rule, description) of one paper's tables and figures (called once every study's rules are defined)."""
+    return {
+        "chambon2022": chambon_reported_outputs,
+        "weber2023": cheff_reported_outputs,
+        "zafar2023": zafar_reported_outputs,
+        "dewilde2023": dewilde_reported_outputs,
+    }[paper]()
+
+
+def paper_targets(paper):
+    """Target of `snakemake <paper>`: that paper's tables and figures (and what they need), selected or not."""
+    return [path for path, _, _ in paper_reported_outputs(paper)]
+
+
+def reported_outputs():
+    """The tables and figures of this run (the selected studies' and the shared prerequisites' they need) with the
+    rule that makes each and what it shows (results/README.md)."""
+    items = [
+        (f"{DATA_DIR}/summary/label_counts.csv", "data_summary", "label counts per split"),
+        (f"{DATA_DIR}/summary/phantom_grid.png", "data_summary", "example images per finding"),
+    ]
+    if needs_reference_classifier():
+        items.append((f"{CLASSIFIER_DIR}/test_metrics.csv", "evaluate_reference_classifier", "reference classifier on the test sample"))
+    for paper in PAPERS:
+        if paper in STUDIES:
+            items += paper_reported_outputs(paper)
+    items += cheff_comparison_reported_outputs()
     items.append(("results/tables/findings.md", "findings", "the papers' directional claims: this run's effect, interval and verdict (issue 17)"))
-    if config["foundation"]["model"] == "build":
+    if config["foundation"]["model"] == "build" and needs_foundation():
         items.append((f"{FOUNDATION}/preview.png", "foundation", "samples of the miniature foundation model"))
     return [{"path": path, "rule": rule, "description": what} for path, rule, what in items]
 
 
 def findings_files():
-    """The per-item result files the findings rule reads, keyed as cxrgen.render.findings's evaluators expect
-    (called once every study's rules are defined)."""
-    return {
-        "vae_per_image": rules.vae_study.output.per_image,
-        "text_per_report": [f"{TEXT_DIR}/{corpus}/per_report.csv" for corpus in TEXT_CORPORA],
-        "synthesis_scores": rules.evaluate_synthesis.output.scores,
-        "zafar_ood": rules.zafar_evaluate.output.ood_scores,
-        "cheff_reconstruction": rules.cheff_reconstruction.output.per_image,
-        "cheff_beta": rules.cheff_beta_check.output.per_image,
-        "dewilde_sweep": sorted({f"{dw_point_dir(p)}/fid.csv" for p in DW_POINTS}),
-        "dewilde_classifier": expand(f"{DW_DIR}/classifier/seed{{seed}}.csv", seed=DW["classifier"]["seeds"]),
+    """The per-item result files the findings rule reads, keyed as cxrgen.render.findings's evaluators expect (the
+    selected studies' only; called once every study's rules are defined)."""
+    files = {
+        "chambon2022": {
+            "vae_per_image": rules.vae_study.output.per_image,
+            "text_per_report": [f"{TEXT_DIR}/{corpus}/per_report.csv" for corpus in TEXT_CORPORA],
+            "synthesis_scores": rules.evaluate_synthesis.output.scores,
+        },
+        "zafar2023": {"zafar_ood": rules.zafar_evaluate.output.ood_scores},
+        "weber2023": {
+            "cheff_reconstruction": rules.cheff_reconstruction.output.per_image,
+            "cheff_beta": rules.cheff_beta_check.output.per_image,
+        },
+        "dewilde2023": {
+            "dewilde_sweep": sorted({f"{dw_point_dir(p)}/fid.csv" for p in DW_POINTS}),
+            "dewilde_classifier": expand(f"{DW_DIR}/classifier/seed{{seed}}.csv", seed=DW["classifier"]["seeds"]),
+        },
     }
+    return {key: path for paper in STUDIES for key, path in files[paper].items()}
 
 
 def _asks_for_gpu(rule):
@@ -195,11 +239,12 @@ def cpu_rules():
 
 
 def final_outputs():
-    """Everything the run makes except the index itself (the foundation is a folder, so the folder stands in)."""
+    """Everything the run makes except the index itself (the foundation is a folder, so the folder stands in). With
+    every study selected that includes every configured sample; a selection makes only the samples its studies read."""
     return [
-        *[f"{DATA_DIR}/samples/{s}" for s in SAMPLES],
+        *([f"{DATA_DIR}/samples/{s}" for s in SAMPLES] if set(STUDIES) == set(PAPERS) else []),
         *[item["path"] for item in reported_outputs() if item["rule"] != "foundation"],
-        *([FOUNDATION] if config["foundation"]["model"] == "build" else []),
+        *([FOUNDATION] if config["foundation"]["model"] == "build" and needs_foundation() else []),
     ]
 
 

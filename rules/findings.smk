@@ -22,6 +22,7 @@ rule findings:
         zafar_methods=config["zafar"]["methods"],
         dewilde_cases=DW["cases"],
         scale=config["scale"],
+        studies=STUDIES,
     log:
         "logs/findings.log",
     benchmark:

@@ -145,6 +145,15 @@ def test_missing_studies_and_models_are_not_run(tmp_path):
     assert table.loc[by_id["dewilde_more_vectors_lower_fid"], "verdict"] == REPRODUCED
 
 
+def test_claims_of_papers_the_config_does_not_select_are_not_run(tmp_path):
+    files = {k: v for k, v in write_results(tmp_path, 1).items() if k in ("vae_per_image", "text_per_report", "synthesis_scores")}
+    table = evaluate_claims(CLAIMS, files, Settings(n_boot=50, adaptation_methods=ADAPTATION, studies=("chambon2022",)))
+    others = table[table["paper"] != "chambon2022"]
+    assert len(others) and set(others["verdict"]) == {NOT_RUN}, others
+    assert others["note"].str.contains(r"config studies \['chambon2022'\] do not select").all(), others["note"]
+    assert NOT_RUN not in set(table.loc[table["paper"] == "chambon2022", "verdict"])
+
+
 def test_undefined_auc_is_inconclusive_and_bad_files_are_named(tmp_path):
     files = write_results(tmp_path, 1)
     scores = pd.read_csv(files["synthesis_scores"])

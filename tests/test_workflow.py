@@ -71,6 +71,37 @@ def test_missing_dataset_root_is_a_clear_error(workdir):
     assert "/nonexistent/mimic-cxr-jpg" in out
 
 
+def test_unknown_study_is_rejected_naming_the_valid_ones(workdir):
+    out = failed_dry_run(workdir, "studies.yaml", "studies: [chambon2022, weber2022]\n")
+    assert "weber2022" in out and all(p in out for p in ("chambon2022", "weber2023", "zafar2023", "dewilde2023"))
+
+
+def planned_rules(proc) -> set[str]:
+    """Rule names of a ``snakemake -n --quiet rules`` job table."""
+    return set(re.findall(r"^(\w+)\s+\d+$", proc.stdout + proc.stderr, re.M)) - {"total"}
+
+
+OTHER_PAPERS_RULES = re.compile(r"^(cheff_|zafar_|dewilde_)")
+
+
+def test_a_paper_config_plans_only_its_papers_studies(workdir):
+    # configs/chambon2022.yaml on the rehearsal overlay's phantom data (its MIMIC root is a placeholder)
+    proc = run_snakemake("-n", "--quiet", "rules", "--configfile", "configs/chambon2022.yaml",
+                         "configs/rehearsal/chambon2022.yaml", cwd=workdir)
+    planned = planned_rules(proc)
+    assert {"vae_study", "adapt_few_shot", "synthesize", "findings", "results_index"} <= planned, planned
+    assert not {r for r in planned if OTHER_PAPERS_RULES.match(r)}, planned
+
+
+def test_a_paper_target_plans_only_that_paper_and_what_it_needs(workdir):
+    planned = planned_rules(run_snakemake("weber2023", "-n", "--quiet", "rules", cwd=workdir))
+    assert {"cheff_sr_fine", "cheff_beta_check", "cheff_reconstruction"} <= planned, planned
+    # the cascade trains from scratch: no foundation, adaptation, other paper or cross-study table
+    assert not planned & {"foundation", "adapt_few_shot", "synthesize", "vae_study", "cheff_synthesis_comparison",
+                          "findings", "results_index"}, planned
+    assert not {r for r in planned if r.startswith(("zafar_", "dewilde_"))}, planned
+
+
 def test_default_dry_run_plans_every_stage(workdir):
     proc = run_snakemake("-n", "--quiet", "rules", cwd=workdir)
     planned = proc.stdout + proc.stderr

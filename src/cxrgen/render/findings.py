@@ -9,8 +9,8 @@ verdict then follows from the claim's ``direction`` alone (:func:`verdict`):
   wholly on the other side, otherwise *inconclusive at this n*;
 * ``within`` (an equivalence claim with a ``margin``): *reproduced* when the interval lies inside
   ``(-margin, margin)``, *contradicted* when it lies wholly outside ``[-margin, margin]``, otherwise inconclusive;
-* *not run*: the config does not run the comparison (a study's file is absent, or it lacks a model / setting the
-  claim compares); the ``note`` says which.
+* *not run*: the config does not run the comparison (its ``studies`` leave the claim's paper out, a study's file is
+  absent, or it lacks a model / setting the claim compares); the ``note`` says which.
 
 Intervals: percentile bootstrap (``n_boot`` resamples, seeded, so the table is byte-identical across runs), paired
 wherever the two sides score the same items (the same images, reports, seeds or noise draws), resampling within
@@ -85,6 +85,7 @@ class Settings:
     adaptation_methods: tuple = ()  # config adaptation.methods: ({name, method, settings}, ...)
     zafar_methods: tuple = ()  # config zafar.methods
     dewilde_cases: int | None = None  # config dewilde.cases (the default embedding of Table 4)
+    studies: tuple | None = None  # config studies: the papers the run selects (None: every paper)
 
 
 # ------------------------------------------------------------------------------------------------ verdicts
@@ -544,6 +545,8 @@ def evaluate_claims(claims: Sequence[Mapping], files: Mapping, settings: Setting
         if claim["direction"] == "within":
             base["effect"] += f" (claim: |effect| < {claim['margin']})"
         try:
+            if settings.studies is not None and claim["paper"] not in settings.studies:
+                raise NotRun(f"config studies {list(settings.studies)} do not select {claim['paper']}")
             effects = EVALUATORS[claim["evaluator"]](files, claim, settings)
         except NotRun as why:
             rows.append({**base, "this run": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n": "", "interval": "",
