@@ -30,8 +30,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO_ROOT, markdown_table  # noqa: E402
-from cxrgen.models.architectures import FOUNDATION_ARCHITECTURE  # noqa: E402
+from bench.common import REPO_ROOT, markdown_table
+from cxrgen.models.architectures import FOUNDATION_ARCHITECTURE
 
 #: sustained-throughput assumptions (TFLOP/s actually achieved, not peak)
 TFLOPS_MIXED = 30.0  # V100 fp16 tensor cores: 125 TFLOP/s peak, ~25 % sustained in a diffusers training/sampling loop

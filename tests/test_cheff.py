@@ -10,7 +10,7 @@ import torch
 from cxrgen.cheff import schedules
 from cxrgen.cheff.autoencoder import AutoencoderConfig, build_autoencoder, encode, load_autoencoder, reconstruct, train_autoencoder
 from cxrgen.cheff.config import CheffConfig
-from cxrgen.cheff.diffusion import SDM, SDMConfig, build_sdm_unet, train_sdm
+from cxrgen.cheff.diffusion import SDM, SDMConfig, train_sdm
 from cxrgen.cheff.inpainting import inpaint, latent_mask, preservation, rect_mask
 from cxrgen.cheff.super_resolution import SRConfig, build_sr_unet, sr_input, upsample_condition
 from cxrgen.errors import InputError

@@ -3,10 +3,8 @@ published parameter counts (meta device), FLOPs per optimizer step are measured 
 The rehearsal itself (`make rehearse`, ~1 h on 2 cores) is not run here."""
 
 import json
-import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pandas as pd
 import pytest

@@ -17,7 +17,6 @@ from cxrgen.classify.reference import ReferenceClassifier
 from cxrgen.data.prompts import CHAMBON_PROMPTS
 from cxrgen.data.sampling import load_images
 from cxrgen.errors import InputError
-from cxrgen.io import write_csv_atomic
 from cxrgen.models.foundation import FoundationConfig, build_foundation
 from cxrgen.studies.synthesis import (
     MANIFEST_COLUMNS,

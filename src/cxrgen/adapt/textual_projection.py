@@ -149,7 +149,7 @@ class ProjectionConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
     def validate(self) -> None:
-        from cxrgen.text.encoders import METHODS, TEXT_ENCODER_REGISTRY  # noqa: PLC0415
+        from cxrgen.text.encoders import METHODS, TEXT_ENCODER_REGISTRY
 
         if self.variant not in VARIANTS:
             raise InputError(f"textual_projection.variant={self.variant!r}; expected one of {list(VARIANTS)}")
@@ -218,7 +218,7 @@ def load_captions(path: str | os.PathLike, column: str | None = None) -> list[st
     if suffix == ".txt":
         caps = p.read_text(encoding="utf-8", errors="replace").splitlines()
     elif suffix in (".parquet", ".csv"):
-        import pandas as pd  # noqa: PLC0415
+        import pandas as pd
 
         try:
             frame = pd.read_parquet(p) if suffix == ".parquet" else pd.read_csv(p)
@@ -242,8 +242,8 @@ def load_captions(path: str | os.PathLike, column: str | None = None) -> list[st
 
 def foundation_captions(foundation: str | os.PathLike) -> list[str]:
     """The captions of the miniature foundation's pretraining corpus, regenerated from its ``foundation_config.json``."""
-    from cxrgen.models.corpus import make_corpus  # noqa: PLC0415
-    from cxrgen.models.foundation import CONFIG_FILE, FoundationConfig  # noqa: PLC0415
+    from cxrgen.models.corpus import make_corpus
+    from cxrgen.models.foundation import CONFIG_FILE, FoundationConfig
 
     cfg_file = Path(str(foundation)) / CONFIG_FILE
     if not cfg_file.is_file():
@@ -337,7 +337,7 @@ class TextualProjection(nn.Module):
 
 def in_domain_features(encoder, prompts: list[str], variant: str, pooling: str, seq_len: int) -> torch.Tensor:
     """Frozen in-domain features: (B, Din) pooled for ``document``, (B, seq_len, Din) hidden states otherwise."""
-    from cxrgen.text.encoders import _accepted_inputs, _extract, method_available  # noqa: PLC0415
+    from cxrgen.text.encoders import _accepted_inputs, _extract, method_available
 
     model = encoder.model
     device = next(model.parameters()).device
@@ -432,8 +432,8 @@ class ProjectionSetup:
 
 def prepare(foundation, cfg: ProjectionConfig, device: str | torch.device | None = None, pipe=None) -> ProjectionSetup:
     """Load the foundation's CLIP text encoder (frozen) and the in-domain encoder (frozen); build the projection."""
-    from cxrgen.models.registry import load_pipeline  # noqa: PLC0415
-    from cxrgen.text.encoders import load_encoder  # noqa: PLC0415
+    from cxrgen.models.registry import load_pipeline
+    from cxrgen.text.encoders import load_encoder
 
     cfg.validate()
     pipe = pipe if pipe is not None else load_pipeline(foundation)
@@ -496,7 +496,7 @@ def _eval_loss(setup: ProjectionSetup, features: torch.Tensor, targets: torch.Te
 
 def _probe(setup: ProjectionSetup) -> dict:
     """Per-prompt MSE and mean token cosine vs CLIP on the paper's evaluation prompts (3.4)."""
-    from cxrgen.data.prompts import CHAMBON_PROMPTS  # noqa: PLC0415
+    from cxrgen.data.prompts import CHAMBON_PROMPTS
 
     prompts = list(CHAMBON_PROMPTS.values()) + [""]
     tgt = clip_targets(setup.clip_tokenizer, setup.clip_text_encoder, prompts, setup.prompt_encoder.seq_len)
@@ -508,10 +508,10 @@ def _probe(setup: ProjectionSetup) -> dict:
 
 
 def _write_log(rows: list, folder: Path) -> None:
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    import pandas as pd  # noqa: PLC0415
+    import matplotlib.pyplot as plt
+    import pandas as pd
 
-    from cxrgen.render.figures import save_figure, set_style  # noqa: PLC0415
+    from cxrgen.render.figures import save_figure, set_style
 
     frame = pd.DataFrame(rows, columns=["phase", "step", "loss", "seconds"])
     frame.to_csv(folder / LOG_FILE, index=False)
@@ -537,7 +537,7 @@ def _write_log(rows: list, folder: Path) -> None:
 def save_adapter(setup: ProjectionSetup, cfg: ProjectionConfig, out_dir: str | os.PathLike,
                  rows: list | None = None, summary: dict | None = None) -> Path:
     """Write the adapter folder (``adapter.json``, weights, projection config, log, loss curve) atomically."""
-    from safetensors.torch import save_file  # noqa: PLC0415
+    from safetensors.torch import save_file
 
     proj, pe = setup.projection, setup.prompt_encoder
     adapter = {
@@ -631,7 +631,7 @@ def train_textual_projection(foundation, captions, cfg: ProjectionConfig | None 
         rows.append(("eval", 0, _eval_loss(setup, eval_feats, eval_targets), 0.0))
     bar = None
     if progress and steps > step and engine.is_main:
-        from tqdm.auto import tqdm  # noqa: PLC0415
+        from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, initial=step, desc=f"textual projection ({cfg.variant})", unit="step")
     accelerator = engine.accelerator
@@ -725,9 +725,9 @@ def train_from_config(foundation, cfg_dict: dict | None, out_dir, seed: int | No
 def load_prompt_encoder(adapter_dir: str | os.PathLike, device: str | torch.device | None = None) -> PromptEncoder:
     """Rebuild the :class:`PromptEncoder` of a textual-projection adapter folder (in eval mode, frozen) on ``device``
     (default :func:`cxrgen.engine.default_device`)."""
-    from safetensors.torch import load_file  # noqa: PLC0415
+    from safetensors.torch import load_file
 
-    from cxrgen.text.encoders import load_encoder  # noqa: PLC0415
+    from cxrgen.text.encoders import load_encoder
 
     adapter_dir = Path(adapter_dir)
     meta_file = adapter_dir / ADAPTER_FILE

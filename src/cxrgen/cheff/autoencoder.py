@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -169,7 +169,7 @@ def make_perceptual(kind: str, in_channels: int) -> nn.Module | None:
         return RandomFeaturePerceptual(in_channels)
     if kind == "lpips":
         try:
-            import lpips  # noqa: F401
+            import lpips
         except ImportError as e:
             raise WeightsUnavailableError(
                 "perceptual='lpips' needs the 'lpips' package and its VGG weights (pip install lpips; the weights "

@@ -29,12 +29,12 @@ from tqdm import tqdm
 from cxrgen.cheff import text_encoder as te
 from cxrgen.cheff.schedules import CHEFF_BETA_END, LDM_BETA_START, ddim_from, make_scheduler
 from cxrgen.cheff.training import (
-    finish_stage, image_dataset, save_pretrained_atomic, settings, to_unit, train_loop, write_training_log,
+    finish_stage, image_dataset, settings, to_unit, train_loop, write_training_log,
 )
 from cxrgen.data.shards import ShardedDataset, ShardWriter
 from cxrgen.engine import Engine, RuntimeConfig, default_device, module_device
 from cxrgen.errors import InputError
-from cxrgen.io import atomic_path, write_text_atomic
+from cxrgen.io import atomic_path
 
 log = logging.getLogger(__name__)
 CONDITIONING = ("none", "report")

@@ -15,8 +15,6 @@ MSE is on [0, 1] intensities (the paper's scale, inferred), PSNR/SSIM come from 
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np

@@ -13,7 +13,6 @@ A source is a dict ``{"adapter": "mimic", "root": "...", "name": "MIMIC-CXR", "o
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np

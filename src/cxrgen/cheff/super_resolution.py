@@ -32,7 +32,7 @@ from cxrgen.cheff.autoencoder import reconstruct
 from cxrgen.cheff.diffusion import ddim_sample
 from cxrgen.cheff.schedules import ddim_from, make_scheduler
 from cxrgen.cheff.training import (
-    finish_stage, image_dataset, save_pretrained_atomic, settings, to_uint8, to_unit, train_loop, write_training_log,
+    finish_stage, image_dataset, settings, to_uint8, to_unit, train_loop, write_training_log,
 )
 from cxrgen.data.shards import ShardedDataset, write_shards
 from cxrgen.engine import Engine, RuntimeConfig, default_device, module_device

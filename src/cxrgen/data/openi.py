@@ -35,7 +35,7 @@ NOT_INDEXED = "no indexing"
 
 
 def default_tgz_path() -> Path:
-    import importlib.util  # noqa: PLC0415
+    import importlib.util
 
     spec = importlib.util.find_spec("torchxrayvision")  # locate without importing torch
     if spec is None or not spec.submodule_search_locations:

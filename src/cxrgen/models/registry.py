@@ -80,7 +80,7 @@ def load_pipeline(name_or_path, torch_dtype=None, local_files_only: bool | None 
         return StableDiffusionPipeline.from_pretrained(
             target, dtype=torch_dtype or torch.float32, local_files_only=local_files_only, **kwargs
         )
-    except (OSError, EnvironmentError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         if is_local:
             raise
         raise WeightsUnavailableError(weights_unavailable_message(target)) from exc

@@ -12,13 +12,13 @@ from typing import Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-from cxrgen.errors import InputError  # noqa: E402
-from cxrgen.io import atomic_path  # noqa: E402
+from cxrgen.errors import InputError
+from cxrgen.io import atomic_path
 
 DPI = 150
 PAPER_COLOR = "#9e9e9e"

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from cxrgen.data.schema import CHAMBON_TABLE1_LABELS
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path, write_csv_atomic
-from cxrgen.metrics.classification import METRICS, MIN_CLASS_COUNT, per_label_table
+from cxrgen.metrics.classification import MIN_CLASS_COUNT, per_label_table
 from cxrgen.metrics.fid import batched_fid_from_features, fid_kid_with_ci
 from cxrgen.metrics.image_quality import reconstruction_metrics
 from cxrgen.metrics.summary import cosine_similarity_pairs, describe, format_mean_sd

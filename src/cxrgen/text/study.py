@@ -176,11 +176,11 @@ def format_table2(table2: pd.DataFrame, ci: bool = True) -> pd.DataFrame:
 def tsne_figure(embeddings, labels, out_png, title: str | None = None, seed: int = 0, perplexity: float = 30.0):
     """2-D t-SNE of ``embeddings`` coloured by primary abnormality (``labels``: class names per report, or an
     (N,14) binary matrix reduced with ``primary_classes``). Writes ``out_png`` and the same figure as PDF."""
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    import seaborn as sns  # noqa: PLC0415
-    from sklearn.manifold import TSNE  # noqa: PLC0415
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from sklearn.manifold import TSNE
 
-    from cxrgen.render.figures import save_figure  # noqa: PLC0415
+    from cxrgen.render.figures import save_figure
 
     emb = np.asarray(embeddings, dtype="float64")
     lab = np.asarray(labels, dtype=object)
@@ -199,7 +199,7 @@ def tsne_figure(embeddings, labels, out_png, title: str | None = None, seed: int
 
 
 def save_study(result: StudyResult, out_dir) -> None:
-    from cxrgen.io import write_csv_atomic  # noqa: PLC0415
+    from cxrgen.io import write_csv_atomic
 
     out_dir = Path(out_dir)
     write_csv_atomic(result.table2, out_dir / "table2.csv", index=True)
@@ -228,8 +228,8 @@ def render_study(study_dir, table2_stem, table3_stem, scale: str, corpus: str) -
     miniature's encoders are not the paper's, so their rows stand apart). Table 3 puts the paper's columns
     and this run's side by side per abnormality class.
     """
-    from cxrgen.render.reference import load_reference, paper_table_label  # noqa: PLC0415
-    from cxrgen.render.tables import OURS, PAPER, side_by_side, write_table  # noqa: PLC0415
+    from cxrgen.render.reference import load_reference, paper_table_label
+    from cxrgen.render.tables import OURS, PAPER, side_by_side, write_table
 
     study_dir = Path(study_dir)
     table2 = pd.read_csv(study_dir / "table2.csv", index_col="model")
