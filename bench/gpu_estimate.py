@@ -491,7 +491,7 @@ def rehearsal_config(paper: str) -> dict:
     return cfg
 
 
-def calibrate(paper: str, jobs: list[Job], f: "Flops", table_path: Path = REHEARSAL_TABLE) -> bool:
+def calibrate(paper: str, jobs: list[Job], f: Flops, table_path: Path = REHEARSAL_TABLE) -> bool:
     """Scale each training job by its rehearsal stage's measured / counted FLOPs per step, where the rehearsal ran.
 
     The rehearsal (configs/rehearsal/<paper>.yaml over the paper config) ran the real trainers at reduced size under

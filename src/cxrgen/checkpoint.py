@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch

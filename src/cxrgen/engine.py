@@ -26,7 +26,8 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 import torch.utils.data
@@ -57,7 +58,7 @@ class RuntimeConfig:
     num_workers: int = 0
 
     @classmethod
-    def from_dict(cls, d: Mapping | None, where: str = "runtime") -> "RuntimeConfig":
+    def from_dict(cls, d: Mapping | None, where: str = "runtime") -> RuntimeConfig:
         d = dict(d or {})
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(d) - set(names))
@@ -68,7 +69,7 @@ class RuntimeConfig:
         return cfg
 
     @classmethod
-    def split(cls, settings: Mapping | None, where: str = "runtime") -> tuple["RuntimeConfig", dict]:
+    def split(cls, settings: Mapping | None, where: str = "runtime") -> tuple[RuntimeConfig, dict]:
         """A trainer's settings with the runtime keys (mixed_precision, gradient_accumulation_steps, cpu,
         num_workers) taken out: ``(RuntimeConfig, the other settings)``."""
         rest = dict(settings or {})

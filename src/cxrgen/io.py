@@ -10,7 +10,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())

@@ -139,7 +139,7 @@ class DreamBoothLoRAConfig(ZafarTrainConfig):
     class_batch_size: int = 24
 
     @classmethod
-    def paper(cls, **overrides) -> "DreamBoothLoRAConfig":
+    def paper(cls, **overrides) -> DreamBoothLoRAConfig:
         return cls.from_dict({**PAPER, **overrides})
 
     def validate(self) -> None:

@@ -63,7 +63,7 @@ class FullFinetuneConfig(ZafarTrainConfig):
     train_text_encoder: bool = True
 
     @classmethod
-    def paper(cls, **overrides) -> "FullFinetuneConfig":
+    def paper(cls, **overrides) -> FullFinetuneConfig:
         return cls.from_dict({**PAPER, **overrides})
 
 

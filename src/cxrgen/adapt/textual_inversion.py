@@ -108,7 +108,7 @@ class TextualInversionConfig(TrainConfig):
     max_images: int | None = None
 
     @classmethod
-    def paper(cls, **overrides) -> "TextualInversionConfig":
+    def paper(cls, **overrides) -> TextualInversionConfig:
         return cls.from_dict({**PAPER, **overrides})
 
     def validate(self) -> None:

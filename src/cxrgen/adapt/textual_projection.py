@@ -133,7 +133,7 @@ class ProjectionConfig:
     device: str = "auto"  # auto: cuda when available
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "ProjectionConfig":
+    def from_dict(cls, d: dict | None) -> ProjectionConfig:
         d = dict(d or {})
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
@@ -318,7 +318,7 @@ class TextualProjection(nn.Module):
                 else [self.net.__class__.__name__]}
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "TextualProjection":
+    def from_config(cls, cfg: dict) -> TextualProjection:
         return cls(cfg["variant"], cfg["in_dim"], cfg["out_dim"], cfg.get("hidden_dim"), cfg.get("norm_first", False))
 
     def forward(self, features: torch.Tensor, seq_len: int | None = None) -> torch.Tensor:

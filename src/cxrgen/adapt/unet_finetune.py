@@ -86,7 +86,7 @@ class UNetFinetuneConfig(TrainConfig):
     classes: tuple[str, ...] | None = None
 
     @classmethod
-    def paper(cls, **overrides) -> "UNetFinetuneConfig":
+    def paper(cls, **overrides) -> UNetFinetuneConfig:
         return cls.from_dict({**PAPER, **overrides})
 
     def validate(self) -> None:

@@ -62,7 +62,7 @@ class AutoencoderConfig:
     checkpoint_every: int = 200
 
     @classmethod
-    def preset(cls, name: str = "default", **overrides) -> "AutoencoderConfig":
+    def preset(cls, name: str = "default", **overrides) -> AutoencoderConfig:
         presets = {
             # the embedded miniature (config.yaml): x_LR 64 px, ~2 minutes of a 2-core CPU; like the paper's 3 epochs
             # (30.5k steps < disc_start 50001) it ends before the discriminator starts

@@ -3,7 +3,7 @@ x_HR = SR(x_LR)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

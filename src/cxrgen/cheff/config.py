@@ -40,7 +40,7 @@ class MaCheXConfig:
     max_test: int | None = 48
 
     @classmethod
-    def preset(cls, name: str = "default", **overrides) -> "MaCheXConfig":
+    def preset(cls, name: str = "default", **overrides) -> MaCheXConfig:
         presets = {"default": {}, "smoke": dict(max_train=24, max_test=8),
                    "paper": dict(max_train=None, max_test=25_000)}  # sec. 5: a separate test set of size 25,000
         bad = [k for k in overrides if k not in cls.__dataclass_fields__]
@@ -97,7 +97,7 @@ class EvaluationConfig:
     )
 
     @classmethod
-    def preset(cls, name: str = "default", **overrides) -> "EvaluationConfig":
+    def preset(cls, name: str = "default", **overrides) -> EvaluationConfig:
         presets = {"default": dict(n_test=12, n_samples=32, kid_subset_size=16),
                    "smoke": dict(n_test=4, n_samples=6, kid_subset_size=3, n_inpaint=2, n_outpaint=2),
                    "paper": dict(n_test=25_000, n_samples=10_000, fid_extractor="inception", kid_subset_size=1000)}
@@ -118,7 +118,7 @@ class CheffConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     @classmethod
-    def from_dict(cls, section: dict | None) -> "CheffConfig":
+    def from_dict(cls, section: dict | None) -> CheffConfig:
         section = dict(section or {})
         bad = [k for k in section if k not in SECTIONS]
         if bad:

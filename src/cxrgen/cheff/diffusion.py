@@ -19,7 +19,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -62,7 +62,7 @@ class SDMConfig:
     encoder: te.ReportEncoderConfig = field(default_factory=te.ReportEncoderConfig)
 
     @classmethod
-    def preset(cls, name: str = "default", **overrides) -> "SDMConfig":
+    def preset(cls, name: str = "default", **overrides) -> SDMConfig:
         presets = {
             "default": dict(block_out_channels=(16, 32), batch_size=16, steps=150, lr=5e-4, ddim_steps=20),
             "smoke": dict(block_out_channels=(8, 16), attention=(False, True), head_channels=8, batch_size=4,
@@ -162,19 +162,19 @@ class SDM:
                     "max_length": self.max_length, "ddim_steps": self.ddim_steps, **(extra or {})}
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
 
-    def to(self, device) -> "SDM":
+    def to(self, device) -> SDM:
         self.unet.to(device)
         if self.encoder is not None:
             self.encoder.to(device)
         return self
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, device: str | torch.device | None = None) -> "SDM":
+    def load(cls, folder: str | os.PathLike, device: str | torch.device | None = None) -> SDM:
         """A saved SDM on ``device`` (default :func:`cxrgen.engine.default_device`)."""
         return cls._load(folder).to(default_device(device))
 
     @classmethod
-    def _load(cls, folder: str | os.PathLike) -> "SDM":
+    def _load(cls, folder: str | os.PathLike) -> SDM:
         from diffusers import DDIMScheduler, UNet2DConditionModel, UNet2DModel
 
         folder = Path(folder)

@@ -15,7 +15,7 @@ MSE is on [0, 1] intensities (the paper's scale, inferred), PSNR/SSIM come from 
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd

@@ -13,7 +13,7 @@ A source is a dict ``{"adapter": "mimic", "root": "...", "name": "MIMIC-CXR", "o
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

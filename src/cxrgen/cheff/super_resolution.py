@@ -80,7 +80,7 @@ class SRConfig:
     crop_size: int | None = None  # train on random crops of this size (None: whole images)
 
     @classmethod
-    def preset(cls, name: str = "default", **overrides) -> "SRConfig":
+    def preset(cls, name: str = "default", **overrides) -> SRConfig:
         presets = {
             # the embedded miniature: 64 -> 128 px, trained on 32 px crops
             "default": dict(lr_size=64, hr_size=128, block_out_channels=(8, 16, 32), crop_size=32, batch_size=16,
@@ -270,7 +270,7 @@ class SuperResolution:
         self.unet, self.scheduler, self.ddim_steps = unet.eval(), scheduler, ddim_steps
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, device: str | torch.device | None = None) -> "SuperResolution":
+    def load(cls, folder: str | os.PathLike, device: str | torch.device | None = None) -> SuperResolution:
         """A saved SR model on ``device`` (default :func:`cxrgen.engine.default_device`)."""
         from diffusers import DDIMScheduler, UNet2DModel
 

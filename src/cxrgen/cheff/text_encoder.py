@@ -9,7 +9,7 @@ No pretrained BERT vocabulary can be downloaded here, so the WordPiece vocabular
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -28,7 +28,7 @@ class ReportEncoderConfig:
     num_heads: int = 4
 
     @classmethod
-    def preset(cls, name: str = "default", **overrides) -> "ReportEncoderConfig":
+    def preset(cls, name: str = "default", **overrides) -> ReportEncoderConfig:
         presets = {
             "default": {},
             "smoke": dict(vocab_size=200, max_length=24, hidden_size=16, num_layers=1, num_heads=2),

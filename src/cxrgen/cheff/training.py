@@ -16,7 +16,7 @@ import os
 import shutil
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import pandas as pd

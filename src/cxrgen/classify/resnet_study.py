@@ -19,7 +19,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -53,7 +53,7 @@ class ResNetStudyConfig:
     num_threads: int | None = None
 
     @classmethod
-    def from_dict(cls, d: Mapping | None) -> "ResNetStudyConfig":
+    def from_dict(cls, d: Mapping | None) -> ResNetStudyConfig:
         d = dict(d or {})
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)

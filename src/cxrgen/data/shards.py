@@ -13,7 +13,7 @@ import bisect
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch

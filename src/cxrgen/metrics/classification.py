@@ -13,7 +13,7 @@ AUC of 0.93 [0.89, 0.97] from one positive). The point value stays; the CI cells
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd

@@ -27,7 +27,7 @@ import contextlib
 import importlib
 import os
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

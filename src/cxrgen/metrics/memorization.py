@@ -15,7 +15,7 @@ as the few-shot sets are).
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd

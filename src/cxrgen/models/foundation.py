@@ -93,7 +93,7 @@ class FoundationConfig:
     preview_guidance: float = 4.0
 
     @classmethod
-    def preset(cls, name: str = "default", **overrides) -> "FoundationConfig":
+    def preset(cls, name: str = "default", **overrides) -> FoundationConfig:
         presets = {
             "default": {},
             "smoke": dict(
@@ -109,7 +109,7 @@ class FoundationConfig:
         return cls(**{**presets[name], **overrides})
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FoundationConfig":
+    def from_dict(cls, d: dict) -> FoundationConfig:
         names = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - set(names))
         if unknown:
@@ -274,7 +274,7 @@ _RESUME_FREE = ("checkpoint_every", "num_threads", "time_budget_s", "preview_pro
                 "preview_steps", "preview_guidance")
 
 
-def resume_settings(cfg: "FoundationConfig", phase: str) -> dict:
+def resume_settings(cfg: FoundationConfig, phase: str) -> dict:
     """The settings a phase's checkpoint must have been written under to be resumed."""
     return {"phase": phase, **{k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE}}
 

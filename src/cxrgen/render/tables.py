@@ -10,7 +10,7 @@ import numbers
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pandas as pd
 
