@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np

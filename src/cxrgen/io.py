@@ -9,8 +9,8 @@ import re
 import shutil
 import socket
 import tempfile
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())

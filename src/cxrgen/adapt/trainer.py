@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import logging
+import math
 import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np

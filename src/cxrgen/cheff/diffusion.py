@@ -17,9 +17,9 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch

@@ -8,8 +8,8 @@ No pretrained BERT vocabulary can be downloaded here, so the WordPiece vocabular
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 

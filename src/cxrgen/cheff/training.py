@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from collections.abc import Callable, Mapping
 
 import numpy as np
 import pandas as pd

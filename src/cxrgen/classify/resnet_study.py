@@ -17,9 +17,9 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd

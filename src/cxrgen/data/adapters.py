@@ -32,8 +32,8 @@ import logging
 import os
 import re
 import warnings
-from pathlib import Path
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd

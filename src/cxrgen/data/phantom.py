@@ -24,10 +24,10 @@ import dataclasses
 import datetime as _dt
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd

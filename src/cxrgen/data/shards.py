@@ -12,8 +12,8 @@ from __future__ import annotations
 import bisect
 import json
 import os
-from pathlib import Path
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import numpy as np
 import torch

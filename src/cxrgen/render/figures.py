@@ -6,8 +6,8 @@ Every figure is saved as PNG (150 dpi) and PDF, atomically, without timestamps i
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import math
 import numbers
 import os
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
-from collections.abc import Callable, Mapping, Sequence
 
 import pandas as pd
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from pathlib import Path
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd

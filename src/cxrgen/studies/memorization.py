@@ -9,8 +9,8 @@ closest synthetic/training pairs.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
