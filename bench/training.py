@@ -79,7 +79,7 @@ def run(foundation, steps: int = 30, warmup: int = 3, batch_size: int = 8, resol
     for method in methods:
         lr = LR[method]
         runs = {"ours": [], "ref": []}
-        for r in range(max(1, repeats)):
+        for _ in range(max(1, repeats)):
             with tempfile.TemporaryDirectory(prefix="cxrgen-bench-train-") as tmp:
                 # the reference first in every round: both then find the foundation files equally warm
                 runs["ref"].append(_reference(method, foundation, images, prompts, steps, batch_size, resolution, lr,

@@ -61,7 +61,7 @@ def phantom(n=24, size=32, seed=0):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size] / size
     imgs = []
-    for i in range(n):
+    for _ in range(n):
         cx, cy = rng.uniform(0.3, 0.7, 2)
         blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / rng.uniform(0.01, 0.05))
         imgs.append(np.clip(40 + 180 * blob + rng.normal(0, 8, (size, size)), 0, 255).astype(np.uint8))

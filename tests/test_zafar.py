@@ -125,7 +125,9 @@ def test_degrade_like_generator_blurs_and_shifts_the_shape_colour():
     a, b = zafar.degrade_like_generator(img, seed=3), zafar.degrade_like_generator(img, seed=3)
     assert a.shape == img.shape and a.dtype == np.uint8 and np.array_equal(a, b)
     assert not np.array_equal(a, zafar.degrade_like_generator(img, seed=4))
-    edge = lambda x: np.abs(np.diff(x.astype(float), axis=2)).max(axis=(1, 2, 3))  # the square's edge step
+    def edge(x):  # the square's edge step
+        return np.abs(np.diff(x.astype(float), axis=2)).max(axis=(1, 2, 3))
+
     assert (edge(a) < edge(img)).all()
     inside = a[:, 28:36, 28:36].reshape(4, -1, 3).mean(1)
     assert (inside[:, 2] > inside[:, 0] + 40).all()  # still blue, but not the palette's exact value
@@ -139,7 +141,9 @@ def test_ood_recognition_and_retained_knowledge():
     classes = {"colour": ["red", "blue", "green"], "shape": ["circle", "square"]}
     ood = pd.DataFrame({"prompt": ["a photo of a red circle"] * 3 + ["a photo of a blue square"] * 3,
                         "colour": ["red"] * 3 + ["blue"] * 3, "shape": ["circle"] * 3 + ["square"] * 3})
-    onehot = lambda idx, n: np.eye(n)[idx] * 0.8 + 0.2 / n
+    def onehot(idx, n):
+        return np.eye(n)[idx] * 0.8 + 0.2 / n
+
     perfect = {"colour": onehot([0, 0, 0, 1, 1, 1], 3), "shape": onehot([0, 0, 0, 1, 1, 1], 2)}
     rows, s = zafar.ood_recognition(perfect, ood, classes)
     assert s["colour_share"] == s["recognised_share"] == 1.0 and s["colour_auc"] == 1.0 and len(rows) == 2

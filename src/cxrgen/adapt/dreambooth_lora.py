@@ -283,7 +283,7 @@ class StepSampler:
         out = self.pipe(prompts, num_inference_steps=cfg.sample_inference_steps, guidance_scale=cfg.sample_guidance,
                         height=cfg.resolution, width=cfg.resolution, generator=gens, output_type="np").images
         gray = (np.clip(np.asarray(out, np.float32).mean(-1), 0, 1) * 255).round().astype(np.uint8)
-        for (p, i, f), img in zip(self._files(step), gray):
+        for (_, _, f), img in zip(self._files(step), gray):
             with atomic_path(f) as tmp:
                 Image.fromarray(img).save(tmp, format="PNG")
         for m, training in was:

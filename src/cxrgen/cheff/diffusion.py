@@ -357,7 +357,7 @@ def sample_latents(sdm: SDM, n: int, reports: Sequence[str] | None = None, steps
         m = min(batch_size, n - i)
         ctx = sdm.context(None if reports is None else list(reports[i:i + m]), m)
         unc = sdm.context([""] * m, m) if ctx is not None and guidance != 1.0 else None
-        z = ddim_sample(lambda x, t: sdm.eps(x, t, ctx, unc, guidance), sdm.scheduler,
+        z = ddim_sample(lambda x, t: sdm.eps(x, t, ctx, unc, guidance), sdm.scheduler,  # noqa: B023 (run here)
                         (m, cfg.in_channels, cfg.sample_size, cfg.sample_size), steps or sdm.ddim_steps, generator,
                         device=device)
         out.append((z / sdm.latent_scale).cpu())

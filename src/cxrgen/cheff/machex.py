@@ -71,7 +71,7 @@ def build_machex(sources: Sequence[dict], frontal_only: bool = True, seed: int =
             patients = np.array(sorted(df["patient_id"].astype(str).unique()))
             rng = np.random.default_rng([seed, i])
             test = set(rng.permutation(patients)[: int(round(test_fraction * len(patients)))])
-            split = df["patient_id"].astype(str).map(lambda p: "test" if p in test else "train")
+            split = df["patient_id"].astype(str).map(lambda p: "test" if p in test else "train")  # noqa: B023 (run here)
         df["source_split"] = split.to_numpy()
         df["workflow_dataset"] = bool(src.get("workflow_splits"))  # the run's own dataset (patients comparable)
         df["frontal"] = df["view"].astype(str).str.upper().isin(FRONTAL_VIEWS)

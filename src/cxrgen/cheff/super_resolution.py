@@ -290,7 +290,8 @@ class SuperResolution:
         out = []
         for i in tqdm(range(0, len(lr_images), batch_size), desc="SR", disable=not progress, leave=False):
             cond = upsample_condition(to_unit(lr_images[i:i + batch_size]).expand(-1, c, -1, -1), size).to(device)
-            x = ddim_sample(lambda x, t: self.unet(sr_input(x, cond), t).sample, self.scheduler, tuple(cond.shape),
+            x = ddim_sample(lambda x, t: self.unet(sr_input(x, cond), t).sample,  # noqa: B023 (run here)
+                            self.scheduler, tuple(cond.shape),
                             steps or self.ddim_steps, generator, device=device)
             out.append(to_uint8(x))
         return np.concatenate(out)

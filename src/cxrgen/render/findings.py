@@ -245,7 +245,7 @@ def text_encoder_vs_base(files: Mapping, claim: Mapping, settings: Settings) -> 
                                   note="no encoder besides the baseline"))
             continue
 
-        def macro(col, i):
+        def macro(col, i, member=member, df=df):
             w = member[i]
             den = w.sum(0)
             num = (w * df[col].to_numpy(float)[i][:, None]).sum(0)

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
+from types import MappingProxyType
 
 import pandas as pd
 
@@ -19,7 +20,8 @@ from cxrgen.io import write_csv_atomic, write_text_atomic
 
 #: {table stem: sentences} appended to that table's caption: the overlaps the config allows (cxrgen.data.leakage),
 #: set for the running rule by cxrgen.workflow.script_context
-CAPTION_NOTES: ContextVar[Mapping[str, Sequence[str]]] = ContextVar("CAPTION_NOTES", default={})
+CAPTION_NOTES: ContextVar[Mapping[str, Sequence[str]]] = ContextVar("CAPTION_NOTES",
+                                                                      default=MappingProxyType({}))
 
 PAPER = "(paper)"
 OURS = "(this run)"

@@ -562,7 +562,7 @@ def render_dewilde(sweep_csvs: Sequence, sweep_sets: Sequence, composability_dir
 
     # Fig. 2 style: the first image of every sweep point, one row per sweep
     grid_rows, labels, width = [], [], 0
-    for table, keys in TABLE_KEYS.items():
+    for table in TABLE_KEYS:
         sub = sweep.reset_index(drop=True)
         for sw in (sub[sub["table"] == table]["sweep"].unique()):
             idx = np.flatnonzero(((sweep["table"] == table) & (sweep["sweep"] == sw)).to_numpy())

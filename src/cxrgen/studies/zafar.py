@@ -182,7 +182,7 @@ def sample_zafar_sets(pipeline, out_dir, real_manifest: pd.DataFrame, model: str
     with atomic_path(out_dir) as tmp:
         (tmp / "images").mkdir(parents=True)
         files = []
-        for k, (row, img) in enumerate(zip(man.itertuples(), imgs)):
+        for row, img in zip(man.itertuples(), imgs):
             f = f"images/{row.part}_{row.prompt_name}_{row.index:04d}.png"
             Image.fromarray(img if row.part == "ood" else img.mean(-1).round().astype(np.uint8)).save(tmp / f)
             files.append(f)

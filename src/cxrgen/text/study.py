@@ -53,7 +53,10 @@ def _similarity(emb: np.ndarray, kind: str) -> np.ndarray:
     return emb @ emb.T
 
 
-def cached_embeddings(texts, spec: dict, method: str, cache_dir, progress=False, _loaded={}):
+_LOADED_ENCODER: dict = {}  # (name, path, trust_remote_code) -> the one encoder kept in memory
+
+
+def cached_embeddings(texts, spec: dict, method: str, cache_dir, progress=False):
     """Embeddings for (encoder, method, corpus) from ``cache_dir`` or computed and cached (None if unavailable)."""
     name = spec["name"]
     key = f"{name}__{method}__{corpus_hash(texts)}__{hashlib.sha256(str(spec.get('path')).encode()).hexdigest()[:8]}"
@@ -64,10 +67,10 @@ def cached_embeddings(texts, spec: dict, method: str, cache_dir, progress=False,
     if none_marker is not None and none_marker.is_file():
         return None
     ident = (name, str(spec.get("path")), bool(spec.get("trust_remote_code", False)))
-    if ident not in _loaded:
-        _loaded.clear()  # keep one model in memory
-        _loaded[ident] = load_encoder(name, spec.get("path"), trust_remote_code=bool(spec.get("trust_remote_code", False)))
-    emb = embed(texts, _loaded[ident], method, batch_size=int(spec.get("batch_size", 64)), progress=progress)
+    if ident not in _LOADED_ENCODER:
+        _LOADED_ENCODER.clear()  # keep one model in memory
+        _LOADED_ENCODER[ident] = load_encoder(name, spec.get("path"), trust_remote_code=bool(spec.get("trust_remote_code", False)))
+    emb = embed(texts, _LOADED_ENCODER[ident], method, batch_size=int(spec.get("batch_size", 64)), progress=progress)
     if npy is not None:
         if emb is None:
             write_text_atomic(none_marker, "method unavailable for this model\n")
@@ -144,7 +147,7 @@ def run_text_encoder_study(
     table2.attrs.update({"k": k, "same_label": same_label, "n_reports": len(texts), "similarity": similarity})
 
     t3 = {BASE: [100 * base.per_class[c] for c in classes] + [100 * base.macro]}
-    for label, (method, res, _) in best.items():
+    for label, (_, res, _) in best.items():
         t3[label] = [100 * res.per_class[c] for c in classes] + [100 * res.macro]
     table3 = pd.DataFrame(t3, index=classes + ["Macro"])
     table3.index.name = "Abnormality"
