@@ -3,7 +3,7 @@ file/row/column/key and what was expected, or in a documented, counted skip -- n
 never a half-written output that a rerun would trust. Hypothesis drives the cases where the input space is large
 (byte truncations, random bytes, label strings, column drops/renames, weighted-AND prompts, config mutations).
 
-The table of cases, how each is handled and which test covers it is in README.md ("Bad input"); tests already in
+The table of cases, how each is handled and which test covers it is in docs/robustness.md; tests already in
 other files are cited there rather than repeated here.
 """
 

@@ -12,7 +12,7 @@ whole process tree.
 Without CUDA (a laptop, CI, the localhost SLURM with fake GPUs) the N workers are CPU processes that talk over
 gloo: accelerate reads ``ACCELERATE_USE_CPU`` (``accelerate launch --cpu`` itself would start one process only).
 
-Several nodes (``resources: nodes=M``, set per rule in a SLURM profile, see README "Run on a cluster"): the
+Several nodes (``resources: nodes=M``, set per rule in a SLURM profile, see docs/cluster.md): the
 launching process, inside the SLURM allocation, starts one task per node with ``srun``; each task re-executes the
 script with :data:`NODE_TASK` set and runs accelerate's launcher with ``--num_machines M --machine_rank
 $SLURM_NODEID`` and the allocation's first host as the rendezvous, for N processes in all (N / M per node).
