@@ -100,6 +100,7 @@ def test_run_py_quick_metrics_exit_status(capsys, monkeypatch, one_thread):
     assert "agreement checks: all within tolerance" in out and "| metrics" in out
 
 
+@pytest.mark.slow
 def test_cheff_memory_bench_measures_one_stage_at_two_dataset_sizes(tmp_path):
     from bench import cheff_memory
 

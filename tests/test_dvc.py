@@ -1,11 +1,16 @@
 """Publishing results with DVC: `make publish` (dvc add + dvc push of results/*), then in a fresh clone
 `dvc pull` + `snakemake --touch` restores the finished state with nothing to rerun.
 
-Runs in a scratch git repo holding a copy of the workflow, with a local directory remote."""
+Runs in a scratch git repo holding a copy of the workflow, with a local directory remote; and the same push and pull
+through a real SSH remote on localhost (a throwaway sshd with its own keys, as docs/data.md sets up a shared one)."""
 
+import getpass
 import hashlib
+import importlib.util
 import os
+import random
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -90,3 +95,95 @@ def test_publish_then_pull_and_touch_restores_without_rerun(tmp_path):
     assert "Nothing to be done" in plan, plan
     assert tree_hash(clone / "results") == published  # --touch changed mtimes only
     print(f"\nDVC publish + clone + pull + touch: {time.monotonic() - t0:.1f} s")
+
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+SSHD_CONFIG = """Port {port}
+ListenAddress 127.0.0.1
+HostKey {root}/host_key
+AuthorizedKeysFile {root}/authorized_keys
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+PidFile {root}/sshd.pid
+Subsystem sftp internal-sftp
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def ssh_remote(tmp_path):
+    """(ssh:// URL of an empty remote folder, client key file) served by an sshd of this test on a free port."""
+    if not Path(SSHD).is_file():
+        pytest.skip("needs sshd: apt-get install openssh-server (.ci/run does)")
+    if importlib.util.find_spec("dvc_ssh") is None:
+        pytest.skip("needs dvc-ssh (pinned in requirements.lock)")
+    privsep = Path("/run/sshd")  # sshd refuses to start without it; Debian's ssh service creates it
+    if not privsep.is_dir():
+        if os.geteuid() != 0:
+            pytest.skip("sshd needs /run/sshd, which only root can create")
+        privsep.mkdir(mode=0o755, parents=True)
+    root = tmp_path / "sshd"
+    root.mkdir()
+    for key in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / key)], check=True)
+    shutil.copy(root / "client_key.pub", root / "authorized_keys")
+    port = _free_port()
+    (root / "sshd_config").write_text(SSHD_CONFIG.format(port=port, root=root))
+    log = open(root / "sshd.log", "w")
+    sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", str(root / "sshd_config")], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert sshd.poll() is None and time.monotonic() < deadline, (root / "sshd.log").read_text()
+                time.sleep(0.2)
+        yield f"ssh://{getpass.getuser()}@127.0.0.1:{port}{tmp_path / 'remote'}", root / "client_key"
+    finally:
+        sshd.terminate()
+        sshd.wait(timeout=10)
+        log.close()
+
+
+@pytest.mark.slow
+def test_push_to_an_ssh_remote_and_pull_in_a_fresh_clone(tmp_path, ssh_remote):
+    url, key = ssh_remote
+    dvc = [sys.executable, "-m", "dvc"]
+    lab = tmp_path / "lab"
+    (lab / ".dvc").mkdir(parents=True)
+    for name in (".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore"):
+        shutil.copy(REPO / name, lab / name)
+    rng = random.Random(0)
+    for rel in ("results/models/a/weights.bin", "results/models/b/weights.bin", "results/tables/t.csv"):
+        (lab / rel).parent.mkdir(parents=True, exist_ok=True)
+        (lab / rel).write_bytes(rng.randbytes(20_000))
+    published = tree_hash(lab / "results")
+    run(["git", "init", "-q"], lab)
+    # docs/data.md: the shared remote in .dvc/config (committed, no credentials), the key in .dvc/config.local
+    run([*dvc, "remote", "add", "-d", "shared", url], lab)
+    run([*dvc, "remote", "modify", "--local", "shared", "keyfile", str(key)], lab)
+    run([*dvc, "add", "-q", "results/models", "results/tables"], lab)  # what `make publish` runs
+    run([*dvc, "push", "-q"], lab)
+    assert any((tmp_path / "remote").rglob("*")), "nothing arrived on the SSH remote"
+    run(["git", "add", "-A"], lab)
+    run(["git", "commit", "-qm", "results on the shared remote"], lab)
+    assert "config.local" not in run(["git", "ls-files", ".dvc"], lab)  # the key stays out of git
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(lab), str(clone)], tmp_path)
+    assert not (clone / "results" / "models").exists()
+    run([*dvc, "remote", "modify", "--local", "shared", "keyfile", str(key)], clone)
+    run([*dvc, "pull", "-q"], clone)
+    assert tree_hash(clone / "results") == published
+    assert "up to date" in run([*dvc, "status"], clone)

@@ -53,6 +53,7 @@ def _ranks(text):
     return sorted(set(re.findall(r"process rank (\d) of (\d)", text)))
 
 
+@pytest.mark.slow
 def test_a_two_gpu_job_runs_two_ddp_processes_writing_one_log(tmp_path):
     proc, text, out = _run_toy(tmp_path, {"gpu": 2})
     assert proc.returncode == 0, proc.stderr + text
@@ -69,6 +70,7 @@ def test_a_one_gpu_job_runs_in_the_snakemake_process(tmp_path):
     assert out.read_text() == "1 1\n"
 
 
+@pytest.mark.slow
 def test_a_failing_rank_fails_the_job_and_its_error_is_in_the_log(tmp_path):
     proc, text, out = _run_toy(tmp_path, {"gpu": 2}, fail=True)
     assert proc.returncode != 0
@@ -92,6 +94,7 @@ def _fake_slurm(bin_dir: Path):
         f.chmod(f.stat().st_mode | stat.S_IEXEC)
 
 
+@pytest.mark.slow
 def test_a_two_node_job_starts_one_launcher_per_node_through_srun(tmp_path):
     _fake_slurm(tmp_path / "bin")
     env = {"PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": str(4000 + os.getpid() % 900)}
@@ -155,6 +158,7 @@ def test_a_bad_gpus_entry_stops_the_run_naming_it(tmp_path, overlay, named):
     assert named in proc.stdout + proc.stderr and "gpus" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_a_multi_process_job_whose_code_never_joins_the_group_fails(tmp_path):
     script = tmp_path / "lonely.py"
     script.write_text(textwrap.dedent(f"""
@@ -173,6 +177,7 @@ def test_a_multi_process_job_whose_code_never_joins_the_group_fails(tmp_path):
     assert text.count("training alone") == 2 and "never joined their process group" in text, text
 
 
+@pytest.mark.slow
 def test_terminating_the_job_stops_its_workers(tmp_path):
     """A preempted / cancelled job (SIGTERM to the process Snakemake started) leaves no worker running."""
     import signal
