@@ -195,6 +195,29 @@ def test_bad_adapters_and_arguments_raise(foundation, baseline, tmp_path):
         baseline.generate("a photo", 1, seed=0, steps=STEPS, height=30, progress=False)
 
 
+def test_adapter_moved_together_with_its_foundation_still_loads(foundation, ti_dir, tmp_path):
+    import shutil
+
+    from cxrgen.adapt.adapter_file import foundation_reference
+
+    models = tmp_path / "run" / "models"
+    shutil.copytree(foundation, models / "foundation")
+    adapter = shutil.copytree(ti_dir, models / "adapted" / "ti")
+    meta = json.loads((adapter / "adapter.json").read_text())
+    assert meta["foundation"] == str(foundation)  # an old adapter: the foundation's absolute path still loads
+    assert load_adapted_pipeline(None, adapter).foundation == str(foundation.resolve())
+    meta["foundation"] = foundation_reference(models / "foundation", adapter)
+    assert meta["foundation"] == "../../foundation"
+    (adapter / "adapter.json").write_text(json.dumps(meta))
+    moved = shutil.move(tmp_path / "run", tmp_path / "elsewhere")  # the whole tree moves; the reference follows
+    loaded = load_adapted_pipeline(None, moved / "models" / "adapted" / "ti")
+    assert loaded.foundation == str((moved / "models" / "foundation").resolve()) and loaded.token == TOKEN
+    shutil.rmtree(moved / "models" / "foundation")
+    with pytest.raises(InputError, match=r"names foundation '../../foundation'.*relative to the adapter"):
+        load_adapted_pipeline(None, moved / "models" / "adapted" / "ti")
+    assert foundation_reference("CompVis/stable-diffusion-v1-4", adapter) == "CompVis/stable-diffusion-v1-4"
+
+
 # ------------------------------------------------------------------------------------------------ sets and tables
 def test_generate_set_manifest(sets):
     images, manifest = load_images(sets["ti_object_radiology"])

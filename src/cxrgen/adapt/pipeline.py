@@ -1,7 +1,8 @@
 """Load a foundation pipeline with one adaptation applied, and generate grayscale images from it.
 
 An adapted model is a folder with ``adapter.json`` = ``{"method": ..., "foundation": ...}`` plus the method's
-weights (the contract every trainer in :mod:`cxrgen.adapt` writes):
+weights (the contract every trainer in :mod:`cxrgen.adapt` writes; ``foundation`` is a hub id, or a local folder
+relative to the adapter folder itself, see :mod:`cxrgen.adapt.adapter_file`):
 
 * ``"none"``: the foundation as is (Chambon et al.'s "Original model" baseline);
 * ``"textual_inversion"``: ``learned_embeds.safetensors`` (diffusers format) and ``token``; loaded with
@@ -47,6 +48,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cxrgen.adapt.adapter_file import resolve_foundation
 from cxrgen.engine import default_device
 from cxrgen.errors import InputError
 
@@ -239,9 +241,10 @@ def load_adapted_pipeline(foundation=None, adapter_dir=None, device=None, schedu
         if not foundation:
             raise InputError(f"no foundation given and {folder / ADAPTER_FILE if folder else 'no adapter'} names none; "
                              "expected a registry name, hub id or local pipeline folder")
+        foundation = resolve_foundation(foundation, folder)
     elif adapter.get("foundation"):
         try:
-            same = resolve_model(adapter["foundation"]) == resolve_model(foundation)
+            same = resolve_foundation(adapter["foundation"], folder) == resolve_model(foundation)
         except InputError:
             same = False
         if not same:
@@ -322,9 +325,10 @@ def _load_lora_stack(foundation, folders: list, weights, device, scheduler, prog
     bad = [str(f) for f, a in zip(folders, adapters) if a["method"] != "lora"]
     if bad:
         raise InputError(f"adapters {bad} are not LoRA adapters; only method 'lora' can be stacked")
-    foundation = foundation or adapters[0].get("foundation")
     if not foundation:
-        raise InputError(f"no foundation given and {Path(folders[0]) / ADAPTER_FILE} names none")
+        if not adapters[0].get("foundation"):
+            raise InputError(f"no foundation given and {Path(folders[0]) / ADAPTER_FILE} names none")
+        foundation = resolve_foundation(adapters[0]["foundation"], folders[0])
     pipe = load_pipeline(foundation)
     names = [f"lora_{i}" for i in range(len(folders))]
     for f, a, name in zip(folders, adapters, names):
