@@ -58,4 +58,4 @@ rule adapt_few_shot:
     conda:
         "../envs/cxrgen.yaml"
     script:
-        "../scripts/adapt_few_shot.py"
+        "../scripts/adapt_train.py"

@@ -7,6 +7,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the checkout's package, installed or not
+from cxrgen.adapt import methods as adapt_methods
 from cxrgen.data import leakage
 from cxrgen.errors import InputError
 from cxrgen.runs import PAPERS
@@ -41,7 +42,14 @@ try:
     ALLOWED_OVERLAPS = leakage.allowed_overlaps(config)  # {frozenset({trains, evaluates}): reason}
 except InputError as _exc:
     raise WorkflowError(f"config leakage check: {_exc}")
-FEW_SHOT_METHODS = ("textual_inversion", "unet")  # the methods that train on images (projection trains on captions)
+# the methods that train on a sample's images (cxrgen.adapt.methods; textual projection trains on captions)
+FEW_SHOT_METHODS = adapt_methods.image_trained_methods()
+# every adapted model's settings parse into its trainer's config now, not when its job starts
+try:
+    adapt_methods.check_settings(config["adaptation"]["methods"], "adaptation")
+    adapt_methods.check_settings(config["zafar"]["methods"], "zafar")
+except InputError as _exc:
+    raise WorkflowError(str(_exc))
 
 
 def adaptation_sample(name):
@@ -113,7 +121,7 @@ def adaptation_inputs(wildcards):
     """What an adaptation trains on: the few-shot sample (TI, U-Net) or the foundation's captions (projection)."""
     if ADAPTED[wildcards.adapted]["method"] not in FEW_SHOT_METHODS:
         return []
-    return [f"{DATA_DIR}/samples/{adaptation_sample(wildcards.adapted)}"]
+    return f"{DATA_DIR}/samples/{adaptation_sample(wildcards.adapted)}"
 
 
 def adapter_input(wildcards):

@@ -93,6 +93,8 @@ rule render_synthesis:
         },
     params:
         methods=list(ADAPTED),
+        # each model's method and settings map it onto the paper's rows (cxrgen.adapt.methods)
+        models=ADAPTED,
         synthesis=config["synthesis"],
         fig5_method=fig5_method(),
         scale=config["scale"],

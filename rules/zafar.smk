@@ -58,7 +58,7 @@ rule zafar_train:
     conda:
         "../envs/cxrgen.yaml"
     script:
-        "../scripts/zafar_train.py"
+        "../scripts/adapt_train.py"
 
 
 rule zafar_attribute_classifier:

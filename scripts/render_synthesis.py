@@ -15,5 +15,6 @@ with script_context(snakemake) as log:
         stem(out.table4_csv), stem(out.table5_csv), stem(out.samples_png), fig5_stem=stem(out.fig5_png),
         train_dir=snakemake.input.train, fig5_method=snakemake.params.fig5_method, scale=snakemake.params.scale,
         paper_names=snakemake.params.synthesis["paper_names"], n_show=snakemake.params.synthesis["n_show"],
+        models=snakemake.params.models,
     )
     log.info("rendered %s", paths)

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
+from cxrgen.adapt.config import TrainConfig
+from cxrgen.adapt.methods import train_from_sample
 from cxrgen.adapt.textual_inversion import (
     OBJECT_TEMPLATES,
     STYLE_TEMPLATES,
@@ -17,7 +19,7 @@ from cxrgen.adapt.textual_inversion import (
     add_placeholder_tokens,
     train_textual_inversion,
 )
-from cxrgen.adapt.trainer import BatchStream, TrainConfig, images_to_tensor, train_from_sample, train_scheduler_from
+from cxrgen.adapt.trainer import BatchStream, images_to_tensor, train_scheduler_from
 from cxrgen.adapt.unet_finetune import UNetFinetuneConfig, prior_preservation_loss, train_unet
 from cxrgen.data.prompts import CHAMBON_PROMPTS
 from cxrgen.diffusion import diffusion_loss

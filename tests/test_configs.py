@@ -1,21 +1,19 @@
 """Every shipped config (the default, smoke and paper ones) validates against the schema, merged over config.yaml as
-Snakemake merges it, and every adaptation method's settings parse into its trainer's config class."""
+Snakemake merges it, and every adapted model's settings parse into its method's settings class (cxrgen.adapt.methods),
+as the workflow checks them when it builds its jobs."""
 
-import copy
 from pathlib import Path
 
 import pytest
 import yaml
 from snakemake.utils import update_config, validate
 
-from cxrgen.adapt.textual_inversion import TextualInversionConfig
-from cxrgen.adapt.textual_projection import ProjectionConfig
-from cxrgen.adapt.unet_finetune import UNetFinetuneConfig
+from cxrgen.adapt.config import ProjectionConfig, UNetFinetuneConfig
+from cxrgen.adapt.methods import SECTIONS, check_settings
 from cxrgen.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = str(REPO / "schemas" / "config.schema.yaml")
-CONFIG_CLASSES = {"textual_inversion": TextualInversionConfig, "unet": UNetFinetuneConfig}
 
 
 def merged(config_file: Path) -> dict:
@@ -30,15 +28,10 @@ def merged(config_file: Path) -> dict:
                          ids=lambda p: p.name)
 def test_config_validates_and_method_settings_parse(config_file):
     config = merged(config_file)
-    methods = config["adaptation"]["methods"]
-    assert methods and len({m["name"] for m in methods}) == len(methods)
-    for m in methods:
-        settings = m.get("settings", {})
-        if m["method"] == "textual_projection":
-            d = {k: v for k, v in settings.items() if k not in ("captions",)}
-            ProjectionConfig.from_dict(d)
-        elif m["method"] in CONFIG_CLASSES:
-            CONFIG_CLASSES[m["method"]].from_dict(copy.deepcopy(settings)).validate()
+    for section in SECTIONS:
+        methods = config[section]["methods"]
+        assert methods and len({m["name"] for m in methods}) == len(methods)
+        check_settings(methods, section)
 
 
 def test_unknown_trainer_setting_is_named():
@@ -46,6 +39,12 @@ def test_unknown_trainer_setting_is_named():
         UNetFinetuneConfig.from_dict({"stepz": 3})
     with pytest.raises(InputError, match="stepz"):
         ProjectionConfig.from_dict({"stepz": 3})
+    with pytest.raises(InputError, match=r"adaptation\.methods\[u\]\.settings \(method 'unet'\).*stepz.*expected"):
+        check_settings([{"name": "u", "method": "unet", "settings": {"stepz": 3}}], "adaptation")
+    with pytest.raises(InputError, match=r"zafar\.methods\[l\]\.settings \(method 'lora'\).*rank=0"):
+        check_settings([{"name": "l", "method": "lora", "settings": {"rank": 0}}], "zafar")
+    with pytest.raises(InputError, match=r"method 'unet'; expected one of \['lora', 'full'\]"):
+        check_settings([{"name": "u", "method": "unet"}], "zafar")  # a section lists only its own methods
 
 
 def test_schema_rejects_unknown_adaptation_method():

@@ -20,7 +20,7 @@ from cxrgen.adapt.dreambooth_lora import (
 )
 from cxrgen.adapt.full_finetune import FullFinetuneConfig, train_full
 from cxrgen.adapt.pipeline import load_adapted_pipeline
-from cxrgen.adapt.trainer import train_from_sample
+from cxrgen.adapt.methods import train_from_sample
 from cxrgen.data.prompts import zafar_prompt
 from cxrgen.data.schema import CHEXPERT_LABELS
 from cxrgen.errors import InputError

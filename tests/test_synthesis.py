@@ -274,19 +274,30 @@ def test_fid_and_classification_tables(sets, classifier):
 
 
 def test_paper_row_mapping():
-    assert default_paper_rows("baseline") == {"table4": ("Original model", "Stable Diffusion"), "table5": "Original Model"}
-    assert default_paper_rows("ti_style_lung")["table4"] == ("Token embedding training", "Style, lung")
-    assert default_paper_rows("textual_projection_doc")["table5"] == "Textual Projection (Doc.)"
-    assert default_paper_rows("projection_none")["table4"] == ("Textual Projection", "No Projection")
-    assert default_paper_rows("unet_prior")["table5"] == "U-Net, with prior"
-    assert default_paper_rows("unet_abnormality")["table4"][1] == "Trained on no findings and abnormality"
-    assert default_paper_rows("unet_nofindings") == {"table4": ("U-Net training", "Trained on no findings"), "table5": None}
-    assert default_paper_rows("something_else") == {"table4": None, "table5": None}
-    rows = paper_rows(["ti_object_radiology", "ti_style_radiology", "mine"],
-                      {"mine": {"table5": "Original Model"}})
-    assert rows["ti_object_radiology"]["table5"] == "Textual Inversion"
-    assert rows["ti_style_radiology"]["table5"] is None  # the paper's single TI row is claimed by the first
-    assert rows["mine"]["table5"] == "Original Model"
+    # the rows follow each model's method and settings (cxrgen.adapt.methods), not its name
+    assert default_paper_rows("none") == {"table4": ("Original model", "Stable Diffusion"), "table5": "Original Model"}
+    assert default_paper_rows("textual_inversion", {"template": "style", "initializer": "lung"})["table4"] == (
+        "Token embedding training", "Style, lung")
+    assert default_paper_rows("textual_inversion", {"initializer": "chest"}) == {"table4": None,
+                                                                                  "table5": "Textual Inversion"}
+    assert default_paper_rows("textual_projection", {"variant": "document"})["table5"] == "Textual Projection (Doc.)"
+    assert default_paper_rows("textual_projection", {"variant": "none"})["table4"] == ("Textual Projection",
+                                                                                      "No Projection")
+    assert default_paper_rows("unet", {"prior_preservation": True})["table5"] == "U-Net, with prior"
+    assert default_paper_rows("unet")["table4"][1] == "Trained on no findings and abnormality"
+    assert default_paper_rows("unet", {"classes": ["No Finding"]}) == {"table4": ("U-Net training",
+                                                                                  "Trained on no findings"),
+                                                                       "table5": None}
+    assert default_paper_rows("lora") == {"table4": None, "table5": None}
+    with pytest.raises(InputError, match="stepz"):
+        default_paper_rows("unet", {"stepz": 1})
+    models = {"ti_a": {"method": "textual_inversion"}, "ti_b": {"method": "textual_inversion",
+                                                                "settings": {"template": "style"}}}
+    rows = paper_rows(["ti_a", "ti_b", "mine"], {"mine": {"table5": "Original Model"}}, models)
+    assert rows["ti_a"] == {"table4": ("Token embedding training", "Object, radiology"), "table5": "Textual Inversion"}
+    assert rows["ti_b"]["table5"] is None  # the paper's single TI row is claimed by the first
+    assert rows["ti_b"]["table4"] == ("Token embedding training", "Style, radiology")
+    assert rows["mine"]["table5"] == "Original Model"  # no config entry: only what the override names
     with pytest.raises(InputError, match="unknown methods"):
         paper_rows(["a"], {"b": {}})
 
@@ -300,7 +311,8 @@ def test_evaluation_and_rendering(sets, classifier, tmp_path, monkeypatch):
     assert set(res) == {"table4", "table5", "scores"} and (tmp_path / "eval" / "scores.csv").is_file() and (tmp_path / "eval" / "table4.csv").is_file()
     paths = render_synthesis(tmp_path / "eval", sets, tmp_path / "t4", tmp_path / "t5", tmp_path / "fig4",
                              fig5_stem=tmp_path / "fig5", train_dir=sets["baseline"], fig5_method="baseline",
-                             scale="miniature", n_show=2)
+                             scale="miniature", n_show=2, models={"baseline": {"method": "none"},
+                                                                  "ti_object_radiology": {"method": "textual_inversion"}})
     for key in ("table4", "table5"):
         assert all(p.is_file() for p in paths[key].values())
     for key in ("samples", "fig5"):

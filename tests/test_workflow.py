@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
+
+from cxrgen.adapt.methods import METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -102,12 +105,35 @@ def test_a_paper_target_plans_only_that_paper_and_what_it_needs(workdir):
     assert not {r for r in planned if r.startswith(("zafar_", "dewilde_"))}, planned
 
 
+def test_bad_adaptation_setting_stops_the_dry_run(workdir):
+    """A typo in a method's settings stops the DAG build (not the job, after the foundation trained), naming the key,
+    the model, the method and the keys it takes."""
+    out = failed_dry_run(workdir, "typo.yaml", "adaptation:\n  methods:\n    - {name: original, method: none}\n"
+                                               "    - {name: unet_x, method: unet, settings: {prior_preservaton: true}}\n")
+    assert "adaptation.methods[unet_x].settings (method 'unet')" in out and "prior_preservaton" in out
+    assert "expected some of" in out and "'prior_preservation'" in out
+    out = failed_dry_run(workdir, "typo_zafar.yaml", "zafar:\n  methods:\n    - {name: l, method: lora, settings: {rnk: 4}}\n")
+    assert "zafar.methods[l].settings (method 'lora')" in out and "rnk" in out and "'rank'" in out
+
+
 def test_default_dry_run_plans_every_stage(workdir):
-    proc = run_snakemake("-n", "--quiet", "rules", cwd=workdir)
+    proc = run_snakemake("-n", cwd=workdir)
     planned = proc.stdout + proc.stderr
     for rule in ("phantom_dataset", "dataset_table", "sample", "data_summary", "foundation", "text_encoder_study",
                  "adapt_textual_projection", "adapt_few_shot", "synthesize", "evaluate_synthesis", "render_synthesis"):
-        assert rule in planned, f"{rule} missing from the default plan:\n{planned}"
+        assert f"rule {rule}:" in planned, f"{rule} missing from the default plan:\n{planned}"
+    # every adapted model is trained by the rule its method's registry entry calls for (cxrgen.adapt.methods)
+    job = re.compile(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    output: (\S+)", flags=re.M)
+    jobs = {output.rstrip(","): rule for rule, output in job.findall(planned)}  # first output -> rule
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    for section, folder, image_rule in (("adaptation", "results/models/adapted", "adapt_few_shot"),
+                                        ("zafar", "results/models/zafar", "zafar_train")):
+        for entry in config[section]["methods"]:
+            if entry["method"] == "none":
+                continue
+            spec = METHODS[entry["method"]]
+            expected = image_rule if spec.trains_on_images else f"adapt_{entry['method']}"
+            assert jobs.get(f"{folder}/{entry['name']}") == expected, (entry, jobs.get(f"{folder}/{entry['name']}"))
 
 
 def _hash_tree(root: Path) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cxrgen.adapt.methods import ADAPTER_FILE
 from cxrgen.errors import InputError
 
 
@@ -36,6 +37,6 @@ def resolve_foundation(reference, adapter_dir) -> str:
         return resolve_model(ref)
     except InputError:
         raise InputError(
-            f"{Path(adapter_dir) / 'adapter.json'} names foundation {ref!r}, which is neither a folder relative to the "
+            f"{Path(adapter_dir) / ADAPTER_FILE} names foundation {ref!r}, which is neither a folder relative to the "
             f"adapter ({beside}), nor an existing folder, nor a hub id or registry name; expected the foundation "
             "folder moved together with the adapter, or pass the foundation explicitly") from None

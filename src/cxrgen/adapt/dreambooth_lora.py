@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from cxrgen.adapt.config import DreamBoothLoRAConfig, ZafarTrainConfig
+from cxrgen.adapt.methods import ADAPTER_FILE, LORA_FILE, TEXT_ENCODER_DIR, UNET_DIR
 from cxrgen.adapt.trainer import (
     BatchStream,
     LatentCache,
-    TrainConfig,
     TrainTask,
     encode_prompts,
     finish_output,
@@ -43,127 +43,13 @@ from cxrgen.adapt.trainer import (
     tokenize,
     train_scheduler_from,
 )
-from cxrgen.data.prompts import ZAFAR_COMPACT, ZAFAR_STYLES, zafar_findings, zafar_prompt
+from cxrgen.data.prompts import ZAFAR_COMPACT, zafar_findings, zafar_prompt
 from cxrgen.diffusion import diffusion_loss
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path, write_csv_atomic
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
 STEP_DIR = "step_samples"
 STEP_MANIFEST = "manifest.csv"
-UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
-
-#: Paper-scale settings (SD v1.5, 512 px). Zafar et al. give the data (960 mixed / 325 normal AP/PA PadChest
-#: images, the highest-complexity prompt, prior preservation: VI.A "with prior preservation") and sample epochs
-#: (Figs. 6/7, up to 180) but no optimiser settings, rank or batch size; those follow diffusers'
-#: ``train_dreambooth_lora.py`` README command: rank 4 (alpha 4), lr 1e-4 constant, batch 1, 500 steps, U-Net
-#: attention projections only, prior_loss_weight 1.0, 200 class images at 50 steps / guidance 7.5.
-PAPER = {
-    "steps": 500, "batch_size": 1, "gradient_accumulation_steps": 1, "lr": 1e-4, "lr_scheduler": "constant",
-    "warmup": 0, "resolution": 512, "rank": 4, "alpha": 4.0, "target_modules": list(UNET_TARGETS),
-    "train_text_encoder": False, "prior_preservation": True, "prior_loss_weight": 1.0, "num_class_images": 200,
-    "class_prompt": "chest x-ray", "class_sample_steps": 50, "class_guidance": 7.5, "class_batch_size": 4,
-    "prompt_level": "full", "checkpoint_every": 100,
-}
-
-
-@dataclass
-class ZafarTrainConfig(TrainConfig):
-    """Fields shared by the Zafar trainers (the loop's fields: see :class:`TrainConfig`).
-
-    prompt_level: :data:`cxrgen.data.prompts.ZAFAR_STYLES` ("modality" = "chest x-ray" ... "full"; "compact" is
-    this project's short form for a short text context). normal_only: train only on No Finding images without a
-    positive or uncertain finding (Zafar's "325 normal" runs). max_images: at most this many images (a seeded
-    random subset; None = all). sample_steps: training steps at which the step samples are drawn (0 = before the
-    first step). sample_prompts: their prompts (empty = the first training prompt). sample_n: images per prompt
-    (image i from seed ``seed + i`` at every step). sample_inference_steps / sample_guidance: DDIM steps and CFG.
-    """
-
-    prompt_level: str = "full"
-    normal_only: bool = False
-    max_images: int | None = None
-    sample_steps: tuple[int, ...] = ()
-    sample_prompts: tuple[str, ...] = ()
-    sample_n: int = 2
-    sample_inference_steps: int = 10
-    sample_guidance: float = 4.0
-
-    def validate(self) -> None:
-        super().validate()
-        name = type(self).__name__
-        if self.prompt_level not in ZAFAR_STYLES:
-            raise InputError(f"{name}.prompt_level={self.prompt_level!r}; expected one of {list(ZAFAR_STYLES)}")
-        if self.max_images is not None and not (isinstance(self.max_images, int) and self.max_images >= 1):
-            raise InputError(f"{name}.max_images={self.max_images!r}; expected None or an integer >= 1")
-        steps = tuple(self.sample_steps or ())
-        if not all(isinstance(s, int) and 0 <= s <= self.steps for s in steps):
-            raise InputError(f"{name}.sample_steps={list(steps)}; expected integers between 0 and steps={self.steps}")
-        if not all(isinstance(p, str) and p.strip() for p in (self.sample_prompts or ())):
-            raise InputError(f"{name}.sample_prompts={self.sample_prompts!r}; expected non-empty prompt strings")
-        for key in ("sample_n", "sample_inference_steps"):
-            if not (isinstance(getattr(self, key), int) and getattr(self, key) >= 1):
-                raise InputError(f"{name}.{key}={getattr(self, key)!r}; expected an integer >= 1")
-
-
-@dataclass
-class DreamBoothLoRAConfig(ZafarTrainConfig):
-    """DreamBooth + LoRA settings (shared fields: :class:`ZafarTrainConfig`, :class:`TrainConfig`).
-
-    rank / alpha: LoRA rank and alpha (scale alpha / rank). target_modules: U-Net modules that get adapters.
-    lora_dropout: PEFT dropout. train_text_encoder: also adapt the text encoder (``text_target_modules``).
-    prior_preservation, prior_loss_weight, num_class_images, class_prompt, class_sample_steps, class_guidance,
-    class_batch_size: the DreamBooth prior loss, as in :class:`cxrgen.adapt.unet_finetune.UNetFinetuneConfig`.
-
-    Miniature defaults (~30-40 s on 2 CPU cores with the default foundation): 150 steps, batch 8, lr 1e-3 (a rank-4
-    adapter on a 0.8 M-parameter U-Net needs a much larger lr than SD's 1e-4 to move in 150 steps), rank 4, prior
-    preservation with 24 class images. Paper: :data:`PAPER`.
-    """
-
-    steps: int = 150
-    batch_size: int = 8
-    lr: float = 1e-3
-    checkpoint_every: int = 50
-    rank: int = 4
-    alpha: float = 4.0
-    target_modules: tuple[str, ...] = UNET_TARGETS
-    lora_dropout: float = 0.0
-    train_text_encoder: bool = False
-    text_target_modules: tuple[str, ...] = TEXT_TARGETS
-    prior_preservation: bool = True
-    prior_loss_weight: float = 1.0
-    num_class_images: int = 24
-    class_prompt: str = "chest x-ray"
-    class_sample_steps: int = 10
-    class_guidance: float = 4.0
-    class_batch_size: int = 24
-
-    @classmethod
-    def paper(cls, **overrides) -> DreamBoothLoRAConfig:
-        return cls.from_dict({**PAPER, **overrides})
-
-    def validate(self) -> None:
-        super().validate()
-        if not (isinstance(self.rank, int) and self.rank >= 1):
-            raise InputError(f"DreamBoothLoRAConfig.rank={self.rank!r}; expected an integer >= 1")
-        if float(self.alpha) <= 0:
-            raise InputError(f"DreamBoothLoRAConfig.alpha={self.alpha!r}; expected a positive number")
-        if not (0.0 <= float(self.lora_dropout) < 1.0):
-            raise InputError(f"DreamBoothLoRAConfig.lora_dropout={self.lora_dropout!r}; expected a number in [0, 1)")
-        for key in ("target_modules", "text_target_modules"):
-            v = getattr(self, key)
-            if not (isinstance(v, (list, tuple)) and v and all(isinstance(m, str) and m for m in v)):
-                raise InputError(f"DreamBoothLoRAConfig.{key}={v!r}; expected a non-empty list of module names "
-                                 f"such as {list(UNET_TARGETS if key == 'target_modules' else TEXT_TARGETS)}")
-        for key in ("num_class_images", "class_sample_steps", "class_batch_size"):
-            v = getattr(self, key)
-            if not (isinstance(v, int) and v >= 1):
-                raise InputError(f"DreamBoothLoRAConfig.{key}={v!r}; expected an integer >= 1")
-        if float(self.prior_loss_weight) < 0:
-            raise InputError(f"DreamBoothLoRAConfig.prior_loss_weight={self.prior_loss_weight!r}; expected >= 0")
-        if not isinstance(self.class_prompt, str) or not self.class_prompt.strip():
-            raise InputError(f"DreamBoothLoRAConfig.class_prompt={self.class_prompt!r}; expected a prompt")
-
 
 # ------------------------------------------------------------------------------------------------ data
 
@@ -481,14 +367,28 @@ def train_lora(foundation, images, prompts, cfg: DreamBoothLoRAConfig, out_dir, 
     return summarise(result, out_dir, "lora", {"trainable_params": trainable, **tokens})
 
 
-def train_lora_from_sample(foundation, sample_dir, cfg_dict: dict | None, out_dir, class_images_dir=None,
-                           progress: bool = True) -> dict:
+def train_from_sample(foundation, sample_dir, cfg: DreamBoothLoRAConfig, out_dir, class_images_dir=None,
+                      progress: bool = True) -> dict:
     """:func:`train_lora` on a materialised sample folder (rows and fitted prompts by
     :func:`zafar_sample_training_set`)."""
-    cfg = DreamBoothLoRAConfig.from_dict(cfg_dict)
     images, prompts, extra = zafar_sample_training_set(foundation, sample_dir, cfg)
     return train_lora(foundation, images, prompts, cfg, out_dir, class_images_dir=class_images_dir,
                       progress=progress, extra_adapter=extra)
+
+
+def load_lora(pipe, folder: Path, adapter: dict, name: str) -> None:
+    """Load a LoRA adapter folder into ``pipe`` under the PEFT adapter name ``name``."""
+    weight = adapter.get("weight_name", LORA_FILE)
+    if not (Path(folder) / weight).is_file():
+        raise InputError(f"lora adapter {folder}: expected {weight} (written by save_lora_weights)")
+    pipe.load_lora_weights(str(folder), weight_name=weight, adapter_name=name)
+
+
+def apply_to_pipeline(pipe, folder: Path, adapter: dict, weight: float | None = None) -> None:
+    """Load one LoRA adapter folder into ``pipe``, weighted ``weight`` when given (``pipe.set_adapters``)."""
+    load_lora(pipe, folder, adapter, "lora_0")
+    if weight is not None:
+        pipe.set_adapters(["lora_0"], adapter_weights=[float(weight)])
 
 
 def zafar_sample_training_set(foundation, sample_dir, cfg: ZafarTrainConfig) -> tuple[np.ndarray, list[str], dict]:
@@ -509,17 +409,18 @@ def artefact_bytes(adapter_dir) -> int:
     """Bytes of the weights an adapter folder adds to the foundation (LoRA file, or the full model folders)."""
     folder = Path(adapter_dir)
     files = [folder / LORA_FILE] if (folder / LORA_FILE).is_file() else [
-        f for sub in ("unet", "text_encoder") for f in (folder / sub).glob("*") if f.is_file()]
+        f for sub in (UNET_DIR, TEXT_ENCODER_DIR) for f in (folder / sub).glob("*") if f.is_file()]
     if not files:
-        raise InputError(f"{folder}: no {LORA_FILE} and no unet/ or text_encoder/ weights; expected a Zafar adapter")
+        raise InputError(f"{folder}: no {LORA_FILE} and no {UNET_DIR}/ or {TEXT_ENCODER_DIR}/ weights; expected a "
+                         "Zafar adapter")
     return int(sum(os.path.getsize(f) for f in files))
 
 
 def read_adapter_json(adapter_dir) -> dict:
-    return json.loads((Path(adapter_dir) / "adapter.json").read_text())
+    return json.loads((Path(adapter_dir) / ADAPTER_FILE).read_text())
 
 
-__all__ = ["PAPER", "LORA_FILE", "ZafarTrainConfig", "DreamBoothLoRAConfig", "zafar_training_set",
+__all__ = ["ZafarTrainConfig", "DreamBoothLoRAConfig", "zafar_training_set",
            "zafar_sample_training_set", "fit_zafar_prompts", "n_tokens", "load_tokenizer", "prompt_token_stats",
            "StepSampler", "load_step_samples", "TrainableState", "count_trainable",
-           "train_lora", "train_lora_from_sample", "artefact_bytes"]
+           "train_lora", "train_from_sample", "load_lora", "apply_to_pipeline", "artefact_bytes"]

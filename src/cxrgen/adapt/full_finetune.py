@@ -9,15 +9,14 @@ sampling time (:func:`cxrgen.adapt.pipeline.load_adapted_pipeline`, method ``"fu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from cxrgen.adapt.config import FullFinetuneConfig
 from cxrgen.adapt.dreambooth_lora import (
     STEP_DIR,
     StepSampler,
-    ZafarTrainConfig,
     count_trainable,
     prompt_token_stats,
     zafar_sample_training_set,
@@ -34,38 +33,10 @@ from cxrgen.adapt.trainer import (
     tokenize,
     train_scheduler_from,
 )
+from cxrgen.adapt.methods import TEXT_ENCODER_DIR, UNET_DIR
+from cxrgen.adapt.unet_finetune import load_unet
 from cxrgen.diffusion import diffusion_loss
-
-#: Paper-scale settings (SD v1.5, 512 px). Zafar et al. state batch size 2 (IV.E), 325 normal AP/PA images with
-#: the prompt "Chest X-ray" and samples up to step 9100 (Fig. 5); the learning rate and schedule are not given:
-#: 1e-5 constant, no warm-up, as in diffusers' ``train_text_to_image.py`` README; gradient checkpointing and
-#: fp16 because the paper's runs fit a 16 GB GPU.
-PAPER = {
-    "steps": 9100, "batch_size": 2, "gradient_accumulation_steps": 1, "lr": 1e-5, "lr_scheduler": "constant",
-    "warmup": 0, "resolution": 512, "train_text_encoder": True, "prompt_level": "modality", "normal_only": True,
-    "max_images": 325, "gradient_checkpointing": True, "mixed_precision": "fp16", "checkpoint_every": 500,
-}
-
-
-@dataclass
-class FullFinetuneConfig(ZafarTrainConfig):
-    """Full fine-tuning settings (shared fields: :class:`ZafarTrainConfig`, :class:`TrainConfig`).
-
-    train_text_encoder: train the text encoder jointly with the U-Net (RoentGen's best setting; False trains the
-    U-Net alone). Miniature defaults (~40 s on 2 CPU cores with the default foundation): 150 steps, batch 8,
-    lr 2e-4 (the tiny U-Net's U-Net fine-tuning lr, as in :mod:`cxrgen.adapt.unet_finetune`). Paper: :data:`PAPER`.
-    """
-
-    steps: int = 150
-    batch_size: int = 8
-    lr: float = 2e-4
-    checkpoint_every: int = 50
-    train_text_encoder: bool = True
-
-    @classmethod
-    def paper(cls, **overrides) -> FullFinetuneConfig:
-        return cls.from_dict({**PAPER, **overrides})
-
+from cxrgen.errors import InputError
 
 def train_full(foundation, images, prompts, cfg: FullFinetuneConfig, out_dir, progress: bool = True,
                extra_adapter: dict | None = None) -> dict:
@@ -148,21 +119,34 @@ def train_full(foundation, images, prompts, cfg: FullFinetuneConfig, out_dir, pr
                     "resumed_from": result.resumed_from, **tokens}
 
     def write(d: Path) -> None:
-        unet.save_pretrained(d / "unet", safe_serialization=True)
+        unet.save_pretrained(d / UNET_DIR, safe_serialization=True)
         if cfg.train_text_encoder:
-            text_encoder.save_pretrained(d / "text_encoder", safe_serialization=True)
+            text_encoder.save_pretrained(d / TEXT_ENCODER_DIR, safe_serialization=True)
         sampler.write(d)
 
     finish_output(out_dir, write, result.rows, train_config, adapter, engine)
     return summarise(result, out_dir, "full", {"trainable_params": trainable, **tokens})
 
 
-def train_full_from_sample(foundation, sample_dir, cfg_dict: dict | None, out_dir, progress: bool = True) -> dict:
+def train_from_sample(foundation, sample_dir, cfg: FullFinetuneConfig, out_dir, class_images_dir=None,
+                      progress: bool = True) -> dict:
     """:func:`train_full` on a materialised sample folder (rows and fitted prompts by
-    :func:`zafar_sample_training_set`)."""
-    cfg = FullFinetuneConfig.from_dict(cfg_dict)
+    :func:`zafar_sample_training_set`; ``class_images_dir``: unused, no prior loss)."""
     images, prompts, extra = zafar_sample_training_set(foundation, sample_dir, cfg)
     return train_full(foundation, images, prompts, cfg, out_dir, progress=progress, extra_adapter=extra)
 
 
-__all__ = ["PAPER", "FullFinetuneConfig", "train_full", "train_full_from_sample"]
+def apply_to_pipeline(pipe, folder: Path, adapter: dict, weight=None) -> None:
+    """Replace ``pipe``'s U-Net and (when it was trained) text encoder by the adapter folder's."""
+    load_unet(pipe, folder, "full fine-tuning")
+    modules = {"unet": pipe.unet}
+    if (Path(folder) / TEXT_ENCODER_DIR / "config.json").is_file():
+        te = type(pipe.text_encoder).from_pretrained(Path(folder) / TEXT_ENCODER_DIR, local_files_only=True)
+        pipe.text_encoder = te.to(pipe.text_encoder.dtype)
+        modules["text_encoder"] = pipe.text_encoder
+    elif adapter.get("train_text_encoder"):
+        raise InputError(f"full fine-tuning adapter {folder}: adapter.json says the text encoder was trained but "
+                         f"{Path(folder) / TEXT_ENCODER_DIR} is missing")
+    pipe.register_modules(**modules)
+
+__all__ = ["FullFinetuneConfig", "apply_to_pipeline", "train_from_sample", "train_full"]

@@ -37,7 +37,6 @@ device runs the U-Net.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import re
@@ -49,14 +48,12 @@ import torch
 from tqdm import tqdm
 
 from cxrgen.adapt.adapter_file import resolve_foundation
+from cxrgen.adapt.methods import ADAPTER_FILE, METHODS
 from cxrgen.engine import default_device
 from cxrgen.errors import InputError
 
 log = logging.getLogger(__name__)
 
-ADAPTER_FILE = "adapter.json"
-METHODS = ("none", "textual_inversion", "unet", "textual_projection", "lora", "full")
-TI_FILE = "learned_embeds.safetensors"
 #: The phrase the textual-inversion token replaces in a prompt (see the module docstring).
 TI_PHRASE = "lung xray"
 
@@ -202,18 +199,6 @@ class AdaptedPipeline:
         return np.concatenate(out)
 
 
-def _load_prompt_encoder(adapter_dir: Path, pipe, device):
-    # imported lazily: the textual-projection module is optional for every other method
-    from cxrgen.adapt.textual_projection import load_prompt_encoder
-
-    params = inspect.signature(load_prompt_encoder).parameters
-    kwargs = {}
-    for name, value in (("pipe", pipe), ("pipeline", pipe), ("device", device)):
-        if name in params:
-            kwargs[name] = value
-    return load_prompt_encoder(adapter_dir, **kwargs)
-
-
 def load_adapted_pipeline(foundation=None, adapter_dir=None, device=None, scheduler: str | None = None,
                           progress_bar: bool = False, adapter_weights=None) -> AdaptedPipeline:
     """The foundation (registry name, hub id or local folder) with the adaptation in ``adapter_dir`` applied.
@@ -254,30 +239,13 @@ def load_adapted_pipeline(foundation=None, adapter_dir=None, device=None, schedu
     dev = default_device(device)
     pipe = load_pipeline(foundation)
     method = adapter["method"]
-    encoder = None
-    if method == "textual_inversion":
-        token = adapter.get("token")
-        emb = folder / TI_FILE
-        if not token or not emb.is_file():
-            raise InputError(f"textual-inversion adapter {folder}: expected 'token' in {ADAPTER_FILE} and {TI_FILE}")
-        pipe.load_textual_inversion(str(emb), token=token)
-    elif method == "unet":
-        from diffusers import UNet2DConditionModel
-
-        if not (folder / "unet" / "config.json").is_file():
-            raise InputError(f"unet adapter {folder}: expected a U-Net folder {folder / 'unet'} with config.json")
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)
-        pipe.unet = unet.to(pipe.unet.dtype)
-        # keep model_index consistent if the pipeline is saved again
-        pipe.register_modules(unet=pipe.unet)
-    elif method == "textual_projection":
-        encoder = _load_prompt_encoder(folder, pipe, dev)
-    elif method == "lora":
-        _load_lora(pipe, folder, adapter, "lora_0")
-        if adapter_weights is not None:
-            pipe.set_adapters(["lora_0"], adapter_weights=[float(adapter_weights[0])])
-    elif method == "full":
-        _load_full(pipe, folder, adapter)
+    spec = METHODS[method]
+    if adapter_weights is not None and not spec.stackable:
+        raise InputError(f"adapter_weights={adapter_weights!r} for a {method!r} adapter; expected none, only "
+                         f"stackable methods ({_stackable()}) take a weight")
+    if spec.apply:
+        spec.apply_function()(pipe, folder, adapter, None if adapter_weights is None else float(adapter_weights[0]))
+    encoder = spec.prompt_encoder_function()(folder, device=dev) if spec.prompt_encoder else None
     pipe = pipe.to(dev)
     set_scheduler(pipe, scheduler)
     pipe.set_progress_bar_config(disable=not progress_bar)
@@ -285,35 +253,13 @@ def load_adapted_pipeline(foundation=None, adapter_dir=None, device=None, schedu
                            adapter_dir=str(folder) if folder else None, adapter=adapter, prompt_encoder=encoder)
 
 
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-
-
-def _load_lora(pipe, folder: Path, adapter: dict, name: str) -> None:
-    weight = adapter.get("weight_name", LORA_WEIGHT_NAME)
-    if not (folder / weight).is_file():
-        raise InputError(f"lora adapter {folder}: expected {weight} (written by save_lora_weights)")
-    pipe.load_lora_weights(str(folder), weight_name=weight, adapter_name=name)
-
-
-def _load_full(pipe, folder: Path, adapter: dict) -> None:
-    from diffusers import UNet2DConditionModel
-
-    if not (folder / "unet" / "config.json").is_file():
-        raise InputError(f"full fine-tuning adapter {folder}: expected a U-Net folder {folder / 'unet'} with config.json")
-    pipe.unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True).to(pipe.unet.dtype)
-    modules = {"unet": pipe.unet}
-    if (folder / "text_encoder" / "config.json").is_file():
-        te = type(pipe.text_encoder).from_pretrained(folder / "text_encoder", local_files_only=True)
-        pipe.text_encoder = te.to(pipe.text_encoder.dtype)
-        modules["text_encoder"] = pipe.text_encoder
-    elif adapter.get("train_text_encoder"):
-        raise InputError(f"full fine-tuning adapter {folder}: adapter.json says the text encoder was trained but "
-                         f"{folder / 'text_encoder'} is missing")
-    pipe.register_modules(**modules)
+def _stackable() -> list[str]:
+    return [name for name, spec in METHODS.items() if spec.stackable]
 
 
 def _load_lora_stack(foundation, folders: list, weights, device, scheduler, progress_bar) -> AdaptedPipeline:
     """Several LoRA adapters on one foundation, weighted (``pipe.set_adapters``)."""
+    from cxrgen.adapt.dreambooth_lora import load_lora
     from cxrgen.models.registry import load_pipeline
 
     if not folders:
@@ -322,9 +268,10 @@ def _load_lora_stack(foundation, folders: list, weights, device, scheduler, prog
     if len(weights) != len(folders):
         raise InputError(f"{len(weights)} adapter_weights for {len(folders)} LoRA folders; expected one weight each")
     adapters = [read_adapter(f) for f in folders]
-    bad = [str(f) for f, a in zip(folders, adapters) if a["method"] != "lora"]
+    bad = [str(f) for f, a in zip(folders, adapters) if not METHODS[a["method"]].stackable]
     if bad:
-        raise InputError(f"adapters {bad} are not LoRA adapters; only method 'lora' can be stacked")
+        raise InputError(f"adapters {bad} are not LoRA adapters; only stackable methods ({_stackable()}) can be "
+                         "stacked")
     if not foundation:
         if not adapters[0].get("foundation"):
             raise InputError(f"no foundation given and {Path(folders[0]) / ADAPTER_FILE} names none")
@@ -332,7 +279,7 @@ def _load_lora_stack(foundation, folders: list, weights, device, scheduler, prog
     pipe = load_pipeline(foundation)
     names = [f"lora_{i}" for i in range(len(folders))]
     for f, a, name in zip(folders, adapters, names):
-        _load_lora(pipe, Path(f), a, name)
+        load_lora(pipe, Path(f), a, name)
     pipe.set_adapters(names, adapter_weights=weights)
     pipe = pipe.to(default_device(device))
     set_scheduler(pipe, scheduler)

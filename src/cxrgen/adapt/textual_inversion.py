@@ -18,17 +18,23 @@ token=...)`` reads.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from cxrgen.adapt.config import (
+    OBJECT_TEMPLATES,
+    STYLE_TEMPLATES,
+    TEMPLATES,
+    TextualInversionConfig,
+)
+from cxrgen.adapt.methods import ADAPTER_FILE, EMBEDS_FILE
 from cxrgen.adapt.trainer import (
     BatchStream,
     LatentCache,
-    TrainConfig,
     TrainTask,
     check_resolution,
+    few_shot_sample,
     finish_output,
     images_to_tensor,
     make_engine,
@@ -40,91 +46,6 @@ from cxrgen.adapt.trainer import (
 )
 from cxrgen.diffusion import diffusion_loss
 from cxrgen.errors import InputError
-
-EMBEDS_FILE = "learned_embeds.safetensors"
-
-#: diffusers examples/textual_inversion/textual_inversion.py, ``imagenet_templates_small``.
-OBJECT_TEMPLATES = (
-    "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
-    "a photo of a clean {}", "a photo of a dirty {}", "a dark photo of the {}", "a photo of my {}",
-    "a photo of the cool {}", "a close-up photo of a {}", "a bright photo of the {}",
-    "a cropped photo of a {}", "a photo of the {}", "a good photo of the {}", "a photo of one {}",
-    "a close-up photo of the {}", "a rendition of the {}", "a photo of the clean {}", "a rendition of a {}",
-    "a photo of a nice {}", "a good photo of a {}", "a photo of the nice {}", "a photo of the small {}",
-    "a photo of the weird {}", "a photo of the large {}", "a photo of a cool {}", "a photo of a small {}",
-)
-#: diffusers examples/textual_inversion/textual_inversion.py, ``imagenet_style_templates_small``.
-STYLE_TEMPLATES = (
-    "a painting in the style of {}", "a rendering in the style of {}", "a cropped painting in the style of {}",
-    "the painting in the style of {}", "a clean painting in the style of {}",
-    "a dirty painting in the style of {}", "a dark painting in the style of {}",
-    "a picture in the style of {}", "a cool painting in the style of {}",
-    "a close-up painting in the style of {}", "a bright painting in the style of {}",
-    "a cropped painting in the style of {}", "a good painting in the style of {}",
-    "a close-up painting in the style of {}", "a rendition in the style of {}",
-    "a nice painting in the style of {}", "a small painting in the style of {}",
-    "a weird painting in the style of {}", "a large painting in the style of {}",
-)
-TEMPLATES = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES}
-
-#: Paper-scale settings. Chambon et al. give only the step count (3k steps, 1 h on a V100) and the base
-#: model (SD v1.4, 512 px); the rest is the diffusers textual-inversion README command that the 3000 steps
-#: match: lr 5e-4 scaled by batch 1 x gradient accumulation 4 (effective 2e-3), constant schedule, no
-#: warm-up, AdamW weight decay 1e-2, one vector, token <lung-xray>.
-PAPER = {
-    "steps": 3000, "batch_size": 1, "gradient_accumulation_steps": 4, "lr": 5e-4, "scale_lr": True,
-    "lr_scheduler": "constant", "warmup": 0, "adam_weight_decay": 1e-2, "resolution": 512,
-    "mixed_precision": "no", "checkpoint_every": 500, "token": "<lung-xray>", "num_vectors": 1,
-    "max_grad_norm": None,
-}
-
-
-@dataclass
-class TextualInversionConfig(TrainConfig):
-    """Textual inversion settings (shared loop fields: see :class:`TrainConfig`).
-
-    token: placeholder, e.g. ``<lung-xray>``. num_vectors: embedding vectors for it (de Wilde et al. sweep
-    8-64). template: "object" or "style" prompt templates. initializer: word whose embedding starts every
-    vector ("radiology" or "lung" in Chambon et al.; a word of several BPE tokens starts from the mean of their
-    embeddings). classes: few-shot class labels to train on (``train_from_sample`` filters the manifest by
-    them; None = all images).
-
-    Miniature defaults (the embedded workflow; ~1-2 min on 2 CPU cores with the default foundation): 400
-    steps, batch 8, lr 5e-3 constant; the miniature foundation's embeddings are small (width 64), so a
-    larger step than SD's 2e-3 effective lr moves them within the budget. Paper scale: :data:`PAPER`.
-    """
-
-    steps: int = 400
-    batch_size: int = 8
-    lr: float = 5e-3
-    checkpoint_every: int = 100
-    token: str = "<lung-xray>"
-    num_vectors: int = 1
-    template: str = "object"
-    initializer: str = "radiology"
-    classes: tuple[str, ...] | None = None
-    #: train on this many of the given images (de Wilde et al.'s training-case sweep, 5-100); a seeded permutation's
-    #: prefix, so smaller subsets are nested in larger ones. None = all images.
-    max_images: int | None = None
-
-    @classmethod
-    def paper(cls, **overrides) -> TextualInversionConfig:
-        return cls.from_dict({**PAPER, **overrides})
-
-    def validate(self) -> None:
-        super().validate()
-        if self.template not in TEMPLATES:
-            raise InputError(f"TextualInversionConfig.template={self.template!r}; expected one of {list(TEMPLATES)}")
-        if not (isinstance(self.num_vectors, int) and self.num_vectors >= 1):
-            raise InputError(f"TextualInversionConfig.num_vectors={self.num_vectors!r}; expected an integer >= 1")
-        if not isinstance(self.token, str) or not self.token.strip() or any(c.isspace() for c in self.token):
-            raise InputError(f"TextualInversionConfig.token={self.token!r}; expected one word such as '<lung-xray>'")
-        if not isinstance(self.initializer, str) or not self.initializer.strip():
-            raise InputError(f"TextualInversionConfig.initializer={self.initializer!r}; expected a word such as "
-                             f"'radiology' or 'lung'")
-        if self.max_images is not None and not (isinstance(self.max_images, int) and self.max_images >= 1):
-            raise InputError(f"TextualInversionConfig.max_images={self.max_images!r}; expected an integer >= 1 or None")
-
 
 def placeholder_tokens(token: str, num_vectors: int) -> list[str]:
     """``<t>``, ``<t>_1``, ... ``<t>_{n-1}``: the names diffusers' ``load_textual_inversion`` gives them."""
@@ -306,7 +227,26 @@ def train_textual_inversion(foundation, images, prompts_or_none, cfg: TextualInv
     return summarise(result, out_dir, "textual_inversion", {"token": cfg.token, "tokens": info["tokens"]})
 
 
+
+def train_from_sample(foundation, sample_dir, cfg: TextualInversionConfig, out_dir, class_images_dir=None,
+                      progress: bool = True) -> dict:
+    """:func:`train_textual_inversion` on a materialised sample folder, restricted to ``cfg.classes``, with the
+    templates as prompts (``class_images_dir``: unused, no prior loss)."""
+    images, _, _ = few_shot_sample(sample_dir, cfg.classes)
+    return train_textual_inversion(foundation, images, None, cfg, out_dir, progress=progress)
+
+
+def apply_to_pipeline(pipe, folder: Path, adapter: dict, weight=None) -> None:
+    """Load the learned embedding(s) of an adapter folder into ``pipe``'s tokenizer and text encoder."""
+    token = adapter.get("token")
+    emb = Path(folder) / EMBEDS_FILE
+    if not token or not emb.is_file():
+        raise InputError(f"textual-inversion adapter {folder}: expected 'token' in {ADAPTER_FILE} and {EMBEDS_FILE}")
+    pipe.load_textual_inversion(str(emb), token=token)
+
+
 __all__ = [
-    "EMBEDS_FILE", "OBJECT_TEMPLATES", "PAPER", "STYLE_TEMPLATES", "TEMPLATES", "TextualInversionConfig",
-    "add_placeholder_tokens", "placeholder_tokens", "save_learned_embeds", "train_textual_inversion",
+    "OBJECT_TEMPLATES", "STYLE_TEMPLATES", "TEMPLATES", "TextualInversionConfig",
+    "add_placeholder_tokens", "apply_to_pipeline", "placeholder_tokens", "save_learned_embeds",
+    "train_from_sample", "train_textual_inversion",
 ]

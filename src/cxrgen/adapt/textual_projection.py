@@ -53,6 +53,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrgen.adapt.config import VARIANTS, ProjectionConfig, expand_templates
+from cxrgen.adapt.methods import (
+    ADAPTER_FILE,
+    LOSS_CURVE_STEM,
+    PROJECTION_CONFIG_FILE,
+    PROJECTION_WEIGHTS_FILE,
+    TRAIN_LOG_FILE,
+)
 from cxrgen.engine import Engine, RuntimeConfig, default_device
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path
@@ -60,142 +68,6 @@ from cxrgen.io import atomic_path
 log = logging.getLogger(__name__)
 
 METHOD = "textual_projection"
-VARIANTS: tuple[str, ...] = ("document", "token", "none")
-ADAPTER_FILE = "adapter.json"
-WEIGHTS_FILE = "projection.safetensors"
-PROJ_CONFIG_FILE = "projection_config.json"
-LOG_FILE = "training_log.csv"
-CURVE_STEM = "loss_curve"
-
-#: Lexical variants of the paper's two base prompts (2.5); the first of each is the paper's own wording.
-TEMPLATE_FAMILIES: dict[str, tuple[str, ...]] = {
-    "object": (
-        "a photo of a {}",
-        "a picture of a {}",
-        "an image of a {}",
-        "the photo of a {}",
-        "a good photo of a {}",
-        "a close-up photo of a {}",
-    ),
-    "style": (
-        "a photo in the style of a {}",
-        "a picture in the style of a {}",
-        "an image in the style of a {}",
-        "a photo in the style of the {}",
-        "a rendering in the style of a {}",
-    ),
-    "caption": ("{}",),  # the caption as it is (LAION captions are not "a photo of ..." phrases)
-}
-
-#: Paper-scale values (Chambon et al. 2022). ``None`` / comments mark where the paper is silent.
-PAPER: dict = {
-    "encoder": "cxr-bert-specialized",  # 2.5 / end of 3.3: CXR-BERT-specialized
-    "trust_remote_code": True,
-    "pooling": "cls",  # silent; 768-d input (2.5) and CLS is CXR-BERT-specialized's best method (Table 2)
-    "hidden_size": 768,  # 2.5: "768-dimensional input ... 768-dimensional translated output"; width assumed 768
-    "steps": 10_000,  # 2.9: 10k steps (3 h document-level, 8 h token-level on one Quadro P5000)
-    "captions": "LAION-400M, a sample of 1M captions",  # 2.1
-    "max_captions": 1_000_000,
-    "templates": ["object", "style"],  # 2.5: object and style prompts with lexical variants
-    "loss": "mse",  # 2.5: "MLE loss" (Gaussian MLE == MSE)
-    "batch_size": None,  # silent
-    "lr": None,  # silent
-    "optimizer": None,  # silent (we use AdamW)
-}
-
-
-@dataclass
-class ProjectionConfig:
-    """Textual-projection training settings. Defaults: the 2-CPU miniature; see :data:`PAPER` for paper scale."""
-
-    variant: str = "token"
-    encoder: str = "minilm"  # a name in cxrgen.text.encoders.TEXT_ENCODER_REGISTRY
-    encoder_path: str | None = None  # local folder overriding the registry's hub id
-    trust_remote_code: bool = False
-    pooling: str = "mean"  # document variant: cls | mean | pooler | model_specific (paper scale: cls)
-    hidden_size: int | None = None  # None: the output size (CLIP's hidden size; 768 -> 768 -> 768 in the paper)
-    norm_first: bool = False  # False: Linear-ReLU-LayerNorm-Linear; True: Linear-LayerNorm-ReLU-Linear
-    steps: int = 400
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 20
-    lr_schedule: str = "cosine"  # cosine | constant (after warmup)
-    seed: int = 0
-    templates: tuple[str, ...] = ("object", "style")  # family names or literal templates with "{}"
-    uncond_share: float = 0.05  # share of empty prompts, so encode([""]) learns CLIP's unconditional embedding
-    max_length: int | None = None  # None: the foundation tokenizer's model_max_length (77 for SD v1)
-    max_captions: int | None = None  # deterministic subsample of the corpus (paper: 1M LAION captions)
-    eval_prompts: int = 64
-    eval_every: int = 50
-    checkpoint_every: int = 100
-    num_threads: int | None = None
-    device: str = "auto"  # auto: cuda when available
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> ProjectionConfig:
-        d = dict(d or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise InputError(f"textual_projection: unknown config keys {unknown}; expected some of {sorted(names)}")
-        if isinstance(d.get("templates"), (list, str)):
-            d["templates"] = (d["templates"],) if isinstance(d["templates"], str) else tuple(d["templates"])
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
-
-    def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
-
-    def validate(self) -> None:
-        from cxrgen.text.encoders import METHODS, TEXT_ENCODER_REGISTRY
-
-        if self.variant not in VARIANTS:
-            raise InputError(f"textual_projection.variant={self.variant!r}; expected one of {list(VARIANTS)}")
-        if self.encoder not in TEXT_ENCODER_REGISTRY:
-            raise InputError(
-                f"textual_projection.encoder={self.encoder!r}; expected one of {sorted(TEXT_ENCODER_REGISTRY)} "
-                f"(give a local folder as encoder_path)"
-            )
-        if self.pooling not in METHODS:
-            raise InputError(f"textual_projection.pooling={self.pooling!r}; expected one of {list(METHODS)}")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise InputError(f"textual_projection.lr_schedule={self.lr_schedule!r}; expected 'cosine' or 'constant'")
-        for key in ("steps", "warmup_steps"):
-            if int(getattr(self, key)) < 0:
-                raise InputError(f"textual_projection.{key}={getattr(self, key)}; expected >= 0")
-        for key in ("batch_size", "eval_prompts", "eval_every", "checkpoint_every"):
-            if int(getattr(self, key)) < 1:
-                raise InputError(f"textual_projection.{key}={getattr(self, key)}; expected >= 1")
-        if self.hidden_size is not None and int(self.hidden_size) < 1:
-            raise InputError(f"textual_projection.hidden_size={self.hidden_size}; expected >= 1 or null")
-        if not 0.0 <= float(self.uncond_share) < 1.0:
-            raise InputError(f"textual_projection.uncond_share={self.uncond_share}; expected in [0, 1)")
-        if not self.lr > 0:
-            raise InputError(f"textual_projection.lr={self.lr}; expected > 0")
-        expand_templates(self.templates)
-
-
-def expand_templates(templates) -> list[str]:
-    """Family names (``object``, ``style``, ``caption``) and literal ``"...{}..."`` templates -> a flat list."""
-    if isinstance(templates, str):
-        templates = (templates,)
-    out: list[str] = []
-    for t in templates or ():
-        if t in TEMPLATE_FAMILIES:
-            out += TEMPLATE_FAMILIES[t]
-        elif isinstance(t, str) and t.count("{}") == 1:
-            out.append(t)
-        else:
-            raise InputError(
-                f"textual_projection.templates: {t!r} is neither a family ({sorted(TEMPLATE_FAMILIES)}) "
-                f"nor a template with one '{{}}'"
-            )
-    if not out:
-        raise InputError(f"textual_projection.templates is empty; expected some of {sorted(TEMPLATE_FAMILIES)}")
-    return list(dict.fromkeys(out))
-
 
 # ------------------------------------------------------------------------------------------------
 # captions
@@ -514,7 +386,7 @@ def _write_log(rows: list, folder: Path) -> None:
     from cxrgen.render.figures import save_figure, set_style
 
     frame = pd.DataFrame(rows, columns=["phase", "step", "loss", "seconds"])
-    frame.to_csv(folder / LOG_FILE, index=False)
+    frame.to_csv(folder / TRAIN_LOG_FILE, index=False)
     set_style()
     fig, ax = plt.subplots(figsize=(4.5, 3))
     tr = frame[frame.phase == "train"]
@@ -531,7 +403,7 @@ def _write_log(rows: list, folder: Path) -> None:
     ax.set_title("Textual projection")
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
-    save_figure(fig, folder / CURVE_STEM)
+    save_figure(fig, folder / LOSS_CURVE_STEM)
 
 
 def save_adapter(setup: ProjectionSetup, cfg: ProjectionConfig, out_dir: str | os.PathLike,
@@ -552,16 +424,16 @@ def save_adapter(setup: ProjectionSetup, cfg: ProjectionConfig, out_dir: str | o
         "pooling": cfg.pooling if cfg.variant == "document" else None,
         "seq_len": pe.seq_len,
         "cross_attention_dim": setup.cross_attention_dim,
-        "weights": WEIGHTS_FILE,
-        "projection_config": PROJ_CONFIG_FILE,
+        "weights": PROJECTION_WEIGHTS_FILE,
+        "projection_config": PROJECTION_CONFIG_FILE,
         "config": cfg.to_dict(),
         "training": summary or {},
     }
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        save_file({k: v.detach().contiguous().cpu() for k, v in proj.state_dict().items()}, str(tmp / WEIGHTS_FILE))
-        (tmp / PROJ_CONFIG_FILE).write_text(json.dumps(proj.config(), indent=2))
+        save_file({k: v.detach().contiguous().cpu() for k, v in proj.state_dict().items()}, str(tmp / PROJECTION_WEIGHTS_FILE))
+        (tmp / PROJECTION_CONFIG_FILE).write_text(json.dumps(proj.config(), indent=2))
         _write_log(rows or [], tmp)
         (tmp / ADAPTER_FILE).write_text(json.dumps(adapter, indent=2))
     return out_dir
@@ -707,17 +579,9 @@ def train_from_config(foundation, cfg_dict: dict | None, out_dir, seed: int | No
     comes from ``variant`` (e.g. a rule wildcard) or the block's ``variant``. The runtime keys (mixed_precision,
     gradient_accumulation_steps, ...; :class:`~cxrgen.engine.RuntimeConfig`) set how the engine runs.
     """
-    runtime, d = RuntimeConfig.split(cfg_dict, "textual_projection settings")
-    captions_path = captions_path or d.pop("captions", None)
-    d.pop("captions", None)
-    listed = d.pop("variants", None)
-    if variant is not None:
-        d["variant"] = variant
-    if listed is not None and d.get("variant") is None:
-        raise InputError(f"textual_projection: which of variants {listed} to train? expected variant=... per run")
-    if seed is not None:
-        d["seed"] = int(seed)
-    cfg = ProjectionConfig.from_dict(d)
+    parsed = ProjectionConfig.from_settings(cfg_dict, seed=seed, variant=variant)
+    cfg, runtime = parsed.config, parsed.runtime
+    captions_path = captions_path or parsed.captions
     captions = load_captions(captions_path) if captions_path else foundation_captions(foundation)
     return train_textual_projection(foundation, captions, cfg, out_dir, progress=progress, runtime=runtime)
 
@@ -736,9 +600,9 @@ def load_prompt_encoder(adapter_dir: str | os.PathLike, device: str | torch.devi
     meta = json.loads(meta_file.read_text())
     if meta.get("method") != METHOD:
         raise InputError(f"{meta_file}: method {meta.get('method')!r}; expected {METHOD!r}")
-    pcfg = json.loads((adapter_dir / meta.get("projection_config", PROJ_CONFIG_FILE)).read_text())
+    pcfg = json.loads((adapter_dir / meta.get("projection_config", PROJECTION_CONFIG_FILE)).read_text())
     proj = TextualProjection.from_config(pcfg)
-    proj.load_state_dict(load_file(str(adapter_dir / meta.get("weights", WEIGHTS_FILE))))
+    proj.load_state_dict(load_file(str(adapter_dir / meta.get("weights", PROJECTION_WEIGHTS_FILE))))
     device = default_device(device)
     proj.to(device).eval().requires_grad_(False)
     enc = load_encoder(meta.get("encoder_name", meta["encoder"]), meta.get("encoder_path"),

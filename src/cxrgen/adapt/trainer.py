@@ -18,120 +18,31 @@ X-ray, and fixed inputs are what make the latent cache valid.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import logging
 import math
+import logging
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxrgen.engine import MIXED_PRECISION, Engine, RuntimeConfig
+from cxrgen.adapt.config import TrainConfig
+from cxrgen.adapt.methods import ADAPTER_FILE, LOSS_CURVE_STEM, TRAIN_CONFIG_FILE, TRAIN_LOG_FILE
+from cxrgen.engine import Engine, RuntimeConfig
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path
 
-LOG_FILE = "training_log.csv"
-CURVE_STEM = "loss_curve"
 log = logging.getLogger(__name__)
-CONFIG_FILE = "train_config.json"
-ADAPTER_FILE = "adapter.json"
-LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 # keys that may change between an interrupted run and its resumption without invalidating the checkpoint
 _RESUME_FREE = {"stop_after", "num_threads", "checkpoint_every"}
-
-
-@dataclass
-class TrainConfig:
-    """Settings of the shared loop (method configs subclass this and add their own fields).
-
-    steps: optimizer steps. batch_size: images per micro-batch summed over all processes;
-    gradient_accumulation_steps micro-batches make one step, so the global batch of a step is
-    ``batch_size * gradient_accumulation_steps`` whatever the process count (each of N processes takes
-    ``batch_size / N`` images of every micro-batch; see :mod:`cxrgen.engine`). lr: AdamW learning rate, multiplied by ``batch_size * gradient_accumulation_steps`` when
-    ``scale_lr`` (diffusers' ``--scale_lr``). lr_scheduler: a diffusers ``get_scheduler`` name; warmup: its
-    warm-up steps. mixed_precision: "no" | "fp16" | "bf16" (accelerate autocast). gradient_checkpointing:
-    trade compute for memory in the U-Net (and text encoder). use_ema: keep an EMA (diffusers ``EMAModel``,
-    ``ema_decay``) of the trained parameters and save it instead of the raw weights. snr_gamma: Min-SNR-gamma
-    loss weighting (None = plain MSE). noise_offset: diffusers' noise offset. resolution: training image
-    side in pixels (images are resized, shortest side, and centre-cropped). checkpoint_every: steps between
-    checkpoints. stop_after: end the run after this many steps, leaving the checkpoint (simulates a
-    preempted job; the output folder is not written). num_threads: torch CPU threads (None = leave as is).
-    """
-
-    steps: int = 400
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    lr: float = 1e-4
-    scale_lr: bool = False
-    lr_scheduler: str = "constant"
-    warmup: int = 0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-2
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float | None = 1.0
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False
-    use_ema: bool = False
-    ema_decay: float = 0.9999
-    snr_gamma: float | None = None
-    noise_offset: float = 0.0
-    seed: int = 0
-    checkpoint_every: int = 100
-    resolution: int = 64
-    stop_after: int | None = None
-    num_threads: int | None = None
-
-    # -- construction / validation ---------------------------------------------------------------
-    @classmethod
-    def from_dict(cls, d: dict | None) -> TrainConfig:
-        d = dict(d or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise InputError(f"unknown {cls.__name__} keys {unknown}; expected some of {sorted(names)}")
-        cfg = cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
-        cfg.validate()
-        return cfg
-
-    def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
-
-    def validate(self) -> None:
-        def need(ok: bool, key: str, expected: str) -> None:
-            if not ok:
-                raise InputError(f"{type(self).__name__}.{key}={getattr(self, key)!r}; expected {expected}")
-
-        for key in ("steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every", "resolution"):
-            need(isinstance(getattr(self, key), int) and getattr(self, key) >= 1, key, "an integer >= 1")
-        need(isinstance(self.warmup, int) and self.warmup >= 0, "warmup", "an integer >= 0")
-        need(float(self.lr) > 0, "lr", "a positive learning rate")
-        need(self.lr_scheduler in LR_SCHEDULERS, "lr_scheduler", f"one of {list(LR_SCHEDULERS)}")
-        need(self.mixed_precision in MIXED_PRECISION, "mixed_precision", f"one of {list(MIXED_PRECISION)}")
-        need(self.snr_gamma is None or float(self.snr_gamma) > 0, "snr_gamma", "None or a positive number")
-        need(float(self.noise_offset) >= 0, "noise_offset", "a number >= 0")
-        need(0.0 < float(self.ema_decay) < 1.0, "ema_decay", "a number in (0, 1)")
-        need(self.max_grad_norm is None or float(self.max_grad_norm) > 0, "max_grad_norm", "None or > 0")
-        need(self.stop_after is None or (isinstance(self.stop_after, int) and self.stop_after >= 1),
-             "stop_after", "None or an integer >= 1")
-        classes = getattr(self, "classes", None)  # method configs that filter a few-shot sample
-        need(classes is None or (isinstance(classes, (list, tuple)) and len(classes) > 0
-                                 and all(isinstance(c, str) for c in classes)),
-             "classes", "None or a non-empty list of class labels such as ['No Finding', 'Pleural Effusion']")
-
-    @property
-    def effective_lr(self) -> float:
-        scale = self.batch_size * self.gradient_accumulation_steps if self.scale_lr else 1
-        return float(self.lr) * scale
 
 
 # ------------------------------------------------------------------------------------------------
@@ -173,6 +84,28 @@ def check_resolution(pipe, resolution: int) -> None:
             f"resolution={resolution} is not a multiple of {vae_f * unet_f} (VAE factor {vae_f} x U-Net "
             f"downsampling {unet_f}); expected e.g. {max(1, round(resolution / (vae_f * unet_f))) * vae_f * unet_f}"
         )
+
+
+def few_shot_sample(sample_dir, classes) -> tuple[np.ndarray, Any, list[str] | None]:
+    """A materialised sample folder's images and manifest (``cxrgen.data.sampling.load_images``), restricted to the
+    rows whose ``class_label`` is in ``classes`` (None = all). Returns ``(images, manifest, labels)``; ``labels`` is
+    the kept rows' ``class_label`` (None when the manifest has no such column)."""
+    from cxrgen.data.sampling import load_images
+
+    images, manifest = load_images(sample_dir)
+    labels = manifest["class_label"].astype(str).tolist() if "class_label" in manifest.columns else None
+    if classes:
+        if labels is None:
+            raise InputError(f"{sample_dir}/manifest.csv has no class_label column; expected a few-shot sample "
+                             f"when classes={list(classes)} is set")
+        unknown = sorted(set(classes) - set(labels))
+        if unknown:
+            raise InputError(f"classes {unknown} not in {sample_dir} (it holds {sorted(set(labels))}); expected "
+                             f"labels of that sample")
+        keep = np.isin(np.asarray(labels), list(classes))
+        images, manifest = images[keep], manifest[keep].reset_index(drop=True)
+        labels = [l for l, k in zip(labels, keep) if k]
+    return images, manifest, labels
 
 
 class LatentCache:
@@ -422,7 +355,7 @@ def write_training_outputs(folder: Path, rows: list[dict], train_config: dict, a
     from cxrgen.render.figures import save_figure, set_style
 
     df = pd.DataFrame(rows)
-    df.to_csv(folder / LOG_FILE, index=False)
+    df.to_csv(folder / TRAIN_LOG_FILE, index=False)
     set_style()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     loss_cols = [c for c in df.columns if c == "loss" or c.endswith("_loss")]
@@ -437,8 +370,8 @@ def write_training_outputs(folder: Path, rows: list[dict], train_config: dict, a
         ax.set_yscale("log")
     ax.set_title(f"{adapter.get('method', 'training')} loss")
     ax.legend()
-    save_figure(fig, folder / CURVE_STEM)
-    (folder / CONFIG_FILE).write_text(json.dumps(train_config, indent=2, default=str))
+    save_figure(fig, folder / LOSS_CURVE_STEM)
+    (folder / TRAIN_CONFIG_FILE).write_text(json.dumps(train_config, indent=2, default=str))
     (folder / ADAPTER_FILE).write_text(json.dumps(adapter, indent=2, default=str))
 
 
@@ -474,63 +407,3 @@ def summarise(result: TrainResult, out_dir, method: str, extra: dict | None = No
         "final_loss": float(np.mean(tail)),
         **(extra or {}),
     }
-
-
-# ------------------------------------------------------------------------------------------------
-# workflow entry point
-
-METHODS = ("textual_inversion", "unet", "lora", "full")
-
-
-def train_from_sample(method: str, foundation, sample_dir, cfg_dict: dict | None, out_dir, seed: int,
-                      class_images_dir=None, progress: bool = True) -> dict:
-    """Train ``method`` ("textual_inversion" | "unet") on a materialised sample folder.
-
-    The folder is read with ``cxrgen.data.sampling.load_images``; rows are restricted to ``classes``
-    (manifest column ``class_label``) when the config names them. U-Net fine-tuning uses the manifest's
-    ``prompt`` column (Chambon's prompts); textual inversion uses its templates. ``seed`` overrides the
-    config's seed. Returns the method's summary dict.
-    """
-    from cxrgen.data.sampling import load_images
-
-    if method not in METHODS:
-        raise InputError(f"adaptation method {method!r}; expected one of {list(METHODS)}")
-    cfg_dict = {**(cfg_dict or {}), "seed": int(seed)}
-    if method == "lora":  # Zafar et al.: DreamBooth + LoRA on structured prompts (rows/prompts chosen there)
-        from cxrgen.adapt.dreambooth_lora import train_lora_from_sample
-
-        return train_lora_from_sample(foundation, sample_dir, cfg_dict, out_dir, class_images_dir=class_images_dir,
-                                      progress=progress)
-    if method == "full":  # Zafar et al.: full fine-tuning of U-Net + text encoder
-        from cxrgen.adapt.full_finetune import train_full_from_sample
-
-        return train_full_from_sample(foundation, sample_dir, cfg_dict, out_dir, progress=progress)
-    images, manifest = load_images(sample_dir)
-    if method == "textual_inversion":
-        from cxrgen.adapt.textual_inversion import TextualInversionConfig as Cfg
-    else:
-        from cxrgen.adapt.unet_finetune import UNetFinetuneConfig as Cfg
-    cfg = Cfg.from_dict(cfg_dict)
-    labels = manifest["class_label"].astype(str).tolist() if "class_label" in manifest.columns else None
-    if cfg.classes:
-        if labels is None:
-            raise InputError(f"{sample_dir}/manifest.csv has no class_label column; expected a few-shot sample "
-                             f"when classes={list(cfg.classes)} is set")
-        unknown = sorted(set(cfg.classes) - set(labels))
-        if unknown:
-            raise InputError(f"classes {unknown} not in {sample_dir} (it holds {sorted(set(labels))}); expected "
-                             f"labels of that sample")
-        keep = np.isin(np.asarray(labels), list(cfg.classes))
-        images, manifest = images[keep], manifest[keep].reset_index(drop=True)
-        labels = [l for l, k in zip(labels, keep) if k]
-    if method == "textual_inversion":
-        from cxrgen.adapt.textual_inversion import train_textual_inversion
-
-        return train_textual_inversion(foundation, images, None, cfg, out_dir, progress=progress)
-    from cxrgen.adapt.unet_finetune import train_unet
-
-    if "prompt" not in manifest.columns:
-        raise InputError(f"{sample_dir}/manifest.csv has no prompt column; expected a folder written by "
-                         f"cxrgen.data.sampling.materialise")
-    return train_unet(foundation, images, manifest["prompt"].astype(str).tolist(), cfg, out_dir,
-                      class_images_dir=class_images_dir, progress=progress, labels=labels)

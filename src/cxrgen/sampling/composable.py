@@ -149,7 +149,8 @@ def load_embeddings_pipeline(foundation, adapter_dirs: Sequence, device=None, sc
     they name the tokens themselves, e.g. ``<healthy> AND <cardiomegaly>``). Every folder must be a
     textual-inversion adapter with a distinct token.
     """
-    from cxrgen.adapt.pipeline import TI_FILE, load_adapted_pipeline, read_adapter
+    from cxrgen.adapt.pipeline import load_adapted_pipeline, read_adapter
+    from cxrgen.adapt.textual_inversion import apply_to_pipeline as load_embeddings
 
     base = load_adapted_pipeline(foundation, None, device=device, scheduler=scheduler)
     tokens = {}
@@ -159,11 +160,9 @@ def load_embeddings_pipeline(foundation, adapter_dirs: Sequence, device=None, sc
         if adapter["method"] != "textual_inversion":
             raise InputError(f"{folder}: method {adapter['method']!r}; expected a textual_inversion adapter to compose")
         token = adapter.get("token")
-        if not token or not (folder / TI_FILE).is_file():
-            raise InputError(f"textual-inversion adapter {folder}: expected 'token' in adapter.json and {TI_FILE}")
         if token in tokens:
             raise InputError(f"token {token!r} of {folder} is also the token of {tokens[token]}; expected distinct tokens")
-        base.pipe.load_textual_inversion(str(folder / TI_FILE), token=token)
+        load_embeddings(base.pipe, folder, adapter)
         tokens[token] = folder
     base.adapter = {"method": "none", "tokens": list(tokens), "adapters": [str(f) for f in tokens.values()]}
     return base

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from cxrgen.adapt.methods import EMBEDS_FILE
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path, write_csv_atomic
 from cxrgen.metrics.classification import MIN_CLASS_COUNT, ci_omission_reason
@@ -90,7 +91,7 @@ def train_embedding(foundation, sample_dir, label: str, vectors: int, cases: int
     cfg = TextualInversionConfig.from_dict(cfg_dict)
     summary = train_textual_inversion(foundation, images[keep], ["{}"] * int(keep.sum()), cfg, out_dir,
                                       progress=progress)
-    size = (Path(out_dir) / "learned_embeds.safetensors").stat().st_size
+    size = (Path(out_dir) / EMBEDS_FILE).stat().st_size
     if size >= EMBEDS_LIMIT_BYTES:
         raise InputError(f"{out_dir}: embedding file of {size} bytes; de Wilde's embeddings are < 1 MB")
     return {**summary, "embedding_bytes": int(size)}

