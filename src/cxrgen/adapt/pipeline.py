@@ -2,7 +2,8 @@
 
 An adapted model is a folder with ``adapter.json`` = ``{"method": ..., "foundation": ...}`` plus the method's
 weights (the contract every trainer in :mod:`cxrgen.adapt` writes; ``foundation`` is a hub id, or a local folder
-relative to the adapter folder itself, see :mod:`cxrgen.adapt.adapter_file`):
+relative to the adapter folder itself, see :mod:`cxrgen.adapt.adapter_file`; each method's entry in
+:data:`cxrgen.adapt.methods.METHODS` names its artefacts and the function that applies them to the foundation):
 
 * ``"none"``: the foundation as is (Chambon et al.'s "Original model" baseline);
 * ``"textual_inversion"``: ``learned_embeds.safetensors`` (diffusers format) and ``token``; loaded with
