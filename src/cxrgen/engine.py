@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable, Iterable, Mapping
 
 import torch
 import torch.utils.data

@@ -20,6 +20,7 @@ from cxrgen.runtime import MIXED_PRECISION, RuntimeConfig
 from cxrgen.text.names import METHODS as POOLING_METHODS
 from cxrgen.text.names import TEXT_ENCODER_REGISTRY
 
+
 def refuse_unknown_keys(d: Mapping, names, what: str) -> None:
     """Raise :class:`InputError` ``"<what> [unknown keys]; expected some of [names]"`` for keys of ``d`` not in
     ``names``."""

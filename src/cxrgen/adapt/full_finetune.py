@@ -21,6 +21,7 @@ from cxrgen.adapt.dreambooth_lora import (
     prompt_token_stats,
     zafar_sample_training_set,
 )
+from cxrgen.adapt.methods import TEXT_ENCODER_DIR, UNET_DIR
 from cxrgen.adapt.trainer import (
     BatchStream,
     LatentCache,
@@ -33,10 +34,10 @@ from cxrgen.adapt.trainer import (
     tokenize,
     train_scheduler_from,
 )
-from cxrgen.adapt.methods import TEXT_ENCODER_DIR, UNET_DIR
 from cxrgen.adapt.unet_finetune import load_unet
 from cxrgen.diffusion import diffusion_loss
 from cxrgen.errors import InputError
+
 
 def train_full(foundation, images, prompts, cfg: FullFinetuneConfig, out_dir, progress: bool = True,
                extra_adapter: dict | None = None) -> dict:

@@ -47,6 +47,7 @@ from cxrgen.adapt.trainer import (
 from cxrgen.diffusion import diffusion_loss
 from cxrgen.errors import InputError
 
+
 def placeholder_tokens(token: str, num_vectors: int) -> list[str]:
     """``<t>``, ``<t>_1``, ... ``<t>_{n-1}``: the names diffusers' ``load_textual_inversion`` gives them."""
     return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
@@ -225,7 +226,6 @@ def train_textual_inversion(foundation, images, prompts_or_none, cfg: TextualInv
     finish_output(out_dir, lambda d: save_learned_embeds(text_encoder, info["ids"], cfg.token, d / EMBEDS_FILE),
                   result.rows, train_config, adapter, engine)
     return summarise(result, out_dir, "textual_inversion", {"token": cfg.token, "tokens": info["tokens"]})
-
 
 
 def train_from_sample(foundation, sample_dir, cfg: TextualInversionConfig, out_dir, class_images_dir=None,

@@ -19,16 +19,16 @@ X-ray, and fixed inputs are what make the latent cache valid.
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -44,6 +44,7 @@ from cxrgen.io import atomic_path
 
 CLASS_META = "class_images.json"
 
+
 def prior_preservation_loss(unet, scheduler, instance_latents, instance_emb, class_latents, class_emb,
                             prior_loss_weight: float, generator=None, snr_gamma=None, noise_offset: float = 0.0,
                             noise=None, timesteps=None, rows: slice | None = None):
@@ -208,7 +209,6 @@ def train_unet(foundation, images, prompts, cfg: UNetFinetuneConfig, out_dir, cl
     finish_output(out_dir, write, result.rows, train_config, adapter, engine)
     return summarise(result, out_dir, "unet", {"prior_preservation": bool(cfg.prior_preservation),
                                                "classes": classes})
-
 
 
 def train_from_sample(foundation, sample_dir, cfg: UNetFinetuneConfig, out_dir, class_images_dir=None,
