@@ -104,6 +104,16 @@ def test_sr_samples_what_it_diffuses(tmp_path, residual, prediction_type):
     assert err.mean() < 0.5 and err.max() <= 2
 
 
+def test_untrained_sdm_keeps_the_architecture_with_fresh_seeded_weights(tmp_path):
+    vae = build_autoencoder(AutoencoderConfig.preset("smoke"))
+    sdm = train_sdm(vae, _images(4), SDMConfig.preset("smoke", steps=1), tmp_path / "sdm", seed=0, progress=False)
+    a, b, c = sdm.untrained(0), sdm.untrained(0), sdm.untrained(1)
+    assert a.unet.config == sdm.unet.config and a.latent_scale == sdm.latent_scale and a.ddim_steps == sdm.ddim_steps
+    sa, sb, sc, trained = (m.unet.state_dict() for m in (a, b, c, sdm))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)  # deterministic in the seed
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa) and any(not torch.equal(sa[k], trained[k]) for k in sa)
+
+
 def test_sr_and_sdm_reject_unknown_prediction_types():
     with pytest.raises(InputError, match="prediction_type"):
         SRConfig.preset("smoke", prediction_type="sample")

@@ -132,7 +132,7 @@ def test_sr_sampler_clips_pixels_and_starts_from_pure_noise(tmp_path):
     assert loaded.clip_sample and loaded.timestep_spacing == "trailing"
 
 
-def test_stages_end_to_end_at_toy_size(tmp_path):
+def test_stages_end_to_end_at_toy_size(tmp_path, monkeypatch):
     """machex -> autoencoder -> SDMs -> SR base/fine -> Table 2, inpainting and the beta check, via the stage functions."""
     from cxrgen.cheff import stages
     from cxrgen.data.phantom import generate_mimic_cxr
@@ -164,6 +164,13 @@ def test_stages_end_to_end_at_toy_size(tmp_path):
     assert len(t2) == 6 and t2["psnr"].notna().all()
     md2 = (tmp_path / "t" / "table2.md").read_text()
     assert "(paper)" in md2 and "(this run)" in md2 and (tmp_path / "f" / "fig3.png").is_file()
+    monkeypatch.setattr(stages, "_fid_extractor", lambda name, classifier=None: _PoolExtractor())
+    fid_kid = stages.run_synthesis(m, tmp_path / "ae", tmp_path / "sdm_unconditional", tmp_path / "sdm_report",
+                                   tmp_path / "sr_fine", cfg, tmp_path / "syn", tmp_path / "t" / "fid_kid",
+                                   tmp_path / "f" / "samples", tmp_path / "f" / "report_samples", "miniature",
+                                   fid_n_boot=10)
+    assert fid_kid["model"].tolist() == ["Cheff", "Cheff, untrained SDM (baseline)"]  # the baseline row beside it
+    assert fid_kid["kid"].nunique() == 2 and "untrained SDM" in (tmp_path / "t" / "fid_kid.md").read_text()
     pres = stages.run_inpainting(m, tmp_path / "ae", tmp_path / "sdm_unconditional", cfg, tmp_path / "inp",
                                  tmp_path / "f" / "inpaint", tmp_path / "f" / "outpaint")
     assert set(pres["task"]) == {"inpainting", "outpainting"} and (pres["known_mae_final"] == 0).all()

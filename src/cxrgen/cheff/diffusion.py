@@ -175,6 +175,16 @@ class SDM:
                     "max_length": self.max_length, "ddim_steps": self.ddim_steps, **(extra or {})}
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
 
+    def untrained(self, seed: int = 0) -> SDM:
+        """This SDM's architecture, sampler and latent scale with fresh seeded weights (unconditional only): the
+        baseline that shows what training the SDM adds to a cascade's samples."""
+        if self.conditioning != "none":
+            raise InputError("an untrained baseline is built for the unconditional SDM; got a report-conditioned one")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            unet = type(self.unet).from_config(self.unet.config)
+        return SDM(unet.to(module_device(self.unet)), self.scheduler, self.latent_scale, ddim_steps=self.ddim_steps)
+
     def to(self, device) -> SDM:
         self.unet.to(device)
         if self.encoder is not None:

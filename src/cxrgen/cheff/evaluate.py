@@ -106,6 +106,10 @@ def write_table2(ours: pd.DataFrame, out_stem, scale: str) -> dict:
                        "baseline the paper does not report", scale, paper_table_label(meta), float_format=".4f")
 
 
+#: the fid_kid table's baseline row: the cascade with the SDM's architecture untrained (not in the paper)
+UNTRAINED_SDM_ROW = "Cheff, untrained SDM (baseline)"
+
+
 def synthesis_metrics(real: np.ndarray, fake: np.ndarray, extractor, kid_subset: int = 100, seed: int = 0,
                       model: str = "Cheff", fid_n_boot: int = 200) -> pd.DataFrame:
     """FID and KID of ``fake`` against ``real`` (both uint8 (N,H,W)) with the named extractor (a registry name or a

@@ -168,11 +168,16 @@ def run_synthesis(machex_dir, ae_dir, sdm_dir, sdm_report_dir, sr_dir, cfg: Chef
     """Unconditional cascade samples -> FID/KID vs held-out real x_HR; report-conditioned samples per prompt."""
     e = cfg.evaluation
     vae, sr = load_autoencoder(ae_dir), SuperResolution.load(sr_dir)
-    lr, hr = sample_cascade(SDM.load(sdm_dir), vae, sr, e.n_samples, seed=seed)
+    sdm = SDM.load(sdm_dir)
+    lr, hr = sample_cascade(sdm, vae, sr, e.n_samples, seed=seed)
+    # the same cascade with an untrained SDM: the baseline the trained one must beat
+    _, untrained_hr = sample_cascade(sdm.untrained(seed), vae, sr, e.n_samples, seed=seed)
     real = load_split(machex_dir, "test", cfg.sr.hr_size)[0].head()  # the whole test split: FID's real set
     ext = _fid_extractor(e.fid_extractor, classifier)
-    ours = ev.synthesis_metrics(real, hr, ext, min(e.kid_subset_size, len(real), len(hr)), seed,
-                                fid_n_boot=fid_n_boot)
+    kid_subset = min(e.kid_subset_size, len(real), len(hr))
+    ours = pd.concat([ev.synthesis_metrics(real, hr, ext, kid_subset, seed, fid_n_boot=fid_n_boot),
+                      ev.synthesis_metrics(real, untrained_hr, ext, kid_subset, seed, model=ev.UNTRAINED_SDM_ROW,
+                                           fid_n_boot=fid_n_boot)], ignore_index=True)
     write_csv_atomic(ours, Path(out_dir) / "fid_kid.csv")
     with atomic_path(Path(out_dir) / "samples.npz") as tmp:
         with open(tmp, "wb") as fh:
