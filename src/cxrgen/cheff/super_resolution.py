@@ -66,7 +66,7 @@ def sr_sampler(scheduler_config, clip_range: float = 1.0):
     return DDIMScheduler.from_config({**dict(scheduler_config), **SR_SAMPLER, "clip_sample_range": float(clip_range)})
 
 
-def diffused_target(x_hr: torch.Tensor, cond: torch.Tensor, cfg: "SRConfig") -> torch.Tensor:
+def diffused_target(x_hr: torch.Tensor, cond: torch.Tensor, cfg: SRConfig) -> torch.Tensor:
     """What the SR diffuses: x_HR itself, or its scaled residual over the upsampled condition (``cfg.residual``)."""
     return (x_hr - cond) * float(cfg.residual_scale) if cfg.residual else x_hr
 
@@ -76,7 +76,7 @@ def from_diffused(x: torch.Tensor, cond: torch.Tensor, residual: bool, residual_
     return (cond + x / float(residual_scale) if residual else x).clamp(-1, 1)
 
 
-def clip_range(cfg: "SRConfig") -> float:
+def clip_range(cfg: SRConfig) -> float:
     return 2.0 * float(cfg.residual_scale) if cfg.residual else 1.0
 
 
