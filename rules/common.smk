@@ -167,6 +167,7 @@ def chambon_reported_outputs():
     items += [
         ("results/tables/chambon2022_table4.md", "render_synthesis", "FID per adaptation method and prompt (Chambon Table 4)"),
         ("results/tables/chambon2022_table5.md", "render_synthesis", "reference classifier on synthetic images (Chambon Table 5)"),
+        ("results/tables/chambon2022_prompt_dependence.md", "render_synthesis", "does the prompt change the image: effusion minus normal prompt on the same noise, per adapted model"),
         ("results/figures/chambon2022_samples.png", "render_synthesis", "synthetic images per method and prompt (Chambon Figs. 1, 4)"),
         ("results/figures/chambon2022_fig5.png", "render_synthesis", "training images beside synthetic ones (Chambon Fig. 5)"),
         ("results/tables/privacy_memorization.md", "render_memorization", "nearest fine-tuning image of synthetic images (privacy)"),

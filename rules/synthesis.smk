@@ -74,16 +74,22 @@ rule evaluate_synthesis:
 
 
 rule render_synthesis:
-    """Tables 4 and 5 beside the paper's, the sample grid (Figs. 1, 4) and training vs synthetic images (Fig. 5)."""
+    """Tables 4 and 5 beside the paper's, the prompt-dependence table (effusion minus normal prompt on the same
+    noise), the sample grid (Figs. 1, 4) and training vs synthetic images (Fig. 5)."""
     input:
         sets=rules.evaluate_synthesis.input.sets,
         table4=rules.evaluate_synthesis.output.table4,
         table5=rules.evaluate_synthesis.output.table5,
+        scores=rules.evaluate_synthesis.output.scores,
         train=f"{DATA_DIR}/samples/{fig5_sample()}",
     output:
         **{
             f"table{n}_{ext}": report(f"results/tables/chambon2022_table{n}.{ext}", caption=f"../report/synthesis_table{n}.rst", category=SYNTH_CATEGORY)
             for n in (4, 5)
+            for ext in ("csv", "md", "tex")
+        },
+        **{
+            f"prompt_dependence_{ext}": report(f"results/tables/chambon2022_prompt_dependence.{ext}", caption="../report/synthesis_prompt_dependence.rst", category=SYNTH_CATEGORY)
             for ext in ("csv", "md", "tex")
         },
         **{
@@ -98,6 +104,7 @@ rule render_synthesis:
         synthesis=config["synthesis"],
         fig5_method=fig5_method(),
         scale=config["scale"],
+        seed=config["seed"],
     log:
         "logs/synthesis/render_synthesis.log",
     localrule: True

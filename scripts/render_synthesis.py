@@ -16,5 +16,7 @@ with script_context(snakemake) as log:
         train_dir=snakemake.input.train, fig5_method=snakemake.params.fig5_method, scale=snakemake.params.scale,
         paper_names=snakemake.params.synthesis["paper_names"], n_show=snakemake.params.synthesis["n_show"],
         models=snakemake.params.models,
+        prompt_dependence_stem=stem(out.prompt_dependence_csv), n_boot=snakemake.params.synthesis["n_boot"],
+        seed=snakemake.params.seed,
     )
     log.info("rendered %s", paths)

@@ -312,7 +312,12 @@ def test_evaluation_and_rendering(sets, classifier, tmp_path, monkeypatch):
     paths = render_synthesis(tmp_path / "eval", sets, tmp_path / "t4", tmp_path / "t5", tmp_path / "fig4",
                              fig5_stem=tmp_path / "fig5", train_dir=sets["baseline"], fig5_method="baseline",
                              scale="miniature", n_show=2, models={"baseline": {"method": "none"},
-                                                                  "ti_object_radiology": {"method": "textual_inversion"}})
+                                                                  "ti_object_radiology": {"method": "textual_inversion"}},
+                             prompt_dependence_stem=tmp_path / "pd", n_boot=20)
+    pd_table = pd.read_csv(paths["prompt_dependence"]["csv"])
+    assert list(pd_table["run method"]) == list(sets) and (pd_table["n_pairs"] == 3).all()
+    assert (pd_table["pixel_difference"] > 0).all() and (pd_table["ci_low"] <= pd_table["score_difference"]).all()
+    assert "same noise" in paths["prompt_dependence"]["md"].read_text()
     for key in ("table4", "table5"):
         assert all(p.is_file() for p in paths[key].values())
     for key in ("samples", "fig5"):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from cxrgen.errors import InputError
 from cxrgen.io import atomic_path, write_csv_atomic
 from cxrgen.metrics.classification import METRICS, MIN_CLASS_COUNT
 from cxrgen.metrics.fid import FID_KID_COLUMNS, fid_kid_with_ci
+from cxrgen.metrics.prompt_dependence import LOWERS, NO_CHANGE, RAISES, pixel_differences, prompt_dependence_table
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +416,9 @@ def table5_beside_paper(ours: pd.DataFrame, rows: Mapping[str, dict]) -> tuple[p
 
 def samples_figure(sets: Mapping[str, object], out_stem, prompt_names: Sequence[str] | None = None, n_show: int = 4,
                    row_names: Mapping[str, str] | None = None, title: str | None = None) -> dict:
-    """Chambon Figs. 1 / 4: one row per method, ``n_show`` samples per prompt side by side (blank if fewer)."""
+    """Chambon Figs. 1 / 4: one row per method; the columns go noise index by noise index (the first ``n_show``
+    indices of the sets), each index showing every prompt side by side, so the images next to each other start
+    from the same noise and differ only by the prompt (blank where a set lacks that prompt or index)."""
     from cxrgen.render.figures import image_grid
 
     loaded = {m: _as_set(v, m) for m, v in sets.items()}
@@ -422,15 +426,14 @@ def samples_figure(sets: Mapping[str, object], out_stem, prompt_names: Sequence[
         raise InputError("samples_figure: no synthetic sets given")
     if prompt_names is None:
         prompt_names = list(dict.fromkeys(p for _, man in loaded.values() for p in man["prompt_name"]))
+    noise = sorted({int(i) for _, man in loaded.values() for i in man["index"]})[:n_show]
     grid, labels = [], []
     for m, (images, manifest) in loaded.items():
-        row = []
-        for p in prompt_names:
-            idx = np.flatnonzero((manifest["prompt_name"] == p).to_numpy())[:n_show]
-            row += [images[i] for i in idx] + [None] * (n_show - len(idx))
-        grid.append(row)
-        labels.append((row_names or {}).get(m, m))
-    cols = [f"{p} {j + 1}" for p in prompt_names for j in range(n_show)]
+        where = {(p, int(i)): k for k, (p, i) in enumerate(zip(manifest["prompt_name"], manifest["index"]))}
+        grid.append([images[where[p, i]] if (p, i) in where else None for i in noise for p in prompt_names])
+        # long paper names wrapped, so a row label stays beside its row
+        labels.append(textwrap.fill((row_names or {}).get(m, m), 24))
+    cols = [f"{p}\nnoise {i}" for i in noise for p in prompt_names]
     return image_grid(grid, labels, cols, out_stem, title=title)
 
 
@@ -456,6 +459,17 @@ def training_vs_synthetic_figure(real_images, real_manifest: pd.DataFrame, synth
     return image_grid(grid, labels, cols, out_stem, title=title)
 
 
+def prompt_dependence_frame(scores: pd.DataFrame, sets: Mapping[str, object], positive: str = "effusion",
+                            negative: str = "normal", n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """:func:`cxrgen.metrics.prompt_dependence.prompt_dependence_table` of the classifier scores behind Table 5,
+    with every set's paired pixel differences."""
+    pixels = {}
+    for method, value in sets.items():
+        images, manifest = _as_set(value, method)
+        pixels[method] = pixel_differences(images, manifest, positive, negative)
+    return prompt_dependence_table(scores, positive, negative, pixel_diffs=pixels, n_boot=n_boot, seed=seed)
+
+
 def render_synthesis(
     eval_dir,
     set_dirs: Mapping[str, object],
@@ -469,11 +483,16 @@ def render_synthesis(
     paper_names: Mapping[str, Mapping] | None = None,
     n_show: int = 4,
     models: Mapping[str, Mapping] | None = None,
+    prompt_dependence_stem=None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> dict:
     """Tables 4 and 5 beside the paper's (CSV + Markdown + LaTeX), the sample grid (Figs. 1/4) and, given
     ``train_dir`` (the fine-tuning images), Fig. 5 for ``fig5_method`` (default: the last method, usually the
     most adapted). ``eval_dir`` holds :func:`run_synthesis_evaluation`'s CSVs. ``models``: each method name's config
-    entry (``{method, settings}``), which maps it onto the paper's rows (:func:`paper_rows`)."""
+    entry (``{method, settings}``), which maps it onto the paper's rows (:func:`paper_rows`). Given
+    ``prompt_dependence_stem``, also the prompt-dependence table (:func:`prompt_dependence_frame`; ``n_boot``
+    resamples seeded ``seed``)."""
     from cxrgen.render.reference import paper_table_label
     from cxrgen.render.tables import fid_kid_caption, write_table
 
@@ -505,6 +524,21 @@ def render_synthesis(
         scale=scale, paper_table=paper_table_label(meta5), float_format=".3f",
     )
     names = {m: _display_name(m, rows[m]) for m in methods}
+    if prompt_dependence_stem is not None:
+        table = prompt_dependence_frame(frames["scores"], set_dirs, n_boot=n_boot, seed=seed)
+        table.insert(0, "model", [names.get(m, m) for m in table["method"]])
+        paths["prompt_dependence"] = write_table(
+            table.rename(columns={"method": "run method"}), prompt_dependence_stem,
+            caption=(f"Does the prompt change the image? Per adapted model, image i of the effusion and of the normal "
+                     f"prompt start from the same noise; score_difference is the reference classifier's mean Pleural "
+                     f"Effusion score of the effusion image minus that of the normal image over those pairs, with a "
+                     f"paired percentile bootstrap 95% CI over noise indices ({n_boot} resamples); "
+                     f"share_positive_higher is the share of pairs where the effusion image scores higher; "
+                     f"pixel_difference the pairs' mean absolute pixel difference (0-255; exactly 0 for a model "
+                     f"that ignores the prompt). Verdict: '{RAISES}' when the CI lies above 0, '{LOWERS}' when "
+                     f"below, '{NO_CHANGE}' when it holds 0."),
+            scale=scale, float_format=".3f",
+        )
     paths["samples"] = samples_figure(set_dirs, samples_stem, n_show=n_show, row_names=names,
                                       title=f"Synthetic images per method and prompt ({scale})")
     if fig5_stem is not None:
@@ -523,6 +557,6 @@ def render_synthesis(
 __all__ = [
     "PROMPT_LABELS", "PROMPT_REAL_CLASS", "PAPER_PROMPTS", "CHAMBON_PROMPTS", "METRICS", "generate_set", "load_set",
     "real_subset_mask", "fid_table", "classification_table", "run_synthesis_evaluation", "default_paper_rows",
-    "paper_rows", "table4_beside_paper", "table5_beside_paper", "samples_figure", "training_vs_synthetic_figure",
+    "paper_rows", "table4_beside_paper", "table5_beside_paper", "prompt_dependence_frame", "samples_figure", "training_vs_synthetic_figure",
     "render_synthesis",
 ]
