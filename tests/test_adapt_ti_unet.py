@@ -1,6 +1,7 @@
 """Shared adaptation trainer, textual inversion, U-Net fine-tuning (with / without prior preservation)."""
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -154,9 +155,16 @@ def test_textual_inversion_only_new_rows_resume_and_diffusers_load(foundation, i
     for name in ("adapter.json", "training_log.csv", "loss_curve.png", "loss_curve.pdf", "train_config.json"):
         assert (a / name).is_file(), name
     meta = json.loads((a / "adapter.json").read_text())
-    assert meta["method"] == "textual_inversion" and meta["foundation"] == str(foundation)
+    # the foundation is named relative to the adapter folder, so the two can move together
+    assert meta["method"] == "textual_inversion" and meta["foundation"] == os.path.relpath(foundation, a)
     assert (meta["token"], meta["num_vectors"], meta["template"], meta["initializer"]) == (
         "<lung-xray>", 2, "style", "lung")
+    from cxrgen.models.card import read_model_card
+
+    card = read_model_card(a)
+    assert card["library_name"] == "diffusers" and card["base_model"] == str(foundation)
+    assert card["data"]["n_images"] == len(images) and card["training_config"]["num_vectors"] == 2
+    assert card["metrics"]["final_loss"] == pytest.approx(float(np.mean(log_a.loss.values[-1:])))
 
     # diffusers loads the multi-vector embedding and samples with it
     pipe = StableDiffusionPipeline.from_pretrained(foundation, local_files_only=True, safety_checker=None)
@@ -272,6 +280,11 @@ def test_train_from_sample_unet_without_prior_and_switches(foundation, images, t
     assert meta["prompts"] == [CHAMBON_PROMPTS["normal"]] and meta["seed"] == 1
     tc = json.loads((out / "train_config.json").read_text())
     assert tc["mixed_precision"] == "bf16" and tc["seed"] == 1
+    from cxrgen.models.card import read_model_card
+
+    card = read_model_card(out)  # the model card names the sample it was trained on
+    assert card["data"] == {"n_images": 3, "sample": "fewshot"} and card["method"] == "unet"
+    assert card["base_model"] == str(foundation) and card["training_config"]["classes"] == ["No Finding"]
     with pytest.raises(InputError, match="Cardiomegaly"):
         train_from_sample("unet", foundation, sample, {"classes": ["Cardiomegaly"]}, tmp_path / "z", seed=0)
     with pytest.raises(InputError, match="dora"):

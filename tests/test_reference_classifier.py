@@ -66,7 +66,7 @@ def trained(tmp_path_factory):
 def test_training_writes_files(trained):
     root, summary, cfg, _ = trained
     out = root / "clf"
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "training_log.csv"}
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "training_log.csv", "README.md"}
     assert not (root / "clf.partial").exists()
     config = json.loads((out / "config.json").read_text())
     assert config["labels"] == list(LABELS)
@@ -80,6 +80,13 @@ def test_training_writes_files(trained):
     assert list(log.columns) == ["epoch", "train_loss", "val_mean_auc", "seconds"]
     assert list(log["epoch"]) == [1, 2]
     assert summary["best_epoch"] == config["best_epoch"]
+    from cxrgen.models.card import read_model_card
+
+    card = read_model_card(out)  # the model card, with the run's validation metrics
+    assert card["cxrgen_artefact"] == "reference_classifier" and card["library_name"] == "pytorch"
+    assert card["data"] == {"sample": "train", "n_images": 32, "validation_sample": "validate", "n_validation_images": 16}
+    assert card["metrics"]["val_mean_auc"] == pytest.approx(summary["val_mean_auc"])
+    assert card["training_config"]["epochs"] == 2
 
 
 def test_reload_is_exact(trained):

@@ -1,6 +1,7 @@
 """Textual projection (Chambon et al. 2022, 2.5): projection module, training, artefact, reload, sampling, errors."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -110,13 +111,13 @@ def test_one_step_lowers_loss_and_only_projection_changes(foundation, variant):
 
 def test_training_writes_artefact(trained, foundation):
     out, summary = trained
-    for name in ("adapter.json", "projection.safetensors", "projection_config.json", "training_log.csv",
-                 "loss_curve.png", "loss_curve.pdf"):
+    for name in ("adapter.json", "model.safetensors", "config.json", "training_log.csv", "loss_curve.png",
+                 "loss_curve.pdf", "README.md"):
         assert (out / name).is_file(), name
     assert not out.with_name(out.name + ".partial").exists()
     meta = json.loads((out / "adapter.json").read_text())
     assert meta["method"] == "textual_projection" and meta["variant"] == "token"
-    assert meta["foundation"] == str(foundation) and meta["encoder"] == "minilm"
+    assert meta["foundation"] == os.path.relpath(foundation, out) and meta["encoder"] == "minilm"
     assert meta["seq_len"] == 32 and meta["cross_attention_dim"] == 32
     import pandas as pd
 
@@ -124,6 +125,38 @@ def test_training_writes_artefact(trained, foundation):
     assert list(log.columns) == ["phase", "step", "loss", "seconds"]
     assert (log.phase == "train").sum() == TINY["steps"] and np.isfinite(log.loss).all()
     assert summary["eval_loss_final"] < summary["eval_loss_initial"]
+    from cxrgen.models.card import read_model_card
+
+    card = read_model_card(out)  # the model card: what it was trained from, on what, and how well
+    assert card["base_model"] == str(foundation) and card["method"] == "textual_projection"
+    assert card["training_config"]["variant"] == "token" and card["data"]["n_captions"] == summary["n_captions"]
+    assert card["metrics"]["eval_loss_final"] == pytest.approx(summary["eval_loss_final"])
+    assert card["license_name"] == "research-only" and card["intended_use"] == "research use, not for clinical use"
+
+
+def test_projection_round_trips_through_the_hub_mixin(trained, tmp_path):
+    import shutil
+
+    from huggingface_hub import PyTorchModelHubMixin
+    from safetensors.torch import save_file
+
+    out, _ = trained
+    loaded = TextualProjection.from_pretrained(out)  # no project loader needed: config.json + model.safetensors
+    assert isinstance(loaded, PyTorchModelHubMixin) and loaded.config()["variant"] == "token"
+    x = torch.randn(2, 32, loaded.in_dim)
+    assert torch.equal(loaded(x), load_prompt_encoder(out, device="cpu").projection(x))
+    loaded.save_pretrained(tmp_path / "again")
+    assert torch.equal(TextualProjection.from_pretrained(tmp_path / "again")(x), loaded(x))
+    # a folder written before the mixin (projection.safetensors + projection_config.json) still loads
+    legacy = shutil.copytree(out, tmp_path / "legacy")
+    (legacy / "model.safetensors").unlink()
+    (legacy / "config.json").unlink()
+    save_file(dict(loaded.state_dict()), str(legacy / "projection.safetensors"))
+    (legacy / "projection_config.json").write_text(json.dumps(loaded.config()))
+    assert torch.equal(load_prompt_encoder(legacy, device="cpu").projection(x), loaded(x))
+    (legacy / "projection.safetensors").unlink()
+    with pytest.raises(InputError, match="no model.safetensors"):
+        load_prompt_encoder(legacy)
 
 
 def test_reload_gives_identical_embeddings_and_pipeline_samples(trained, foundation):
@@ -184,8 +217,8 @@ def test_resume_after_interruption_matches_uninterrupted(trained, foundation, tm
     with pytest.raises(InputError, match=r"different settings \(lr: .*adapter\.partial to start over"):
         train_from_config(foundation, {"variant": "token", **TINY, "lr": 0.5}, out, seed=0, progress=False)
     train_from_config(foundation, {"variant": "token", **TINY}, out, seed=0, progress=False)
-    want = load_file(str(trained[0] / "projection.safetensors"))
-    got = load_file(str(out / "projection.safetensors"))
+    want = load_file(str(trained[0] / tp.WEIGHTS_FILE))
+    got = load_file(str(out / tp.WEIGHTS_FILE))
     assert all(torch.equal(want[k], got[k]) for k in want)
 
 

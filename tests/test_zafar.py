@@ -167,6 +167,11 @@ def test_corpus_classifier_learns_colours(tmp_path):
     with pytest.raises(InputError, match="augment_copies"):
         zafar.train_corpus_classifier(tmp_path / "x", n_images=40, augment_copies=-1)
     clf = zafar.load_head_classifier(tmp_path / "corpus")
+    from cxrgen.models.card import read_model_card
+
+    card = read_model_card(tmp_path / "corpus")
+    assert card["cxrgen_artefact"] == "head_classifier" and card["data"]["n_images"] == meta["n_train"]
+    assert card["metrics"]["val_accuracy"] == meta["val_accuracy"] and card["training_config"]["epochs"] == 5
     p = clf.predict([np.zeros((32, 32, 3), np.uint8)])
     assert p["colour"].shape == (1, 9) and np.allclose(p["colour"].sum(1), 1)
     with pytest.raises(InputError, match="classifier.json"):

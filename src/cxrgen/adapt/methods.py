@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 from collections.abc import Callable, Mapping
 
 from cxrgen.adapt.config import (
@@ -43,9 +44,13 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 #: U-Net / full fine-tuning: ``save_pretrained`` folders replacing the foundation's modules.
 UNET_DIR = "unet"
 TEXT_ENCODER_DIR = "text_encoder"
-#: Textual projection: the projection's weights and how to rebuild it.
-PROJECTION_WEIGHTS_FILE = "projection.safetensors"
-PROJECTION_CONFIG_FILE = "projection_config.json"
+#: Textual projection: the projection's weights and constructor arguments, as huggingface_hub's
+#: PyTorchModelHubMixin.save_pretrained names them (TextualProjection.from_pretrained(folder) loads them) ...
+PROJECTION_WEIGHTS_FILE = "model.safetensors"
+PROJECTION_CONFIG_FILE = "config.json"
+#: ... and as folders written before the mixin name them (still loaded)
+LEGACY_PROJECTION_WEIGHTS_FILE = "projection.safetensors"
+LEGACY_PROJECTION_CONFIG_FILE = "projection_config.json"
 
 #: Config sections that list adapted models: Chambon's ``adaptation.methods`` and Zafar's ``zafar.methods``.
 SECTIONS = ("adaptation", "zafar")
@@ -211,8 +216,16 @@ def train_from_sample(method: str, foundation, sample_dir, cfg_dict: Mapping | N
         raise InputError(f"adaptation method {method!r} does not train on a sample; expected one of "
                          f"{image_trained_methods()}")
     cfg = spec.config.from_dict({**(cfg_dict or {}), "seed": int(seed)})
-    return spec.train_function()(foundation, sample_dir, cfg, out_dir, class_images_dir=class_images_dir,
-                                 progress=progress)
+    summary = spec.train_function()(foundation, sample_dir, cfg, out_dir, class_images_dir=class_images_dir,
+                                    progress=progress)
+    if summary.get("finished"):
+        from accelerate import PartialState
+
+        from cxrgen.models.card import update_model_card
+
+        if PartialState().is_main_process:  # the card names the sample, which only this caller knows
+            update_model_card(out_dir, data={"sample": Path(sample_dir).name})
+    return summary
 
 
 __all__ = ["ADAPTER_FILE", "EMBEDS_FILE", "LORA_FILE", "METHODS", "Method", "SECTIONS", "check_settings", "get_method",

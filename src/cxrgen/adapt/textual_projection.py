@@ -25,10 +25,13 @@ Variants (``L`` = the CLIP tokenizer's length, 77 for SD v1; ``D`` = the U-Net's
 Artefact (a folder, written atomically)::
 
     adapter.json              {"method": "textual_projection", "foundation", "encoder", "variant", ...}
-    projection.safetensors    projection weights
-    projection_config.json    how to rebuild the module (in/hidden/out dims, kind, layer order)
+    model.safetensors         projection weights    } huggingface_hub's PyTorchModelHubMixin:
+    config.json               its constructor args  } TextualProjection.from_pretrained(folder)
     training_log.csv          phase (train/eval), step, loss, seconds
     loss_curve.png / .pdf
+    README.md                 model card (cxrgen.models.card)
+
+Folders written before the mixin (``projection.safetensors`` + ``projection_config.json``) still load.
 
 :func:`load_prompt_encoder` turns the folder into a :class:`PromptEncoder` whose ``encode(prompts)`` gives the
 ``(B, L, D)`` ``prompt_embeds`` for ``StableDiffusionPipeline``; ``encode([""])`` is the unconditional embedding
@@ -51,12 +54,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from cxrgen.adapt.config import VARIANTS, ProjectionConfig, expand_templates
 from cxrgen.adapt.methods import (
     ADAPTER_FILE,
     LOSS_CURVE_STEM,
+    LEGACY_PROJECTION_CONFIG_FILE,
+    LEGACY_PROJECTION_WEIGHTS_FILE,
     PROJECTION_CONFIG_FILE,
     PROJECTION_WEIGHTS_FILE,
     TRAIN_LOG_FILE,
@@ -146,10 +152,13 @@ def _prepare_corpus(captions, max_captions: int | None, seed: int) -> list[str]:
 # the projection module
 
 
-class TextualProjection(nn.Module):
+class TextualProjection(nn.Module, PyTorchModelHubMixin, library_name="cxrgen",
+                        tags=["cxrgen", "textual-projection", "chest-x-ray"]):
     """In-domain features -> CLIP text-embedding space, for one variant.
 
     ``kind``: ``mlp`` (document/token), ``linear`` (none, sizes differ; fixed), ``identity`` (none, same sizes).
+    ``save_pretrained`` / ``from_pretrained`` come from huggingface_hub's ``PyTorchModelHubMixin`` (config.json holds
+    the constructor arguments, model.safetensors the weights).
     """
 
     def __init__(self, variant: str, in_dim: int, out_dim: int, hidden_dim: int | None = None,
@@ -408,13 +417,16 @@ def _write_log(rows: list, folder: Path) -> None:
 
 def save_adapter(setup: ProjectionSetup, cfg: ProjectionConfig, out_dir: str | os.PathLike,
                  rows: list | None = None, summary: dict | None = None) -> Path:
-    """Write the adapter folder (``adapter.json``, weights, projection config, log, loss curve) atomically."""
-    from safetensors.torch import save_file
+    """Write the adapter folder (``adapter.json``, the projection through ``save_pretrained``, log, loss curve,
+    model card) atomically."""
+    from cxrgen.adapt.adapter_file import foundation_reference
+    from cxrgen.models.card import write_model_card
 
     proj, pe = setup.projection, setup.prompt_encoder
+    out_dir = Path(out_dir)
     adapter = {
         "method": METHOD,
-        "foundation": setup.foundation,
+        "foundation": foundation_reference(setup.foundation, out_dir),
         "encoder": cfg.encoder_path or cfg.encoder,  # registry name, or the local folder when one was given
         "encoder_name": cfg.encoder,
         "encoder_path": cfg.encoder_path,
@@ -429,13 +441,16 @@ def save_adapter(setup: ProjectionSetup, cfg: ProjectionConfig, out_dir: str | o
         "config": cfg.to_dict(),
         "training": summary or {},
     }
-    out_dir = Path(out_dir)
+    summary = summary or {}
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        save_file({k: v.detach().contiguous().cpu() for k, v in proj.state_dict().items()}, str(tmp / PROJECTION_WEIGHTS_FILE))
-        (tmp / PROJECTION_CONFIG_FILE).write_text(json.dumps(proj.config(), indent=2))
+        proj.save_pretrained(tmp)
         _write_log(rows or [], tmp)
         (tmp / ADAPTER_FILE).write_text(json.dumps(adapter, indent=2))
+        write_model_card(tmp, base_model=setup.foundation, training_config=cfg.to_dict(),
+                         data={"n_captions": summary.get("n_captions")},
+                         metrics={k: summary.get(k) for k in ("eval_loss_initial", "eval_loss_final",
+                                                              "train_loss_final") if k in summary})
     return out_dir
 
 
@@ -600,9 +615,14 @@ def load_prompt_encoder(adapter_dir: str | os.PathLike, device: str | torch.devi
     meta = json.loads(meta_file.read_text())
     if meta.get("method") != METHOD:
         raise InputError(f"{meta_file}: method {meta.get('method')!r}; expected {METHOD!r}")
-    pcfg = json.loads((adapter_dir / meta.get("projection_config", PROJECTION_CONFIG_FILE)).read_text())
-    proj = TextualProjection.from_config(pcfg)
-    proj.load_state_dict(load_file(str(adapter_dir / meta.get("weights", PROJECTION_WEIGHTS_FILE))))
+    if (adapter_dir / LEGACY_PROJECTION_WEIGHTS_FILE).is_file():  # written before PyTorchModelHubMixin
+        proj = TextualProjection.from_config(json.loads((adapter_dir / LEGACY_PROJECTION_CONFIG_FILE).read_text()))
+        proj.load_state_dict(load_file(str(adapter_dir / LEGACY_PROJECTION_WEIGHTS_FILE)))
+    elif (adapter_dir / PROJECTION_WEIGHTS_FILE).is_file() and (adapter_dir / PROJECTION_CONFIG_FILE).is_file():
+        proj = TextualProjection.from_pretrained(adapter_dir)
+    else:
+        raise InputError(f"{adapter_dir}: no {PROJECTION_WEIGHTS_FILE} + {PROJECTION_CONFIG_FILE} (nor the older {LEGACY_PROJECTION_WEIGHTS_FILE} + "
+                         f"{LEGACY_PROJECTION_CONFIG_FILE}); expected a folder written by train_textual_projection")
     device = default_device(device)
     proj.to(device).eval().requires_grad_(False)
     enc = load_encoder(meta.get("encoder_name", meta["encoder"]), meta.get("encoder_path"),

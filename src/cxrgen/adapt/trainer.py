@@ -39,6 +39,7 @@ from cxrgen.adapt.methods import ADAPTER_FILE, LOSS_CURVE_STEM, TRAIN_CONFIG_FIL
 from cxrgen.engine import Engine, RuntimeConfig
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path
+from cxrgen.models.card import loss_metrics, write_model_card
 
 log = logging.getLogger(__name__)
 # keys that may change between an interrupted run and its resumption without invalidating the checkpoint
@@ -378,15 +379,23 @@ def write_training_outputs(folder: Path, rows: list[dict], train_config: dict, a
 def finish_output(out_dir: str | os.PathLike, write_artefacts: Callable[[Path], None], rows: list[dict],
                   train_config: dict, adapter: dict, engine: Engine | None = None) -> Path:
     """Build the output folder in a temp sibling, rename it onto ``out_dir``, then drop the checkpoints.
+    ``adapter.json`` names a local foundation relative to ``out_dir`` (:mod:`cxrgen.adapt.adapter_file`).
 
     With an ``engine``, only its main process writes; every process returns once the folder is in place.
     """
+    from cxrgen.adapt.adapter_file import foundation_reference
     out_dir = Path(out_dir)
+    base_model = adapter.get("foundation")
+    if "foundation" in adapter:
+        adapter = {**adapter, "foundation": foundation_reference(adapter["foundation"], out_dir)}
     if engine is None or engine.is_main:
         with atomic_path(out_dir) as tmp:
             tmp.mkdir()
             write_artefacts(tmp)
             write_training_outputs(tmp, rows, train_config, adapter)
+            write_model_card(tmp, base_model=base_model, training_config=train_config,
+                             data={"n_images": train_config.get("n_images")},
+                             metrics=loss_metrics([r["loss"] for r in rows]))
         shutil.rmtree(partial_dir(out_dir), ignore_errors=True)
     if engine is not None:
         engine.accelerator.wait_for_everyone()
@@ -394,8 +403,6 @@ def finish_output(out_dir: str | os.PathLike, write_artefacts: Callable[[Path], 
 
 
 def summarise(result: TrainResult, out_dir, method: str, extra: dict | None = None) -> dict:
-    losses = [r["loss"] for r in result.rows]
-    tail = losses[-max(1, len(losses) // 10):] if losses else [float("nan")]
     return {
         "method": method,
         "out_dir": str(out_dir),
@@ -403,7 +410,6 @@ def summarise(result: TrainResult, out_dir, method: str, extra: dict | None = No
         "step": result.step,
         "resumed_from": result.resumed_from,
         "seconds": result.seconds,
-        "first_loss": losses[0] if losses else float("nan"),
-        "final_loss": float(np.mean(tail)),
+        **loss_metrics([r["loss"] for r in result.rows]),
         **(extra or {}),
     }

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from cxrgen.cheff.training import (
     StateBundle, finish_stage, image_dataset, save_pretrained_atomic, settings, to_uint8, to_unit, train_loop,
+    write_stage_card,
     write_training_log,
 )
 from cxrgen.engine import Engine, RuntimeConfig, default_device, module_device
@@ -289,6 +290,7 @@ def train_autoencoder(
     def write():
         save_autoencoder(vae, cfg, out_dir)
         write_training_log(log_df, out_dir, "Cheff autoencoder")
+        write_stage_card(out_dir, cfg, log_df, len(data))
 
     finish_stage(engine, write, checkpoint_dir, keep_checkpoint)
     return vae

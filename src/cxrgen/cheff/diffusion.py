@@ -30,7 +30,7 @@ from tqdm import tqdm
 from cxrgen.cheff import text_encoder as te
 from cxrgen.cheff.schedules import CHEFF_BETA_END, LDM_BETA_START, ddim_from, make_scheduler
 from cxrgen.cheff.training import (
-    finish_stage, image_dataset, settings, to_unit, train_loop, write_training_log,
+    finish_stage, image_dataset, settings, to_unit, train_loop, write_stage_card, write_training_log,
 )
 from cxrgen.data.shards import ShardedDataset, ShardWriter
 from cxrgen.diffusion import add_noise_and_target
@@ -334,6 +334,7 @@ def train_sdm(
     def write():
         sdm.save(out_dir, {"config": asdict(cfg), "n_train": len(data)})
         write_training_log(log_df, out_dir, f"Cheff SDM ({cfg.conditioning})")
+        write_stage_card(out_dir, cfg, log_df, len(data))
         if not keep_checkpoint:
             shutil.rmtree(cache_dir, ignore_errors=True)
 

@@ -37,7 +37,7 @@ from cxrgen.cheff.autoencoder import reconstruct
 from cxrgen.cheff.diffusion import ddim_sample
 from cxrgen.cheff.schedules import ddim_from, make_scheduler
 from cxrgen.cheff.training import (
-    finish_stage, image_dataset, settings, to_uint8, to_unit, train_loop, write_training_log,
+    finish_stage, image_dataset, settings, to_uint8, to_unit, train_loop, write_stage_card, write_training_log,
 )
 from cxrgen.data.shards import ShardedDataset, write_shards
 from cxrgen.diffusion import add_noise_and_target
@@ -298,6 +298,7 @@ def train_sr(
             (tmp / META_FILE).write_text(json.dumps({"config": asdict(cfg), "lr_source": lr_source,
                                                      "init_from": str(init_from) if init_from else None}, indent=2))
         write_training_log(log_df, out_dir, f"Cheff {name}")
+        write_stage_card(out_dir, cfg, log_df, len(hr), base_model=init_from)
         if not keep_checkpoint:
             shutil.rmtree(lr_dir, ignore_errors=True)
 

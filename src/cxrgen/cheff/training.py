@@ -115,6 +115,16 @@ def write_training_log(log_df: pd.DataFrame, out_dir: str | os.PathLike, title: 
         plot_losses(log_df, out_dir / "loss_curve.png", title)
 
 
+def write_stage_card(out_dir: str | os.PathLike, config, log_df: pd.DataFrame, n_train: int,
+                     base_model=None) -> None:
+    """The model card of a trained stage (cxrgen.models.card): its config, MaCheX training size, final loss."""
+    from cxrgen.models.card import loss_metrics, write_model_card
+
+    write_model_card(out_dir, base_model=base_model, training_config=settings(config),
+                     data={"sample": "MaCheX train", "n_images": int(n_train)},
+                     metrics=loss_metrics(log_df["loss"]) if "loss" in log_df else {})
+
+
 def image_dataset(images, size: int, what: str):
     """The training images of a stage as a dataset of uint8 (size, size) items: a uint8 (N, size, size) array
     (checked whole) or a dataset of such items (e.g. :func:`cxrgen.cheff.stages.load_split`; its first item

@@ -43,6 +43,7 @@ from cxrgen.engine import Engine, EpochPermutation, RuntimeConfig, default_devic
 from cxrgen.errors import InputError, WeightsUnavailableError
 from cxrgen.io import atomic_path
 from cxrgen.metrics.classification import MIN_CLASS_COUNT, binary_metrics, choose_threshold, per_label_table
+from cxrgen.models.card import write_model_card
 
 XRV_PREFIX = "xrv:"
 #: torchxrayvision output name -> CheXpert label name (others keep their xrv name).
@@ -508,6 +509,11 @@ def train_reference_classifier(train_dir, val_dir, cfg: ReferenceClassifierConfi
             save_file(sd, str(tmp / MODEL_FILE))
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, allow_nan=True))
             pd.DataFrame(log, columns=["epoch", "train_loss", "val_mean_auc", "seconds"]).to_csv(tmp / LOG_FILE, index=False)
+            write_model_card(tmp, training_config=cfg.to_dict(),
+                             data={"sample": Path(train_dir).name, "n_images": n_train,
+                                   "validation_sample": Path(val_dir).name, "n_validation_images": n_val},
+                             metrics={"best_epoch": best["epoch"], "val_mean_auc": val_mean,
+                                      **{f"val_auc/{k}": v for k, v in zip(labels, val_aucs)}})
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     accelerator.wait_for_everyone()
     return {"out_dir": str(out_dir), "best_epoch": best["epoch"], "val_mean_auc": val_mean, "val_auc": dict(zip(labels, val_aucs)),

@@ -437,6 +437,8 @@ def build_foundation(
     """
     from diffusers import StableDiffusionPipeline
 
+    from cxrgen.models.card import write_model_card
+
     cfg = cfg or FoundationConfig()
     engine = Engine(runtime)
     out_dir = Path(out_dir)
@@ -540,6 +542,11 @@ def build_foundation(
             timings["preview_s"] = time.perf_counter() - t
             timings["total_s"] = time.perf_counter() - t_start
             (tmp / CONFIG_FILE).write_text(json.dumps(summary, indent=2))
+            write_model_card(tmp, training_config=cfg.to_dict(),
+                             data={"corpus": "synthetic chest X-ray phantoms and captions (cxrgen.models.corpus)",
+                                   "n_images": cfg.n_images},
+                             metrics={"vae_psnr_db": psnr, **{f"final_{ph}_loss": v
+                                                               for ph, v in summary["final_loss"].items()}})
         if log_dir is not None:
             log_dir = Path(log_dir)
             log_dir.mkdir(parents=True, exist_ok=True)

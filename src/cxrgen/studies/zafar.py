@@ -260,11 +260,17 @@ class HeadClassifier:
     def save(self, folder) -> None:
         from safetensors.torch import save_file
 
+        from cxrgen.models.card import write_model_card
+
         with atomic_path(folder) as tmp:
             tmp.mkdir()
             save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()},
                       str(tmp / CLASSIFIER_FILE))
             (tmp / CLASSIFIER_META).write_text(json.dumps(self.meta, indent=2, default=str))
+            write_model_card(tmp, training_config={k: v for k, v in self.meta.items() if not k.startswith("val_")},
+                             data={"sample": Path(self.meta["train_dir"]).name if self.meta.get("train_dir") else
+                                   "synthetic single-shape corpus", "n_images": self.meta.get("n_train")},
+                             metrics={k: v for k, v in self.meta.items() if k.startswith("val_")})
 
 
 def load_head_classifier(folder, device: str | torch.device | None = None) -> HeadClassifier:
