@@ -192,6 +192,30 @@ rule cheff_sr_fine:
         "../scripts/cheff_sr.py"
 
 
+rule cheff_cascade:
+    """The cascade SDM -> D -> SR_fine as one diffusers pipeline folder (cxrgen.cheff.cascade.CheffPipeline:
+    save_pretrained / from_pretrained) with its model card, loadable without the stage folders."""
+    input:
+        autoencoder=rules.cheff_autoencoder.output[0],
+        sdm=f"{CHEFF_MODELS}/sdm_{{variant}}",
+        sr=rules.cheff_sr_fine.output[0],
+    output:
+        directory(f"{CHEFF_MODELS}/cascade_{{variant}}"),
+    wildcard_constraints:
+        variant=name_pattern(CHEFF_SDM_VARIANTS),
+    log:
+        "logs/cheff/cascade_{variant}.log",
+    benchmark:
+        "benchmarks/cheff/cascade_{variant}.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/cxrgen.yaml"
+    script:
+        "../scripts/cheff_cascade.py"
+
+
 rule cheff_reconstruction:
     """Table 2: MSE/PSNR/SSIM of the three reconstruction workflows with SR_base and SR_fine; Fig. 3 examples."""
     input:
@@ -370,6 +394,8 @@ CHEFF_REPORTED = [
     ("results/figures/weber2023_outpainting.png", "cheff_inpainting", "outpainting completions of one provided area (Weber Fig. 7)"),
     ("results/tables/weber2023_beta_check.md", "cheff_beta_check", "terminal signal and corr(z_T, z_0) for max beta 0.0195 vs 0.0295 (Weber 7.6)"),
     ("results/figures/weber2023_fig13.png", "cheff_beta_check", "decoded z_T for both max betas (Weber Fig. 13)"),
+    *[(f"{CHEFF_MODELS}/cascade_{v}", "cheff_cascade", f"the {v} Cheff cascade as one diffusers pipeline folder "
+       "(CheffPipeline.from_pretrained; `cxrgen info` says how to load it)") for v in CHEFF_SDM_VARIANTS],
 ]
 cheff_reported_outputs = lambda: list(CHEFF_REPORTED)
 # the cross-study comparison: in rule all when Weber and a study with Stable Diffusion sets are selected (not part of

@@ -184,3 +184,35 @@ def test_config_presets():
         CheffConfig.from_dict({"autoencoder": {"kl": 1}})
     with pytest.raises(InputError, match="lr_size"):
         CheffConfig.from_dict({"sr": {"lr_size": 16}})
+
+
+# ------------------------------------------------------------------------------------------------ cascade artefact
+def test_cascade_round_trips_as_a_diffusion_pipeline_with_model_cards(tmp_path):
+    from diffusers import DiffusionPipeline
+
+    from cxrgen.cheff.cascade import CheffPipeline, sample_cascade, save_cascade
+    from cxrgen.cheff.super_resolution import SuperResolution, train_sr
+    from cxrgen.models.card import read_model_card
+
+    imgs = _images(4, 16)
+    ae_cfg = AutoencoderConfig.preset("smoke", steps=1, batch_size=2)
+    vae = train_autoencoder(imgs, ae_cfg, tmp_path / "ae", seed=0, progress=False)
+    train_sdm(vae, imgs, SDMConfig.preset("smoke", steps=1, batch_size=2), tmp_path / "sdm", seed=0, progress=False)
+    sr_cfg = SRConfig.preset("smoke", lr_size=16, hr_size=32, steps=1, batch_size=2)
+    train_sr(_images(4, 32), sr_cfg, tmp_path / "sr", seed=0, progress=False)
+    for stage in ("ae", "sdm", "sr"):  # every trained stage carries a card with front matter
+        card = read_model_card(tmp_path / stage)
+        assert card["library_name"] == "diffusers" and card["data"]["n_images"] == 4, stage
+        assert card["intended_use"] == "research use, not for clinical use" and "final_loss" in card["metrics"]
+    assert read_model_card(tmp_path / "sdm")["training_config"]["conditioning"] == "none"
+
+    save_cascade(tmp_path / "ae", tmp_path / "sdm", tmp_path / "sr", tmp_path / "cascade")
+    loaded = CheffPipeline.from_pretrained(tmp_path / "cascade")
+    assert isinstance(loaded, DiffusionPipeline) and loaded.config.conditioning == "none"
+    assert read_model_card(tmp_path / "cascade")["cxrgen_artefact"] == "cheff_cascade"
+    out = loaded(n=2, seed=3, sdm_steps=2, sr_steps=2)
+    assert out.images.shape == (2, 32, 32) and out.images_lr.shape == (2, 16, 16) and out.images.dtype == np.uint8
+    # the same samples as the stage folders give
+    lr, hr = sample_cascade(SDM.load(tmp_path / "sdm"), load_autoencoder(tmp_path / "ae"),
+                            SuperResolution.load(tmp_path / "sr"), 2, seed=3, sdm_steps=2, sr_steps=2, progress=False)
+    assert np.array_equal(lr, out.images_lr) and np.array_equal(hr, out.images)
