@@ -184,6 +184,27 @@ def load_images(folder: str | Path) -> tuple[np.ndarray, pd.DataFrame]:
     return images, manifest
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def load_image_folder(folder: str | Path) -> np.ndarray:
+    """The images of a folder as uint8 (N, H, W): a materialised folder (its manifest's order) or any folder of
+    PNG/JPEG files (sorted by name, sub-folders included). All images must share one size."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"image folder {folder} does not exist; expected a folder of PNG/JPEG images")
+    if (folder / "manifest.csv").is_file():
+        return load_images(folder)[0]
+    files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    if not files:
+        raise InputError(f"{folder} holds no {'/'.join(IMAGE_SUFFIXES)} images; expected a folder of images")
+    images = [load_grayscale(f) for f in files]
+    sizes = sorted({im.shape for im in images})
+    if len(sizes) > 1:
+        raise InputError(f"{folder} holds images of {len(sizes)} sizes ({sizes[:3]}...); expected one size")
+    return np.stack(images)
+
+
 class SampleFolderDataset:
     """A materialised folder as a map-style ``torch.utils.data.Dataset`` that reads each image from disk when
     asked (memory does not grow with the folder): item ``i`` is ``transform(uint8 (H, W), i)`` (default: the

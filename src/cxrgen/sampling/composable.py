@@ -294,5 +294,42 @@ def composable_generate(pipeline, prompt, n: int, seed: int, steps: int = 20, gu
     return (images, torch.cat(lats)) if return_latents else images
 
 
-__all__ = ["Term", "parse_prompt", "format_prompt", "as_terms", "load_embeddings_pipeline", "encode_terms",
+class ComposingPipeline:
+    """An :class:`~cxrgen.adapt.pipeline.AdaptedPipeline` whose ``generate`` also takes weighted-AND prompts; every
+    other attribute is the adapted pipeline's. A plain prompt is the adapted pipeline's own call (same images); a
+    composed one goes through :func:`composable_generate`, each term as the adapter sends it (``prompt_text``:
+    the textual-inversion token substituted), so ``generate_set`` and its manifest work for both."""
+
+    def __init__(self, adapted):
+        self.adapted = adapted
+
+    def __getattr__(self, name):
+        return getattr(self.adapted, name)
+
+    def terms(self, prompt: str) -> list[Term] | None:
+        """The prompt's terms as sent to the model, or None for a plain prompt (one term, no weight)."""
+        terms = parse_prompt(prompt)
+        if len(terms) == 1 and not _WEIGHTED.match(_protect(prompt)):
+            return None
+        return [Term(self.adapted.prompt_text(t.text), t.weight) for t in terms]
+
+    def prompt_text(self, prompt: str) -> str:
+        terms = self.terms(prompt)
+        return self.adapted.prompt_text(prompt) if terms is None else format_prompt(terms)
+
+    def generate(self, prompt: str, n: int, seed: int, steps: int = 20, guidance: float = 4.0, batch_size: int = 8,
+                 height: int | None = None, progress: bool = True, guidance_rescale: float = 0.0) -> np.ndarray:
+        terms = self.terms(prompt)
+        if terms is None:
+            return self.adapted.generate(prompt, n, seed, steps=steps, guidance=guidance, batch_size=batch_size,
+                                         height=height, progress=progress, guidance_rescale=guidance_rescale)
+        if getattr(self.adapted, "prompt_encoder", None) is not None:
+            raise InputError(f"prompt {prompt!r} composes terms, but a {self.adapted.method} adapter encodes prompts "
+                             "with its own encoder; expected a plain prompt for it (composition uses the CLIP encoder)")
+        if guidance_rescale:
+            raise InputError(f"guidance_rescale={guidance_rescale} with the composed prompt {prompt!r}; expected 0")
+        return composable_generate(self.adapted, terms, int(n), int(seed), steps, guidance, int(batch_size), height)
+
+
+__all__ = ["ComposingPipeline", "Term", "parse_prompt", "format_prompt", "as_terms", "load_embeddings_pipeline", "encode_terms",
            "decode_latents", "denoise", "initial_latents", "composable_generate", "to_uint8_gray"]
