@@ -216,3 +216,17 @@ def test_cascade_round_trips_as_a_diffusion_pipeline_with_model_cards(tmp_path):
     lr, hr = sample_cascade(SDM.load(tmp_path / "sdm"), load_autoencoder(tmp_path / "ae"),
                             SuperResolution.load(tmp_path / "sr"), 2, seed=3, sdm_steps=2, sr_steps=2, progress=False)
     assert np.array_equal(lr, out.images_lr) and np.array_equal(hr, out.images)
+    # the report-conditioned cascade carries its text encoder and tokenizer
+    reports = ["small right pleural effusion", "no acute findings"] * 2
+    train_sdm(vae, imgs, SDMConfig.preset("smoke", conditioning="report", steps=1, batch_size=2), tmp_path / "sdm_r",
+              reports, seed=0, progress=False)
+    save_cascade(tmp_path / "ae", tmp_path / "sdm_r", tmp_path / "sr", tmp_path / "cascade_r")
+    report = CheffPipeline.from_pretrained(tmp_path / "cascade_r")
+    assert report.config.conditioning == "report" and report.tokenizer is not None
+    out = report(n=2, reports=reports[:2], seed=1, sdm_steps=2, sr_steps=2)
+    _, hr = sample_cascade(SDM.load(tmp_path / "sdm_r"), load_autoencoder(tmp_path / "ae"),
+                           SuperResolution.load(tmp_path / "sr"), 2, reports[:2], seed=1, sdm_steps=2, sr_steps=2,
+                           progress=False)
+    assert np.array_equal(hr, out.images)
+    with pytest.raises(InputError, match="one report per sample"):
+        report(n=2, seed=1)

@@ -48,6 +48,8 @@ class CheffPipeline(DiffusionPipeline):
     """The Cheff cascade as one diffusers pipeline (components: the SDM's U-Net and DDIM sampler, the autoencoder,
     the SR U-Net and its sampler, and for the report model its text encoder and tokenizer)."""
 
+    _optional_components = ["text_encoder", "tokenizer"]  # the unconditional cascade has none
+
     def __init__(self, sdm_unet, sdm_scheduler, vae, sr_unet, sr_scheduler, text_encoder=None, tokenizer=None,
                  latent_scale: float = 1.0, conditioning: str = "none", max_length: int = 0, sdm_ddim_steps: int = 50,
                  sr_ddim_steps: int = 25):
