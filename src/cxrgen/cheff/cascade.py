@@ -61,7 +61,7 @@ class CheffPipeline(DiffusionPipeline):
                                 sr_ddim_steps=int(sr_ddim_steps))
 
     @classmethod
-    def from_stages(cls, autoencoder_dir, sdm_dir, sr_dir) -> "CheffPipeline":
+    def from_stages(cls, autoencoder_dir, sdm_dir, sr_dir) -> CheffPipeline:
         """The cascade from the three trained stage folders (``train_autoencoder``, ``train_sdm``, ``train_sr``)."""
         from cxrgen.cheff.autoencoder import load_autoencoder
 
