@@ -217,8 +217,8 @@ def test_resume_after_interruption_matches_uninterrupted(trained, foundation, tm
     with pytest.raises(InputError, match=r"different settings \(lr: .*adapter\.partial to start over"):
         train_from_config(foundation, {"variant": "token", **TINY, "lr": 0.5}, out, seed=0, progress=False)
     train_from_config(foundation, {"variant": "token", **TINY}, out, seed=0, progress=False)
-    want = load_file(str(trained[0] / tp.WEIGHTS_FILE))
-    got = load_file(str(out / tp.WEIGHTS_FILE))
+    want = load_file(str(trained[0] / tp.PROJECTION_WEIGHTS_FILE))
+    got = load_file(str(out / tp.PROJECTION_WEIGHTS_FILE))
     assert all(torch.equal(want[k], got[k]) for k in want)
 
 

@@ -117,7 +117,8 @@ def _json(path: Path) -> dict:
 
 def describe(folder) -> Artefact:
     """Recognise a model folder written by this project; InputError naming what was expected otherwise."""
-    from cxrgen.adapt.pipeline import ADAPTER_FILE, read_adapter
+    from cxrgen.adapt.methods import ADAPTER_FILE
+    from cxrgen.adapt.pipeline import read_adapter
     from cxrgen.cheff.autoencoder import META_FILE as AE_META
     from cxrgen.cheff.diffusion import META_FILE as SDM_META
     from cxrgen.cheff.super_resolution import META_FILE as SR_META
