@@ -52,13 +52,14 @@ class CheffPipeline(DiffusionPipeline):
 
     def __init__(self, sdm_unet, sdm_scheduler, vae, sr_unet, sr_scheduler, text_encoder=None, tokenizer=None,
                  latent_scale: float = 1.0, conditioning: str = "none", max_length: int = 0, sdm_ddim_steps: int = 50,
-                 sr_ddim_steps: int = 25):
+                 sr_ddim_steps: int = 25, sr_residual: bool = False, sr_residual_scale: float = 1.0):
         super().__init__()
         self.register_modules(sdm_unet=sdm_unet, sdm_scheduler=sdm_scheduler, vae=vae, sr_unet=sr_unet,
                               sr_scheduler=sr_scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
         self.register_to_config(latent_scale=float(latent_scale), conditioning=conditioning,
                                 max_length=int(max_length), sdm_ddim_steps=int(sdm_ddim_steps),
-                                sr_ddim_steps=int(sr_ddim_steps))
+                                sr_ddim_steps=int(sr_ddim_steps), sr_residual=bool(sr_residual),
+                                sr_residual_scale=float(sr_residual_scale))
 
     @classmethod
     def from_stages(cls, autoencoder_dir, sdm_dir, sr_dir) -> CheffPipeline:
@@ -69,15 +70,16 @@ class CheffPipeline(DiffusionPipeline):
         sr = SuperResolution.load(sr_dir, "cpu")
         return cls(sdm.unet, sdm.scheduler, load_autoencoder(autoencoder_dir, "cpu"), sr.unet, sr.scheduler,
                    sdm.encoder, sdm.tokenizer, latent_scale=sdm.latent_scale, conditioning=sdm.conditioning,
-                   max_length=sdm.max_length, sdm_ddim_steps=sdm.ddim_steps, sr_ddim_steps=sr.ddim_steps)
+                   max_length=sdm.max_length, sdm_ddim_steps=sdm.ddim_steps, sr_ddim_steps=sr.ddim_steps,
+                   sr_residual=sr.residual, sr_residual_scale=sr.residual_scale)
 
     def stages(self) -> tuple[SDM, SuperResolution]:
-        from cxrgen.cheff.super_resolution import sr_sampler
-
         c = self.config
         sdm = SDM(self.sdm_unet, self.sdm_scheduler, c.latent_scale, c.conditioning, self.text_encoder,
                   self.tokenizer, c.max_length, c.sdm_ddim_steps)
-        return sdm, SuperResolution(self.sr_unet, sr_sampler(self.sr_scheduler.config), c.sr_ddim_steps)
+        # the SR sampler is saved as SuperResolution.load built it (clipping, spacing)
+        return sdm, SuperResolution(self.sr_unet, self.sr_scheduler, c.sr_ddim_steps, c.sr_residual,
+                                    c.sr_residual_scale)
 
     @torch.no_grad()
     def __call__(self, n: int = 1, reports: Sequence[str] | None = None, seed: int = 0, sdm_steps: int | None = None,
