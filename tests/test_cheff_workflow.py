@@ -288,6 +288,13 @@ def test_fid_kid_table_carries_n_and_cis(tmp_path):
     assert table.loc["Cheff", "n real (this run)"] == 12 and table.loc["Cheff", "n synthetic (this run)"] == 10
     assert table.loc["Cheff", "kid (this run)"] == f"{r['kid']:.4f} [{r['kid_ci_low']:.4f}, {r['kid_ci_high']:.4f}]"
     assert "FID is biased upward at n below the feature dimension (10 < 16" in (tmp_path / "fk.md").read_text()
+    # the real set read from disk chunk by chunk (as run_synthesis reads the MaCheX test split) scores the same
+    from cxrgen.data.shards import ShardedDataset, write_shards
+
+    write_shards(tmp_path / "real", [{"image": _blobs(12, 16, 0)}], shard_size=5)
+    streamed = ev.synthesis_metrics(ShardedDataset(tmp_path / "real", "image"), _blobs(10, 16, 1), _PoolExtractor(),
+                                    kid_subset=50, seed=0, fid_n_boot=50)
+    pd.testing.assert_frame_equal(streamed, ours)
 
 
 def test_run_synthesis_comparison_reads_the_three_studies(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from cxrgen.classify import (
     ReferenceClassifierConfig,
     cosine_similarity,
     evaluate_classifier,
+    evaluate_folder,
     load_reference_classifier,
     train_reference_classifier,
     xrv_weights_path,
@@ -138,6 +139,8 @@ def test_evaluation_matches_sklearn(trained):
         assert row["threshold"] == clf.thresholds[label]
         if not np.isnan(row["auc_ci_low"]):
             assert row["auc_ci_low"] <= row["auc"] <= row["auc_ci_high"]
+    # the folder read from disk batch by batch (evaluate_folder) gives the same table as the stacked images
+    pd.testing.assert_frame_equal(evaluate_folder(clf, test, list(LABELS), n_boot=50, seed=0), table)
 
 
 def test_resume_from_partial_checkpoint(trained, tmp_path, monkeypatch):

@@ -246,6 +246,19 @@ class Engine:
         return DataLoader(dataset, batch_size=int(batch_size), shuffle=False, num_workers=self.runtime.num_workers,
                           generator=torch.Generator().manual_seed(0))
 
+    def drawn_loader(self, dataset, batch_size: int, batches: int, generator: torch.Generator, collate_fn=None):
+        """``batches`` batches of ``batch_size`` items drawn with replacement from ``generator``, a stream the
+        trainer shares (:class:`SampledBatches`), loaded in this process without workers: the sampler draws a
+        batch's indices, then ``collate_fn`` may draw that batch's augmentation or noise from the same generator,
+        so the draws keep the order of one index-then-augment loop. Not prepared: every process gets the whole
+        batch (``prepare`` it to split it)."""
+        from torch.utils.data import DataLoader
+
+        sampler = SampledBatches(len(dataset), batch_size, total=batches, generator=generator)
+        # its own generator: a DataLoader iterator draws a base seed from it (else from torch's global RNG)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=0,
+                          generator=torch.Generator().manual_seed(0))
+
     def sampled_loader(self, dataset, global_batch: int, seed: int, steps: int, start_step: int = 0,
                        collate_fn=None, what: str = "batch_size"):
         """A prepared DataLoader of ``steps`` optimizer steps' micro-batches drawn with replacement

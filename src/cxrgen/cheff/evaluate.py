@@ -110,16 +110,31 @@ def write_table2(ours: pd.DataFrame, out_stem, scale: str) -> dict:
 UNTRAINED_SDM_ROW = "Cheff, untrained SDM (baseline)"
 
 
-def synthesis_metrics(real: np.ndarray, fake: np.ndarray, extractor, kid_subset: int = 100, seed: int = 0,
+def streamed_features(extractor, images, chunk_batches: int = 8):
+    """``extractor(images)`` for uint8 (N,H,W) images given as an array or as a dataset read item by item (e.g.
+    :func:`cxrgen.cheff.stages.load_split`): a dataset is stacked a chunk of whole extractor batches at a time, so
+    memory stays bounded and the features equal those of the stacked array (the same batches reach the network)."""
+    if isinstance(images, np.ndarray):
+        return extractor(images)
+    step = getattr(extractor, "batch_size", 32) * int(chunk_batches)
+    chunks = [extractor(np.stack([images[i] for i in range(start, min(start + step, len(images)))]))
+              for start in range(0, len(images), step)]
+    if not chunks:
+        raise InputError("an empty image set; expected at least one image to extract features from")
+    return torch.cat(chunks)
+
+
+def synthesis_metrics(real, fake, extractor, kid_subset: int = 100, seed: int = 0,
                       model: str = "Cheff", fid_n_boot: int = 200) -> pd.DataFrame:
-    """FID and KID of ``fake`` against ``real`` (both uint8 (N,H,W)) with the named extractor (a registry name or a
-    FeatureExtractor), their bootstrap CIs and set sizes (:func:`cxrgen.metrics.fid.fid_kid_with_ci`)."""
+    """FID and KID of ``fake`` against ``real`` (uint8 (N,H,W): arrays or datasets, :func:`streamed_features`) with
+    the named extractor (a registry name or a FeatureExtractor), their bootstrap CIs and set sizes
+    (:func:`cxrgen.metrics.fid.fid_kid_with_ci`)."""
     from cxrgen.metrics.features import get_extractor
     from cxrgen.metrics.fid import fid_kid_with_ci
 
     ext = get_extractor(extractor) if isinstance(extractor, str) else extractor
-    r = fid_kid_with_ci(ext(real), ext(fake), n_boot=fid_n_boot, seed=seed, kid_subsets=KID_SUBSETS,
-                        kid_subset_size=kid_subset)
+    r = fid_kid_with_ci(streamed_features(ext, real), streamed_features(ext, fake), n_boot=fid_n_boot, seed=seed,
+                        kid_subsets=KID_SUBSETS, kid_subset_size=kid_subset)
     return pd.DataFrame([{"model": model, **r, "extractor": ext.name}])
 
 

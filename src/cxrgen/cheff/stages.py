@@ -172,7 +172,7 @@ def run_synthesis(machex_dir, ae_dir, sdm_dir, sdm_report_dir, sr_dir, cfg: Chef
     lr, hr = sample_cascade(sdm, vae, sr, e.n_samples, seed=seed)
     # the same cascade with an untrained SDM: the baseline the trained one must beat
     _, untrained_hr = sample_cascade(sdm.untrained(seed), vae, sr, e.n_samples, seed=seed)
-    real = load_split(machex_dir, "test", cfg.sr.hr_size)[0].head()  # the whole test split: FID's real set
+    real = load_split(machex_dir, "test", cfg.sr.hr_size)[0]  # the whole test split, FID's real set: read from disk
     ext = _fid_extractor(e.fid_extractor, classifier)
     kid_subset = min(e.kid_subset_size, len(real), len(hr))
     ours = pd.concat([ev.synthesis_metrics(real, hr, ext, kid_subset, seed, fid_n_boot=fid_n_boot),

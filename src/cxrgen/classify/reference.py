@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from cxrgen.data.schema import CHAMBON_TABLE1_LABELS, label_names_to_columns
-from cxrgen.data.sampling import SampleFolderDataset, load_images
+from cxrgen.data.sampling import SampleFolderDataset
 from cxrgen.engine import Engine, EpochPermutation, RuntimeConfig, default_device, module_device
 from cxrgen.errors import InputError, WeightsUnavailableError
 from cxrgen.io import atomic_path
@@ -549,9 +549,13 @@ def evaluate_classifier(clf: ReferenceClassifier, images, manifest: pd.DataFrame
 
 def evaluate_folder(clf: ReferenceClassifier, folder, labels=None, n_boot: int = 1000, seed: int = 0,
                     min_class_count: int = MIN_CLASS_COUNT) -> pd.DataFrame:
-    """:func:`evaluate_classifier` on a materialised folder."""
-    images, manifest = load_images(folder)
-    return evaluate_classifier(clf, images, manifest, labels, n_boot, seed, min_class_count=min_class_count)
+    """:func:`evaluate_classifier` on a materialised folder, its images read from disk batch by batch."""
+    from torch.utils.data import DataLoader
+
+    data = SampleFolderDataset(folder)
+    probs = np.concatenate([clf.predict_proba(x.numpy()) for x in DataLoader(data, batch_size=64)])
+    return evaluate_classifier(clf, data, data.manifest, labels, n_boot, seed, probs=probs,
+                               min_class_count=min_class_count)
 
 
 def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:

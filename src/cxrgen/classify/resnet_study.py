@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.data
 
-from cxrgen.engine import Engine, RuntimeConfig, SampledBatches, module_device
+from cxrgen.engine import Engine, RuntimeConfig, module_device
 from cxrgen.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,20 @@ def to_input(images, size: int) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1).contiguous()
 
 
+class _StudyItems(torch.utils.data.Dataset):
+    """uint8 (N, H, W) images with their targets, converted to inputs (:func:`to_input`) as they are read, so the
+    float copies (12 times the uint8 bytes: float32, three channels) never exist for the whole set."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, size: int):
+        self.images, self.targets, self.size = images, torch.from_numpy(np.asarray(targets, np.float32)), int(size)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return to_input(self.images[i:i + 1], self.size)[0], self.targets[i]
+
+
 def _normalise(x: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device)[None, :, None, None]
     std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device)[None, :, None, None]
@@ -173,12 +187,13 @@ def _auc(y: np.ndarray, s: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 128) -> np.ndarray:
-    """P(positive) for the [0, 1] images ``x``, computed on the model's device, returned as a CPU array."""
+def predict(model: torch.nn.Module, x, batch_size: int = 128, size: int | None = None) -> np.ndarray:
+    """P(positive) for the [0, 1] images ``x`` (or, with ``size``, uint8 (N, H, W) images converted batch by batch
+    with :func:`to_input`), computed on the model's device, returned as a CPU array."""
     model.eval()
     device = module_device(model)
-    out = [torch.sigmoid(model(_normalise(x[i:i + batch_size].to(device)))).flatten().cpu()
-           for i in range(0, len(x), batch_size)]
+    batch = (lambda i: x[i:i + batch_size]) if size is None else (lambda i: to_input(x[i:i + batch_size], size))  # noqa: E731
+    out = [torch.sigmoid(model(_normalise(batch(i).to(device)))).flatten().cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(out).double().numpy()
 
 
@@ -188,8 +203,9 @@ def train_and_evaluate(train_images, train_labels, val_images, val_labels, test_
     training losses (``losses``, averaged over processes).
 
     Runs through the engine (:mod:`cxrgen.engine`, ``runtime``); ``cfg.batch_size`` is the global batch. The
-    training images are the small selection of one Table 4 configuration, held in memory; batches are drawn
-    with replacement and augmented in the DataLoader (``num_workers`` 0: the draws share one generator)."""
+    images (uint8, the small sets of one Table 4 configuration) are converted to inputs batch by batch as they are
+    read; training batches are drawn with replacement and augmented in the DataLoader (``num_workers`` 0: the
+    draws share one generator)."""
     cfg.validate()
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
@@ -198,21 +214,21 @@ def train_and_evaluate(train_images, train_labels, val_images, val_labels, test_
         raise InputError("ResNet-18 study: empty training set")
     runtime = replace(runtime or RuntimeConfig(), num_workers=0)
     engine = Engine(runtime)
-    x_tr = to_input(train_images, cfg.image_size)
-    x_va, y_va = to_input(val_images, cfg.image_size), np.asarray(val_labels, dtype=int)
-    x_te, y_te = to_input(test_images, cfg.image_size), np.asarray(test_labels, dtype=int)
+    for name, images in (("training", train_images), ("validation", val_images), ("test", test_images)):
+        arr = np.asarray(images)
+        if arr.dtype != np.uint8 or arr.ndim != 3:
+            raise InputError(f"{name} images of dtype {arr.dtype} and shape {arr.shape}; expected uint8 (N, H, W)")
+    x_va, y_va = np.asarray(val_images), np.asarray(val_labels, dtype=int)
+    x_te, y_te = np.asarray(test_images), np.asarray(test_labels, dtype=int)
     torch.manual_seed(int(seed))
     gen = torch.Generator().manual_seed(int(seed))
     model = build_resnet18(cfg.weights)
     opt = torch.optim.Adam(model.parameters(), lr=float(cfg.lr))
     micro = engine.micro_batch(cfg.batch_size)
-    data = torch.utils.data.TensorDataset(x_tr, torch.from_numpy(y_tr))
-    loader = torch.utils.data.DataLoader(
-        data, batch_sampler=SampledBatches(len(data), micro, total=cfg.steps * engine.gradient_accumulation_steps,
-                                           generator=gen),
-        collate_fn=_AugmentingCollate(gen, cfg.augment, engine.num_processes, engine.local_rows),
-        generator=torch.Generator().manual_seed(int(seed)))  # an iterator's base seed: not from torch's global RNG
-    loader = engine.prepare(loader)
+    data = _StudyItems(np.asarray(train_images), y_tr, cfg.image_size)
+    loader = engine.prepare(engine.drawn_loader(
+        data, micro, cfg.steps * engine.gradient_accumulation_steps, gen,
+        _AugmentingCollate(gen, cfg.augment, engine.num_processes, engine.local_rows)))
     model, opt = engine.prepare(model, opt)
     accelerator = engine.accelerator
     best = {"val_auc": -math.inf, "step": 0, "state": copy.deepcopy(engine.unwrap(model).state_dict())}
@@ -232,13 +248,13 @@ def train_and_evaluate(train_images, train_labels, val_images, val_labels, test_
         losses.append(step_loss)
         step_loss = 0.0
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            val_auc = _auc(y_va, predict(engine.unwrap(model), x_va))
+            val_auc = _auc(y_va, predict(engine.unwrap(model), x_va, size=cfg.image_size))
             if val_auc > best["val_auc"]:
                 best = {"val_auc": val_auc, "step": step, "state": copy.deepcopy(engine.unwrap(model).state_dict())}
         model.train()
     final = engine.unwrap(model)
     final.load_state_dict(best["state"])
-    test_auc = _auc(y_te, predict(final, x_te))
+    test_auc = _auc(y_te, predict(final, x_te, size=cfg.image_size))
     return {"test_auc": test_auc, "best_val_auc": best["val_auc"], "best_step": best["step"],
             "n_train": int(len(y_tr)), "n_train_positive": int(y_tr.sum()), "n_val": int(len(y_va)),
             "n_test": int(len(y_te)), "n_test_positive": int(y_te.sum()), "seconds": time.perf_counter() - t0,

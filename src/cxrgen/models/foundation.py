@@ -5,6 +5,11 @@ standardisation folded into the VAE's quant convs -> cached latents -> CLIPTextM
 with UNet2DConditionModel (v-prediction, zero-terminal-SNR, 10% caption dropout) -> a standard
 ``StableDiffusionPipeline`` folder (DDIM sampler, trailing spacing) plus ``training_log.csv`` and
 ``loss_curve.png``. Resumable: checkpoints go to ``<out_dir>.ckpt`` and are removed on success.
+
+Data: the generated corpus (images and caption tokens) and the latent cache live on disk as shard folders
+(:mod:`cxrgen.data.shards`) under the checkpoint folder; both phases read their batches through a DataLoader, so
+training memory does not grow with ``n_images`` (generating the corpus still holds its uint8 images once: the
+generator draws the whole corpus from one stream).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cxrgen.data.shards import SHARD_SIZE, ShardedDataset, ShardWriter, write_shards
 from cxrgen.diffusion import diffusion_loss, make_sampling_scheduler, make_train_scheduler
 from cxrgen.engine import Engine, RuntimeConfig, check_settings
 from cxrgen.io import atomic_path
@@ -192,8 +198,69 @@ def count_params(module) -> int:
 # helpers
 
 
-def _images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+def _images_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
+    return torch.as_tensor(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+CORPUS_DIR = "corpus"  # <checkpoint folder>/corpus: shard folder, fields image (H, W, 3) uint8 and ids (tokens)
+LATENTS_DIR = "latents"  # <checkpoint folder>/latents: shard folder, fields latent and ids
+ENCODE_BATCH = 128
+
+
+def _write_corpus(images: np.ndarray, ids: torch.Tensor, folder: Path, engine: Engine) -> ShardedDataset:
+    """The corpus as a shard folder (the main process writes it, the others wait), read back item by item."""
+    with engine.accelerator.main_process_first():
+        if engine.is_main:
+            write_shards(folder, ({"image": images[i:i + SHARD_SIZE], "ids": ids[i:i + SHARD_SIZE]}
+                                  for i in range(0, len(images), SHARD_SIZE)))
+    return ShardedDataset(folder)
+
+
+class _ChannelMoments:
+    """Per-channel mean and sample std of (N, C, H, W) batches, accumulated in float64 batch by batch."""
+
+    def __init__(self):
+        self.sum = self.sum_sq = None
+        self.count = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.double()
+        s, sq = x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))
+        self.sum, self.sum_sq = (s, sq) if self.sum is None else (self.sum + s, self.sum_sq + sq)
+        self.count += x.numel() // x.shape[1]
+
+    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.sum / self.count
+        var = (self.sum_sq - self.sum * mean) / max(1, self.count - 1)
+        return mean.float(), var.clamp_min(0).sqrt().float()
+
+
+@torch.no_grad()
+def _latent_moments(vae, corpus: ShardedDataset, engine: Engine, cache: Path | None = None) -> tuple:
+    """Encode the corpus in order (posterior means, batch by batch); return their per-channel mean and std. With
+    ``cache`` the main process also writes them with the caption tokens into that shard folder (the moments in its
+    meta) while the others wait and read the moments from there; without, every process computes them."""
+    if cache is not None:
+        with engine.accelerator.main_process_first():
+            if engine.is_main:
+                _encode_corpus(vae, corpus, engine, ShardWriter(cache))
+        meta = ShardedDataset(cache).meta
+        return torch.tensor(meta["mean"]), torch.tensor(meta["std"])
+    return _encode_corpus(vae, corpus, engine)
+
+
+def _encode_corpus(vae, corpus: ShardedDataset, engine: Engine, writer: ShardWriter | None = None) -> tuple:
+    moments = _ChannelMoments()
+    for batch in engine.sequential_loader(corpus, ENCODE_BATCH):
+        lat = vae.encode(_images_to_tensor(batch["image"]).to(vae.device)).latent_dist.mean.cpu()
+        moments.add(lat)
+        if writer is not None:
+            writer.add(latent=lat, ids=batch["ids"])
+    mean, std = moments.mean_std()
+    if writer is not None:
+        writer.close({"mean": mean.tolist(), "std": std.tolist()})
+    return mean, std
 
 
 @torch.no_grad()
@@ -279,10 +346,31 @@ def resume_settings(cfg: FoundationConfig, phase: str) -> dict:
     return {"phase": phase, **{k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE}}
 
 
-def _train_vae(cfg, vae, x_all, ckpt, log, progress, engine: Engine):
+class _VAEBatch:
+    """Collate of the VAE phase: stack a global batch (uint8 corpus images) and draw its crop and posterior noise
+    from the phase's generator, right after the sampler drew its indices from it (the order of the loop before
+    the DataLoader: indices, crop, noise). Counts the steps it collates from ``first_step`` on."""
+
+    def __init__(self, cfg: "FoundationConfig", gen: torch.Generator, first_step: int):
+        self.cfg, self.gen, self.step = cfg, gen, first_step - 1
+        self.full_from = int(cfg.vae_steps * (1 - cfg.vae_full_frac))
+        self.factor = 2 ** (len(cfg.vae_block_out_channels) - 1)
+
+    def __call__(self, items) -> tuple[torch.Tensor, torch.Tensor]:
+        self.step += 1
+        x = _images_to_tensor(np.stack([item["image"] for item in items]))
+        c, size = self.cfg.vae_crop, self.cfg.image_size
+        if c and c < size and self.step <= self.full_from:
+            oy, ox = torch.randint(0, size - c + 1, (2,), generator=self.gen).tolist()
+            x = x[:, :, oy:oy + c, ox:ox + c]
+        latent_shape = (self.cfg.latent_channels, x.shape[2] // self.factor, x.shape[3] // self.factor)
+        return x, torch.randn((len(x), *latent_shape), generator=self.gen)
+
+
+def _train_vae(cfg, vae, corpus, ckpt, log, progress, engine: Engine):
     """The VAE phase. Each step draws the global batch (indices, crop, posterior noise) from one generator,
-    exactly as a single process always did; every process then trains on its rows of each micro-step
-    (``Engine.micro_rows``) and gradients are averaged, so the step is the same for any process count."""
+    exactly as a single process always did; every process reads that batch and trains on its rows of each
+    micro-step (``Engine.micro_rows``) and gradients are averaged, so the step is the same for any process count."""
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -295,25 +383,16 @@ def _train_vae(cfg, vae, x_all, ckpt, log, progress, engine: Engine):
     if st is not None:
         start = st["step"]
         log.rows = st["extra"]["log"]
-    n = x_all.shape[0]
-    full_from = int(cfg.vae_steps * (1 - cfg.vae_full_frac))
     rows = engine.micro_rows(cfg.vae_batch, "vae_batch")
     ga = len(rows)
+    batches = engine.drawn_loader(corpus, cfg.vae_batch, cfg.vae_steps - start, gen, _VAEBatch(cfg, gen, start + 1))
     vae.train()
-    for step in range(start + 1, cfg.vae_steps + 1):
-        idx = torch.randint(0, n, (cfg.vae_batch,), generator=gen)
-        x = x_all[idx]
-        c = cfg.vae_crop
-        if c and c < cfg.image_size and step <= full_from:
-            oy, ox = torch.randint(0, cfg.image_size - c + 1, (2,), generator=gen).tolist()
-            x = x[:, :, oy:oy + c, ox:ox + c]
+    for step, (x, eps) in zip(range(start + 1, cfg.vae_steps + 1), batches):
         opt.zero_grad(set_to_none=True)
-        eps, rec_total = None, 0.0
+        rec_total = 0.0
         for r in rows:
             xr = x[r].to(engine.device)
             post = vae.encode(xr).latent_dist
-            if eps is None:  # the whole batch's noise, drawn where the single-process loop drew it
-                eps = torch.randn((len(x), *post.mean.shape[1:]), generator=gen)
             z = post.mean + post.std * eps[r].to(engine.device)
             rec = vae.decode(z).sample
             rec_loss = F.mse_loss(rec, xr) + 0.5 * F.l1_loss(rec, xr)
@@ -332,27 +411,38 @@ def _train_vae(cfg, vae, x_all, ckpt, log, progress, engine: Engine):
 
 
 @torch.no_grad()
-def _encode_latents(vae, x_all, batch=128) -> torch.Tensor:
-    """Posterior means of ``x_all`` (on the CPU), encoded batch by batch on the VAE's device."""
-    return torch.cat([vae.encode(x_all[i:i + batch].to(vae.device)).latent_dist.mean.cpu()
-                      for i in range(0, len(x_all), batch)])
-
-
-@torch.no_grad()
-def _psnr(vae, x, batch=128) -> float:
+def _psnr(vae, x, batch=ENCODE_BATCH) -> float:
     rec = torch.cat([vae.decode(vae.encode(x[i:i + batch].to(vae.device)).latent_dist.mean).sample.cpu()
                      for i in range(0, len(x), batch)])
     mse = F.mse_loss(rec.clamp(-1, 1), x).item() / 4.0  # in [0,1] units
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
-def _train_unet(cfg, unet, text_encoder, latents, ids, uncond_ids, ckpt, log, progress, t_start, engine: Engine,
-                stop_after: int | None = None):
-    """The joint text-encoder + U-Net phase; the global batch's indices, caption dropout, noise and timesteps are
-    drawn from one generator as a single process always did, each process trains on its rows (see _train_vae)."""
-    from diffusers.optimization import get_scheduler
+class _UNetBatch:
+    """Collate of the U-Net phase: stack a global batch of cached latents and caption tokens, then draw its caption
+    dropout, noise and timesteps from the phase's generator (after the sampler's indices, as the loop before the
+    DataLoader drew them)."""
 
-    from cxrgen.diffusion import sample_noise_and_timesteps
+    def __init__(self, scheduler, gen: torch.Generator, caption_dropout: float, uncond_ids: torch.Tensor):
+        self.scheduler, self.gen, self.caption_dropout, self.uncond_ids = scheduler, gen, caption_dropout, uncond_ids
+
+    def __call__(self, items):
+        from cxrgen.diffusion import sample_noise_and_timesteps
+
+        lat = torch.from_numpy(np.stack([item["latent"] for item in items]))
+        tok = torch.from_numpy(np.stack([item["ids"] for item in items]))
+        drop = torch.rand(len(items), generator=self.gen) < self.caption_dropout
+        tok[drop] = self.uncond_ids
+        noise, t = sample_noise_and_timesteps(self.scheduler, lat, self.gen)
+        return lat, tok, noise, t
+
+
+def _train_unet(cfg, unet, text_encoder, latents, uncond_ids, ckpt, log, progress, t_start, engine: Engine,
+                stop_after: int | None = None):
+    """The joint text-encoder + U-Net phase on the latent cache (``latents``: items with ``latent`` and ``ids``);
+    the global batch's indices, caption dropout, noise and timesteps are drawn from one generator as a single
+    process always did, each process trains on its rows (see _train_vae)."""
+    from diffusers.optimization import get_scheduler
 
     scheduler = make_train_scheduler(
         cfg.prediction_type, cfg.zero_terminal_snr, cfg.num_train_timesteps, cfg.beta_schedule
@@ -376,17 +466,12 @@ def _train_unet(cfg, unet, text_encoder, latents, ids, uncond_ids, ckpt, log, pr
         log.rows = st["extra"]["log"]
     unet.train()
     text_encoder.train()
-    n = latents.shape[0]
     params = [p for g in opt.param_groups for p in g["params"]]
     rows = engine.micro_rows(cfg.unet_batch, "unet_batch")
     ga = len(rows)
-    for step in range(start + 1, cfg.unet_steps + 1):
-        idx = torch.randint(0, n, (cfg.unet_batch,), generator=gen)
-        lat = latents[idx]
-        tok = ids[idx].clone()
-        drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout
-        tok[drop] = uncond_ids
-        noise, t = sample_noise_and_timesteps(scheduler, lat, gen)
+    batches = engine.drawn_loader(latents, cfg.unet_batch, cfg.unet_steps - start, gen,
+                                  _UNetBatch(scheduler, gen, cfg.caption_dropout, uncond_ids))
+    for step, (lat, tok, noise, t) in zip(range(start + 1, cfg.unet_steps + 1), batches):
         lat, noise, t = lat.to(engine.device), noise.to(engine.device), t.to(engine.device)
         opt.zero_grad(set_to_none=True)
         total = 0.0
@@ -431,7 +516,8 @@ def build_foundation(
     them (the engine's resume policy: checkpoints written under other settings are refused, naming the keys)
     and they are removed once the folder is written. ``runtime``: how it runs (:mod:`cxrgen.engine`; batch
     sizes ``vae_batch``/``unet_batch`` are global batches whatever the process count). The corpus is
-    generated in memory (it is synthetic and small); batches are indexed from it. ``stop_after``: end after that
+    generated once per run and written to ``<checkpoint_dir>/corpus``, the latents to ``<checkpoint_dir>/latents``;
+    both phases read batches from there (see the module docstring). ``stop_after``: end after that
     U-Net step, leaving the checkpoints (a simulated preemption; returns ``{"finished": False, ...}``).
     Returns a summary dict.
     """
@@ -454,9 +540,10 @@ def build_foundation(
     images, captions = make_corpus(cfg.n_images, cfg.image_size, cfg.seed, cfg.xray_share)
     tokenizer = train_clip_tokenizer(corpus_text(captions), cfg.vocab_size, cfg.max_length)
     timings["corpus_tokenizer_s"] = time.perf_counter() - t
-    x_all = _images_to_tensor(images)
     ids = tokenizer(captions, padding="max_length", max_length=cfg.max_length, truncation=True,
                     return_tensors="pt").input_ids
+    corpus = _write_corpus(images, ids, ckpt_root / CORPUS_DIR, engine)
+    del images
     uncond_ids = tokenizer([""], padding="max_length", max_length=cfg.max_length, return_tensors="pt").input_ids[0]
 
     torch.manual_seed(cfg.seed)
@@ -480,11 +567,9 @@ def build_foundation(
         log.rows = done["log"]
         vae.eval()
     else:
-        _train_vae(cfg, vae, x_all, ckpt_root / "vae", log, progress, engine)
-        with torch.no_grad():
-            lat = _encode_latents(vae, x_all)
-            mean = lat.mean(dim=(0, 2, 3))
-            std = lat.std(dim=(0, 2, 3)).clamp_min(1e-4)
+        _train_vae(cfg, vae, corpus, ckpt_root / "vae", log, progress, engine)
+        mean, std = _latent_moments(vae, corpus, engine)
+        std = std.clamp_min(1e-4)
         standardise_latents_in_vae(vae, mean.to(engine.device), std.to(engine.device))
         from safetensors.torch import save_file
 
@@ -498,13 +583,14 @@ def build_foundation(
         engine.accelerator.wait_for_everyone()
     timings["vae_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    latents = _encode_latents(vae, x_all)
-    psnr = _psnr(vae, x_all[:256])
+    latent_mean, latent_std = _latent_moments(vae, corpus, engine, ckpt_root / LATENTS_DIR)
+    latents = ShardedDataset(ckpt_root / LATENTS_DIR)
+    psnr = _psnr(vae, _images_to_tensor(np.stack([corpus[i]["image"] for i in range(min(256, len(corpus)))])))
     timings["latents_s"] = time.perf_counter() - t
 
     # --- text encoder + U-Net --------------------------------------------------------------------
     t = time.perf_counter()
-    train_sched = _train_unet(cfg, unet, text_encoder, latents, ids, uncond_ids, ckpt_root / "unet", log,
+    train_sched = _train_unet(cfg, unet, text_encoder, latents, uncond_ids, ckpt_root / "unet", log,
                               progress, t_start, engine, stop_after)
     if train_sched is None:
         return {"finished": False, "log": log.rows, "checkpoint": str(ckpt_root)}
@@ -523,8 +609,8 @@ def build_foundation(
         "vocab_size": len(tokenizer),
         "latent_shape": [cfg.latent_channels] + [cfg.image_size // 2 ** (len(cfg.vae_block_out_channels) - 1)] * 2,
         "vae_psnr_db": psnr,
-        "latent_mean_after": latents.mean(dim=(0, 2, 3)).tolist(),
-        "latent_std_after": latents.std(dim=(0, 2, 3)).tolist(),
+        "latent_mean_after": latent_mean.tolist(),
+        "latent_std_after": latent_std.tolist(),
         "final_loss": {ph: float(np.mean([r[2] for r in log.rows if r[0] == ph][-50:]))
                        for ph in dict.fromkeys(r[0] for r in log.rows)},
         "timings": timings,
