@@ -109,8 +109,9 @@ def train(out, steps, stop_after):
 # ------------------------------------------------------------------------------------------------ more trainers
 # Reference classifier, ResNet-18 study and textual projection (issue 16). A case with a stop_after ends early
 # through Engine.save: every process raises once the checkpoint of that step is written, so none waits for another.
-# DenseNet-121 and ResNet-18 normalise with BatchNorm, which in N processes sees each process's share of the batch
-# (SyncBatchNorm has no CPU kernel) and so cannot match 1 process; these cases swap it for GroupNorm(1, C), which
+# DenseNet-121, ResNet-18 and the Zafar CNN normalise with BatchNorm, which in N CPU processes sees each process's share
+# of the batch (Engine.sync_batchnorm converts it on accelerators only: SyncBatchNorm has no CPU kernel) and so cannot
+# match 1 process; these cases swap it for GroupNorm(1, C), which
 # normalises each image alone, so the comparison checks everything else exactly: data order, augmentation draws,
 # the split of the global batch, gradient averaging and the resume.
 _TRAINER_CASE_TOOLS = r"""
@@ -166,11 +167,15 @@ def train(out, epochs, stop_after, data):
         log = read_checkpoint_state(Path(str(out) + ".partial"))["extra"]["log"]
     return [row["train_loss"] for row in log]
 """,
-    # no checkpoints (a run is a few minutes even at paper scale): compared without the resume; args: none
+    # no checkpoints (a run is a few minutes even at paper scale): compared without the resume; args: none.
+    # Also measured: the FLOP meter's record (out/flops.json, rank 0's) and the rows each process predicts in
+    # evaluation (out/eval_rows_<rank>.json: a share of the validation and test sets, not all of them)
     "resnet_study": _TRAINER_CASE_TOOLS + r"""
+import os
 import numpy as np
 from cxrgen.classify import resnet_study
 from cxrgen.classify.resnet_study import ResNetStudyConfig, train_and_evaluate
+from cxrgen.flop_meter import measure_step_flops
 
 resnet_study.build_resnet18 = per_image_norm(resnet_study.build_resnet18)
 
@@ -180,7 +185,33 @@ def train(out, steps, stop_after):
     y = np.arange(24) % 2
     x = (rng.integers(0, 120, (24, 32, 32)) + 100 * y[:, None, None]).astype(np.uint8)
     cfg = ResNetStudyConfig(steps=steps, batch_size=8, eval_every=steps, image_size=32)
-    return train_and_evaluate(x[:16], y[:16], x[16:], y[16:], x[16:], y[16:], cfg, seed=0)["losses"]
+    eval_rows = []
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda m, a: eval_rows.append(len(a[0])) if isinstance(m, torch.nn.Linear) and not m.training else None)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with measure_step_flops(Path(out) / "flops.json"):
+        losses = train_and_evaluate(x[:16], y[:16], x[16:], y[16:], x[16:], y[16:], cfg, seed=0)["losses"]
+    hook.remove()
+    (Path(out) / f"eval_rows_{os.environ.get('RANK', '0')}.json").write_text(json.dumps(sum(eval_rows)))
+    return losses
+""",
+    # Zafar's attribute heads (binary BCE on the rows with a target); args: a sample folder whose blanks fall
+    # unevenly between the processes. Compared: the trained model's probabilities on the training images
+    "zafar_classifier": _TRAINER_CASE_TOOLS + r"""
+from cxrgen.data.sampling import SampleFolderDataset
+from cxrgen.engine import Engine
+from cxrgen.studies import zafar
+
+zafar.SmallCNN = per_image_norm(zafar.SmallCNN)
+
+
+def train(out, epochs, stop_after, data):
+    items = SampleFolderDataset(data)
+    items.transform = zafar._HeadItems(zafar._attribute_targets(items.manifest), 1, 16)
+    model = zafar._fit(Engine(), items, {"sex": 1, "view": 1}, epochs, 8, 5e-3, 0, width=4)
+    with torch.no_grad():
+        logits = model(torch.stack([items[i][0] for i in range(len(items))]))
+    return torch.sigmoid(torch.cat([logits["sex"][:, 0], logits["view"][:, 0]])).tolist()
 """,
     # args: foundation folder
     "textual_projection": _TRAINER_CASE_TOOLS + r"""

@@ -116,3 +116,26 @@ def test_cheff_stage_refuses_a_checkpoint_of_other_settings(tmp_path):
     other = SRConfig.preset("smoke", steps=2, batch_size=2, lr=cfg.lr * 2)
     with pytest.raises(InputError, match=r"different settings \(lr: .*delete .*sr\.partial to start over"):
         train_sr(images, other, tmp_path / "sr", checkpoint_dir=tmp_path / "sr.partial", progress=False)
+
+
+def test_batchnorm_is_synchronised_across_accelerator_processes(monkeypatch, caplog):
+    """N > 1 processes on accelerators: prepare() hands DDP a model whose BatchNorm layers are SyncBatchNorm over
+    the same parameters (the optimizer built before stays valid). On CPU processes torch has no SyncBatchNorm (no
+    kernels; DDP refuses it), so they keep per-process statistics and say so. One process: unchanged."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    weight = model[1].weight
+    engine = Engine()
+    assert engine.sync_batchnorm(model) is model  # one process
+    monkeypatch.setattr(Engine, "num_processes", property(lambda self: 2))
+    monkeypatch.setattr(Engine, "device", property(lambda self: torch.device("meta")))  # stands in for cuda
+    synced = engine.sync_batchnorm(model)
+    assert isinstance(synced[1], torch.nn.SyncBatchNorm) and synced[1].weight is weight
+    seen = []
+    monkeypatch.setattr(engine.accelerator, "prepare", lambda *objects: seen.extend(objects) or objects)
+    engine.prepare(torch.nn.Sequential(torch.nn.BatchNorm2d(2)), "not a module")
+    assert isinstance(seen[0][0], torch.nn.SyncBatchNorm) and seen[1] == "not a module"
+    monkeypatch.setattr(Engine, "device", property(lambda self: torch.device("cpu")))
+    plain = torch.nn.Sequential(torch.nn.BatchNorm2d(2))
+    with caplog.at_level("WARNING", logger="cxrgen.engine"):
+        assert engine.sync_batchnorm(plain) is plain
+    assert "BatchNorm statistics are per process" in caplog.text

@@ -4,6 +4,8 @@ optimizer-step count."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -62,7 +64,7 @@ def test_reference_classifier_trains_on_engine_device(tmp_path, monkeypatch):
     from cxrgen.classify import reference
     from cxrgen.classify.reference import ReferenceClassifierConfig, train_reference_classifier
 
-    monkeypatch.setattr(reference, "_masked_bce", _meta_safe_loss)
+    monkeypatch.setattr(reference, "masked_bce", _meta_safe_loss)
     train, val = _write_folder(tmp_path / "train", 8, 0), _write_folder(tmp_path / "validate", 4, 1)
     cfg = ReferenceClassifierConfig(labels=LABELS, image_size=SIZE, epochs=1, batch_size=4)
     check_on_engine_device(monkeypatch, lambda: train_reference_classifier(train, val, cfg, tmp_path / "clf",
@@ -138,6 +140,32 @@ def test_resnet_study_two_processes_match_one(tmp_path):
     one = run_case("resnet_study", tmp_path, tmp_path / "one", 3, None, 1, [], "one")
     two = run_case("resnet_study", tmp_path, tmp_path / "two", 3, None, 2, [], "two")
     assert one["world"] == 1 and two["world"] == 2 and len(one["losses"]) == 3
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-3)
+    # the FLOP meter: rank 0 writes the whole step's FLOPs (its share x 2), the same as one process counts
+    flops_one, flops_two = (json.loads((tmp_path / run / "flops.json").read_text()) for run in ("one", "two"))
+    assert flops_two["processes"] == 2 and flops_two["rank0_flops_per_step"] * 2 == flops_two["flops_per_step"]
+    assert flops_two["flops_per_step"] == flops_one["flops_per_step"] > 0
+    # evaluation (8 validation + 8 test images) is shared: each process predicts half, one process all
+    rows = {run: [json.loads(f.read_text()) for f in sorted((tmp_path / run).glob("eval_rows_*.json"))]
+            for run in ("one", "two")}
+    assert rows == {"one": [16], "two": [8, 8]}
+
+
+@pytest.mark.slow
+def test_zafar_classifier_two_processes_match_one(tmp_path):
+    """Blanks fall unevenly between the processes (sex unknown on 5 of the first 8 rows): the binary heads' BCE is
+    the mean over the global batch's targets, so 2 processes train what 1 does."""
+    import pandas as pd
+    from engine_harness import run_case
+    from test_zafar import _write_sample
+
+    data = _write_sample(tmp_path / "data", 16, 0)
+    manifest = pd.read_csv(data / "manifest.csv")
+    manifest.loc[[0, 1, 2, 4, 6, 9], "sex"] = np.nan
+    manifest.to_csv(data / "manifest.csv", index=False)
+    one = run_case("zafar_classifier", tmp_path, tmp_path / "one", 3, None, 1, [data], "one")
+    two = run_case("zafar_classifier", tmp_path, tmp_path / "two", 3, None, 2, [data], "two")
+    assert two["world"] == 2 and len(one["losses"]) == 32
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-3)
 
 

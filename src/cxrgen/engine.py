@@ -177,9 +177,26 @@ class Engine:
 
     # -- accelerate ------------------------------------------------------------------------------
     def prepare(self, *objects):
-        """``accelerator.prepare``: modules to the device (DDP-wrapped in distributed runs), optimizer, LR
-        scheduler and DataLoaders (sharded per process)."""
+        """``accelerator.prepare``: modules to the device (DDP-wrapped in distributed runs; BatchNorm layers
+        synchronised, :meth:`sync_batchnorm`), optimizer, LR scheduler and DataLoaders (sharded per process)."""
+        objects = tuple(self.sync_batchnorm(o) if isinstance(o, torch.nn.Module) else o for o in objects)
         return self.accelerator.prepare(*objects)
+
+    def sync_batchnorm(self, model: torch.nn.Module) -> torch.nn.Module:
+        """In N > 1 processes, BatchNorm layers normalised by the statistics of the global batch
+        (``torch.nn.SyncBatchNorm``), as one process sees it; otherwise each would use its 1/N share and a model
+        trained on N devices would differ from one trained on one. The layers keep their parameters (the optimizer
+        built on them stays valid). torch has no SyncBatchNorm for CPU processes (no kernels; DDP refuses it on the
+        CPU): there BatchNorm stays per process, with a warning."""
+        if self.num_processes == 1 or not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                                              for m in model.modules()):
+            return model
+        if self.device.type == "cpu":
+            log.warning("%s: BatchNorm statistics are per process in this %d-process CPU run (torch has no CPU "
+                        "SyncBatchNorm); each normalises over its %d-th of the global batch", type(model).__name__,
+                        self.num_processes, self.num_processes)
+            return model
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
     def unwrap(self, model):
         """The module under accelerate's wrappers (DDP, compile); objects that only have a ``state_dict`` as is."""
@@ -237,6 +254,29 @@ class Engine:
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
+
+    @torch.no_grad()
+    def predict(self, fn: Callable[[Any], torch.Tensor], dataset, batch_size: int = 64, collate_fn=None) -> torch.Tensor:
+        """``fn(batch)`` (a tensor with one row per item) over all of ``dataset`` in order, the work shared by the
+        processes: process p takes the p-th of N contiguous blocks of items, in batches of ``batch_size``, and
+        the blocks are gathered so every process returns all rows, on the CPU, in dataset order. In 1 process:
+        the batches in turn."""
+        from torch.utils.data import DataLoader, Subset
+
+        n, procs = len(dataset), self.num_processes
+        block = -(-n // procs)
+        lo, hi = min(self.process_index * block, n), min((self.process_index + 1) * block, n)
+        loader = DataLoader(Subset(dataset, range(lo, hi)) if procs > 1 else dataset, batch_size=int(batch_size),
+                            shuffle=False, num_workers=self.runtime.num_workers, collate_fn=collate_fn,
+                            generator=torch.Generator().manual_seed(0))
+        rows = [fn(batch).cpu() for batch in loader]
+        if procs > 1:
+            blocks = [None] * procs
+            torch.distributed.all_gather_object(blocks, torch.cat(rows) if rows else None)
+            rows = [b for b in blocks if b is not None]
+        if not rows:
+            raise InputError("nothing to predict: an empty dataset; expected at least one item")
+        return torch.cat(rows)
 
     def sequential_loader(self, dataset, batch_size: int):
         """All of ``dataset`` in order, in batches, in this process (e.g. to fill a cache on the main process),

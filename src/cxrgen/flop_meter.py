@@ -5,6 +5,10 @@ FLOP total after every ``optimizer.step()`` of any optimizer (a global step post
 step are the difference between two consecutive notes: forward, backward and everything else the trainer does per step
 (e.g. a VAE encode), counted on the real tensors of the real trainer. FlopCounterMode counts matrix products,
 convolutions and attention, not normalisations, activations or the optimizer's element-wise updates.
+
+In a job of N processes (:mod:`cxrgen.launch`) every process counts its own share and only rank 0 writes: the
+engine splits each global batch evenly, so a step's FLOPs are rank 0's times N (``flops_per_step``,
+``total_flops``; rank 0's own in ``rank0_flops_per_step`` / ``rank0_total_flops``, with ``processes``).
 """
 
 from __future__ import annotations
@@ -24,10 +28,15 @@ ENV_VAR = "CXRGEN_STEP_FLOPS_DIR"
 @contextmanager
 def measure_step_flops(path: str | os.PathLike, info: dict | None = None):
     """Count FLOPs inside the block; write ``{**info, total_flops, step_totals, flops_per_step}`` to ``path`` (JSON)
-    when it ends, also on failure (then with ``"failed": true``). ``flops_per_step`` is the last step's FLOPs (the
-    difference of the last two step totals), None with fewer than two steps."""
+    when it ends, also on failure (then with ``"failed": true``); rank 0 only in a job of several processes (see
+    the module docstring). ``flops_per_step`` is the last step's FLOPs (the difference of the last two step
+    totals), None with fewer than two steps."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
     from torch.utils.flop_counter import FlopCounterMode
+
+    from cxrgen.launch import current_rank
+
+    rank = current_rank()
 
     counter = FlopCounterMode(display=False)
     step_totals: list[int] = []
@@ -40,6 +49,10 @@ def measure_step_flops(path: str | os.PathLike, info: dict | None = None):
     finally:
         handle.remove()
         per_step = step_totals[-1] - step_totals[-2] if len(step_totals) >= 2 else None
-        record = {**(info or {}), "total_flops": int(counter.get_total_flops()), "step_totals": step_totals,
-                  "flops_per_step": per_step, "failed": failed}
-        write_text_atomic(Path(path), json.dumps(record, indent=2))
+        total = int(counter.get_total_flops())
+        record = {**(info or {}), "total_flops": total * rank.world, "step_totals": step_totals,
+                  "flops_per_step": None if per_step is None else per_step * rank.world, "failed": failed}
+        if rank.world > 1:
+            record.update(processes=rank.world, rank0_flops_per_step=per_step, rank0_total_flops=total)
+        if rank.rank == 0:
+            write_text_atomic(Path(path), json.dumps(record, indent=2))

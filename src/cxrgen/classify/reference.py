@@ -368,7 +368,7 @@ def _augment(x: torch.Tensor, cfg: ReferenceClassifierConfig, gen: torch.Generat
     return F.grid_sample(x + 1024.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1024.0
 
 
-def _masked_bce(logits: torch.Tensor, y: torch.Tensor, engine: Engine | None = None) -> torch.Tensor:
+def masked_bce(logits: torch.Tensor, y: torch.Tensor, engine: Engine | None = None) -> torch.Tensor:
     """BCE averaged over the labelled (non-NaN) entries of the global batch. In N processes each returns its sum
     over N / the global count, so the mean of the processes' losses and gradients (DDP) is the global one even
     when the blanks fall unevenly."""
@@ -391,13 +391,14 @@ def _mean_auc(y: np.ndarray, p: np.ndarray) -> tuple[float, list[float]]:
 
 
 @torch.no_grad()
-def _predict_dataset(model: torch.nn.Module, labels: Sequence[str], data, batch_size: int = 64) -> np.ndarray:
-    """Sigmoid probabilities (N, L) of a classifier dataset, in batches read from disk, on the model's device."""
-    from torch.utils.data import DataLoader
-
+def _predict_dataset(model: torch.nn.Module, labels: Sequence[str], data, engine: Engine,
+                     batch_size: int = 64) -> np.ndarray:
+    """Sigmoid probabilities (N, L) of a classifier dataset, in batches read from disk, on the model's device; in
+    N processes each predicts its share and all get every row (:meth:`Engine.predict`), so they agree on the best
+    epoch."""
     clf = ReferenceClassifier(model, labels, {l: 0.5 for l in labels}, 1, "training")
-    outs = [clf.predict_proba(x, batch_size) for x, _ in DataLoader(data, batch_size=batch_size)]
-    return np.concatenate(outs)
+    return engine.predict(lambda batch: torch.from_numpy(clf.predict_proba(batch[0], batch_size)), data,
+                          batch_size).numpy()
 
 
 def train_reference_classifier(train_dir, val_dir, cfg: ReferenceClassifierConfig | None = None, out_dir=None,
@@ -458,14 +459,14 @@ def train_reference_classifier(train_dir, val_dir, cfg: ReferenceClassifierConfi
             if cfg.augment:
                 xb = _augment(xb, cfg, gen, n, engine.local_rows(n))
             with accelerator.accumulate(model):
-                loss = _masked_bce(model(xb), yb, engine)
+                loss = masked_bce(model(xb), yb, engine)
                 accelerator.backward(loss)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
             total += engine.mean(loss.detach()) * n
             count += n
-        probs = _predict_dataset(engine.unwrap(model), labels, val_data)
+        probs = _predict_dataset(engine.unwrap(model), labels, val_data, engine)
         mean_auc, _ = _mean_auc(y_va, probs)
         row = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "val_mean_auc": mean_auc,
                "seconds": time.perf_counter() - t0}
@@ -480,7 +481,7 @@ def train_reference_classifier(train_dir, val_dir, cfg: ReferenceClassifierConfi
         engine.save(ckpt_dir, settings, {"model": model, "best": best_model}, opt, sched, step=epoch + 1,
                     generators={"gen": gen}, extra={"log": log, "best": best})
 
-    val_probs = _predict_dataset(best_model, labels, val_data)
+    val_probs = _predict_dataset(best_model, labels, val_data, engine)
     val_mean, val_aucs = _mean_auc(y_va, val_probs)
     thresholds = {l: _threshold(y_va[:, j], val_probs[:, j], cfg.threshold_method) for j, l in enumerate(labels)}
     seconds = time.perf_counter() - t_start

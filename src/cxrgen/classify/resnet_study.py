@@ -197,6 +197,13 @@ def predict(model: torch.nn.Module, x, batch_size: int = 128, size: int | None =
     return torch.cat(out).double().numpy()
 
 
+def _shared_predict(engine: Engine, model: torch.nn.Module, images: np.ndarray, size: int,
+                    batch_size: int = 128) -> np.ndarray:
+    """:func:`predict` on uint8 images, each process predicting its share (:meth:`Engine.predict`); all get every row."""
+    return engine.predict(lambda batch: torch.from_numpy(predict(model, batch.numpy(), batch_size, size)), images,
+                          batch_size).numpy()
+
+
 def train_and_evaluate(train_images, train_labels, val_images, val_labels, test_images, test_labels,
                        cfg: ResNetStudyConfig, seed: int, runtime: RuntimeConfig | None = None) -> dict:
     """Train one ResNet-18; return the best-validation checkpoint's test AUC, its bookkeeping and the per-step
@@ -248,13 +255,13 @@ def train_and_evaluate(train_images, train_labels, val_images, val_labels, test_
         losses.append(step_loss)
         step_loss = 0.0
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            val_auc = _auc(y_va, predict(engine.unwrap(model), x_va, size=cfg.image_size))
+            val_auc = _auc(y_va, _shared_predict(engine, engine.unwrap(model), x_va, cfg.image_size))
             if val_auc > best["val_auc"]:
                 best = {"val_auc": val_auc, "step": step, "state": copy.deepcopy(engine.unwrap(model).state_dict())}
         model.train()
     final = engine.unwrap(model)
     final.load_state_dict(best["state"])
-    test_auc = _auc(y_te, predict(final, x_te, size=cfg.image_size))
+    test_auc = _auc(y_te, _shared_predict(engine, final, x_te, cfg.image_size))
     return {"test_auc": test_auc, "best_val_auc": best["val_auc"], "best_step": best["step"],
             "n_train": int(len(y_tr)), "n_train_positive": int(y_tr.sum()), "n_val": int(len(y_va)),
             "n_test": int(len(y_te)), "n_test_positive": int(y_te.sum()), "seconds": time.perf_counter() - t0,

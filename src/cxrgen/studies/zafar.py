@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cxrgen.classify.reference import masked_bce
 from cxrgen.data.prompts import ZAFAR_STYLES, zafar_prompt
 from cxrgen.data.schema import CHEXPERT_LABELS
 from cxrgen.engine import Engine, EpochPermutation, RuntimeConfig, default_device, module_device
@@ -300,7 +301,7 @@ def _fit(engine: Engine, data, heads: Mapping[str, int], epochs: int, batch_size
     loader = engine.dataloader(data, int(batch_size), shuffle=True, seed=int(seed), sampler=EpochPermutation(len(data), g),
                                collate_fn=getattr(data, "collate", None))
     model, opt = engine.prepare(model, opt)
-    accelerator, distributed = engine.accelerator, engine.num_processes > 1
+    accelerator = engine.accelerator
     for _ in range(int(epochs)):
         model.train()
         for xb, targets in loader:
@@ -311,7 +312,7 @@ def _fit(engine: Engine, data, heads: Mapping[str, int], epochs: int, batch_size
                 out = model(torch.roll(xb, shifts=(dy, dx), dims=(2, 3)))
                 loss = 0.0
                 for k, nk in heads.items():
-                    term = _head_loss(out[k], targets[k], nk, distributed)
+                    term = _head_loss(out[k], targets[k], nk, engine)
                     if term is not None:
                         loss = loss + term
                 accelerator.backward(loss)
@@ -320,14 +321,18 @@ def _fit(engine: Engine, data, heads: Mapping[str, int], epochs: int, batch_size
     return engine.unwrap(model).eval()
 
 
-def _head_loss(logits: torch.Tensor, y: torch.Tensor, n_classes: int, distributed: bool) -> torch.Tensor | None:
-    """One head's loss: BCE on the rows with a target (binary; None when there is none) or cross-entropy."""
+def _head_loss(logits: torch.Tensor, y: torch.Tensor, n_classes: int, engine: Engine) -> torch.Tensor | None:
+    """One head's loss: BCE on the rows with a target (binary; None when there is none) or cross-entropy.
+
+    In N processes the binary BCE is the mean over the global batch's targets (:func:`masked_bce`), so the
+    processes' averaged gradients are one process's even when the blanks fall unevenly between them (and a
+    process without a target keeps the head in its graph, which DDP needs)."""
     if n_classes != 1:
         return F.cross_entropy(logits, y.long())
+    if engine.num_processes > 1:
+        return masked_bce(logits[:, 0], y, engine)
     ok = ~torch.isnan(y)
-    if ok.any():
-        return F.binary_cross_entropy_with_logits(logits[ok, 0], y[ok])
-    return logits.sum() * 0.0 if distributed else None  # DDP needs every head in the graph on every process
+    return F.binary_cross_entropy_with_logits(logits[ok, 0], y[ok]) if ok.any() else None
 
 
 class _HeadItems:
@@ -396,12 +401,13 @@ def train_attribute_classifier(train_dir, val_dir, out_dir, epochs: int = 8, bat
     clf = HeadClassifier(model, {"kind": "attribute", "heads": heads, "channels": 1, "image_size": image_size,
                                  "positive": {"sex": "F", "view": "AP"}, "n_train": len(train), "epochs": epochs,
                                  "train_dir": str(train_dir), "val_dir": str(val_dir)})
-    scores = clf.predict(vimages)
-    yv = _attribute_targets(vimages.manifest)
-    clf.meta["val_auc"] = {k: _auc(yv[k], scores[k]) for k in heads}
-    clf.meta["n_val"] = len(vimages)
-    if engine.is_main:
+    if engine.is_main:  # the validation AUC only goes into the file the main process writes
+        scores = clf.predict(vimages)
+        yv = _attribute_targets(vimages.manifest)
+        clf.meta["val_auc"] = {k: _auc(yv[k], scores[k]) for k in heads}
+        clf.meta["n_val"] = len(vimages)
         clf.save(out_dir)
+    engine.accelerator.wait_for_everyone()
     return clf.meta
 
 
@@ -482,14 +488,15 @@ def train_corpus_classifier(out_dir, n_images: int = 1500, epochs: int = 6, batc
                                  "classes": {"colour": list(COLOURS), "shape": list(SHAPES)},
                                  "n_train": len(x), "n_train_distinct": len(train), "augment_copies": augment_copies,
                                  "augmentation": "cxrgen.studies.zafar.degrade_like_generator", "epochs": epochs})
-    for key, val in (("val_accuracy", images[:n_val]),
-                     ("val_accuracy_degraded", degrade_like_generator(images[:n_val], int(seed) + 999))):
-        p = clf.predict(list(val))
-        clf.meta[key] = {"colour": float((p["colour"].argmax(1) == yc[:n_val]).mean()),
-                         "shape": float((p["shape"].argmax(1) == ys[:n_val]).mean())}
-    clf.meta["n_val"] = n_val
-    if engine.is_main:
+    if engine.is_main:  # the validation accuracies only go into the file the main process writes
+        for key, val in (("val_accuracy", images[:n_val]),
+                         ("val_accuracy_degraded", degrade_like_generator(images[:n_val], int(seed) + 999))):
+            p = clf.predict(list(val))
+            clf.meta[key] = {"colour": float((p["colour"].argmax(1) == yc[:n_val]).mean()),
+                             "shape": float((p["shape"].argmax(1) == ys[:n_val]).mean())}
+        clf.meta["n_val"] = n_val
         clf.save(out_dir)
+    engine.accelerator.wait_for_everyone()
     return clf.meta
 
 
