@@ -192,7 +192,7 @@ def predict(model: torch.nn.Module, x, batch_size: int = 128, size: int | None =
     with :func:`to_input`), computed on the model's device, returned as a CPU array."""
     model.eval()
     device = module_device(model)
-    batch = (lambda i: x[i:i + batch_size]) if size is None else (lambda i: to_input(x[i:i + batch_size], size))  # noqa: E731
+    batch = (lambda i: x[i:i + batch_size]) if size is None else (lambda i: to_input(x[i:i + batch_size], size))
     out = [torch.sigmoid(model(_normalise(batch(i).to(device)))).flatten().cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(out).double().numpy()
 

@@ -351,7 +351,7 @@ class _VAEBatch:
     from the phase's generator, right after the sampler drew its indices from it (the order of the loop before
     the DataLoader: indices, crop, noise). Counts the steps it collates from ``first_step`` on."""
 
-    def __init__(self, cfg: "FoundationConfig", gen: torch.Generator, first_step: int):
+    def __init__(self, cfg: FoundationConfig, gen: torch.Generator, first_step: int):
         self.cfg, self.gen, self.step = cfg, gen, first_step - 1
         self.full_from = int(cfg.vae_steps * (1 - cfg.vae_full_frac))
         self.factor = 2 ** (len(cfg.vae_block_out_channels) - 1)
