@@ -55,7 +55,7 @@ def write_folder_dataset(root: Path, n: int, size: int, seed: int = 0) -> Path:
 
 def prepare(workdir: Path, n: int, hr_size: int, seed: int = 0) -> Path:
     """The MaCheX folder (what rule ``cheff_machex`` writes) for ``n`` phantom images; returns its path."""
-    from cxrgen.cheff.stages import run_machex
+    from cxrgen.studies.cheff import run_machex
 
     root = write_folder_dataset(workdir / "dataset", n, hr_size, seed)
     out = workdir / "machex"
@@ -71,7 +71,7 @@ def _stage_config(stage: str, steps: int, batch_size: int, preset: str) -> dict:
 
 def run_stage(stage: str, machex: Path, out: Path, steps: int, batch_size: int, preset: str = "default") -> None:
     """One Cheff stage as its rule runs it (``sdm`` / ``sr`` first train the autoencoder they need, 1 step)."""
-    from cxrgen.cheff import stages
+    from cxrgen.studies import cheff as stages
     from cxrgen.cheff.config import CheffConfig
 
     cfg = CheffConfig.from_dict(_stage_config(stage, steps, batch_size, preset))

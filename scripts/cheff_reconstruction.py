@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from cxrgen.cheff.config import CheffConfig
-from cxrgen.cheff.stages import run_reconstruction
+from cxrgen.studies.cheff import run_reconstruction
 from cxrgen.workflow import script_context
 
 with script_context(snakemake) as log:

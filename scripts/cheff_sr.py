@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from cxrgen.cheff.config import CheffConfig
-from cxrgen.cheff.stages import run_sr
+from cxrgen.studies.cheff import run_sr
 from cxrgen.workflow import script_context
 
 with script_context(snakemake) as log:

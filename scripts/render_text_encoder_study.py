@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from cxrgen.text.study import render_study
+from cxrgen.studies.text_encoder import render_study
 from cxrgen.workflow import script_context
 
 with script_context(snakemake):

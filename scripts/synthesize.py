@@ -1,5 +1,5 @@
 from cxrgen.adapt.pipeline import load_adapted_pipeline
-from cxrgen.studies.synthesis import generate_set
+from cxrgen.sampling.synthetic_sets import generate_set
 from cxrgen.workflow import script_context
 
 with script_context(snakemake) as log:

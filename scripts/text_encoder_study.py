@@ -1,6 +1,6 @@
 from cxrgen.data.openi import load_openi
 from cxrgen.data.table import read_dataset_table
-from cxrgen.text.study import run_text_encoder_study, save_study
+from cxrgen.studies.text_encoder import run_text_encoder_study, save_study
 from cxrgen.workflow import script_context
 
 with script_context(snakemake) as log:

@@ -1,5 +1,5 @@
 from cxrgen.engine import RuntimeConfig
-from cxrgen.studies.zafar import train_attribute_classifier, train_corpus_classifier
+from cxrgen.classify.head_classifiers import train_attribute_classifier, train_corpus_classifier
 from cxrgen.workflow import script_context
 
 with script_context(snakemake) as log:

@@ -536,7 +536,7 @@ def test_any_report_text_parses_to_two_strings(text):
 
 
 def test_reports_without_sections_are_documented_and_counted(tmp_path, caplog):
-    from cxrgen.text.study import prepare_reports
+    from cxrgen.studies.text_encoder import prepare_reports
 
     _write(tmp_path / "labels.csv", ["image", "view", "Edema", "report"],
            [["a.png", "PA", "1", "FINDINGS: Small effusion.\nIMPRESSION: Effusion."],

@@ -167,14 +167,14 @@ def test_sr_samples_what_it_diffuses(tmp_path, residual, prediction_type):
 
 def test_stages_end_to_end_at_toy_size(tmp_path, monkeypatch):
     """machex -> autoencoder -> SDMs -> SR base/fine -> Table 2, inpainting and the beta check, via the stage functions."""
-    from cxrgen.cheff import stages
+    from cxrgen.studies import cheff as cheff_study
     from cxrgen.data.phantom import generate_mimic_cxr
 
     generate_mimic_cxr(tmp_path / "mimic", n_patients=16, studies_per_patient=(1, 2), image_size=32, seed=1, progress=False)
     cfg = CheffConfig.from_dict({"preset": "smoke", "machex": {"max_train": 12, "max_test": 4}})
     data = {"source": "phantom", "root": str(tmp_path / "mimic")}
     m = tmp_path / "machex"
-    t1 = stages.run_machex(cfg.machex.resolve_sources(data), True, cfg.sr.hr_size, m, tmp_path / "t" / "table1",
+    t1 = cheff_study.run_machex(cfg.machex.resolve_sources(data), True, cfg.sr.hr_size, m, tmp_path / "t" / "table1",
                            "miniature", max_train=cfg.machex.max_train, max_test=cfg.machex.max_test)
     assert t1["dataset"].tolist() == ["MIMIC-CXR (phantom)"]
     md = (tmp_path / "t" / "table1.md").read_text()
@@ -183,31 +183,31 @@ def test_stages_end_to_end_at_toy_size(tmp_path, monkeypatch):
     assert t1_csv.loc["MIMIC-CXR", "source (this run)"] == "MIMIC-CXR (phantom)"  # the phantom sits in the MIMIC row
     assert t1_csv.loc["MIMIC-CXR", "n_in_machex (this run)"] == t1["n_in_machex"].iloc[0]
     assert t1_csv.loc["MIMIC-CXR", "n_in_machex (paper)"] == 243334
-    train, _ = stages.load_split(m, "train")
+    train, _ = cheff_study.load_split(m, "train")
     assert len(train) == 12 and train[0].shape == (32, 32) and train[0].dtype == np.uint8
-    assert stages.load_split(m, "test")[0].head().shape[1:] == (32, 32)
-    stages.run_autoencoder(m, cfg, tmp_path / "ae", tmp_path / "ae.partial")
+    assert cheff_study.load_split(m, "test")[0].head().shape[1:] == (32, 32)
+    cheff_study.run_autoencoder(m, cfg, tmp_path / "ae", tmp_path / "ae.partial")
     for variant in ("unconditional", "report"):
-        stages.run_sdm(m, tmp_path / "ae", cfg, variant, tmp_path / f"sdm_{variant}", tmp_path / f"sdm_{variant}.partial")
-    stages.run_sr(m, cfg, tmp_path / "sr_base", tmp_path / "srb.partial")
-    stages.run_sr(m, cfg, tmp_path / "sr_fine", tmp_path / "srf.partial", ae_dir=tmp_path / "ae", init_from=tmp_path / "sr_base")
+        cheff_study.run_sdm(m, tmp_path / "ae", cfg, variant, tmp_path / f"sdm_{variant}", tmp_path / f"sdm_{variant}.partial")
+    cheff_study.run_sr(m, cfg, tmp_path / "sr_base", tmp_path / "srb.partial")
+    cheff_study.run_sr(m, cfg, tmp_path / "sr_fine", tmp_path / "srf.partial", ae_dir=tmp_path / "ae", init_from=tmp_path / "sr_base")
     assert not (tmp_path / "ae.partial").exists()  # checkpoints go once the model folder is written
-    t2 = stages.run_reconstruction(m, tmp_path / "ae", tmp_path / "sr_base", tmp_path / "sr_fine", cfg,
+    t2 = cheff_study.run_reconstruction(m, tmp_path / "ae", tmp_path / "sr_base", tmp_path / "sr_fine", cfg,
                                    tmp_path / "rec", tmp_path / "t" / "table2", tmp_path / "f" / "fig3", "miniature")
     assert len(t2) == 6 and t2["psnr"].notna().all()
     md2 = (tmp_path / "t" / "table2.md").read_text()
     assert "(paper)" in md2 and "(this run)" in md2 and (tmp_path / "f" / "fig3.png").is_file()
-    monkeypatch.setattr(stages, "_fid_extractor", lambda name, classifier=None: _PoolExtractor())
-    fid_kid = stages.run_synthesis(m, tmp_path / "ae", tmp_path / "sdm_unconditional", tmp_path / "sdm_report",
+    monkeypatch.setattr(cheff_study, "_fid_extractor", lambda name, classifier=None: _PoolExtractor())
+    fid_kid = cheff_study.run_synthesis(m, tmp_path / "ae", tmp_path / "sdm_unconditional", tmp_path / "sdm_report",
                                    tmp_path / "sr_fine", cfg, tmp_path / "syn", tmp_path / "t" / "fid_kid",
                                    tmp_path / "f" / "samples", tmp_path / "f" / "report_samples", "miniature",
                                    fid_n_boot=10)
     assert fid_kid["model"].tolist() == ["Cheff", "Cheff, untrained SDM (baseline)"]  # the baseline row beside it
     assert fid_kid["kid"].nunique() == 2 and "untrained SDM" in (tmp_path / "t" / "fid_kid.md").read_text()
-    pres = stages.run_inpainting(m, tmp_path / "ae", tmp_path / "sdm_unconditional", cfg, tmp_path / "inp",
+    pres = cheff_study.run_inpainting(m, tmp_path / "ae", tmp_path / "sdm_unconditional", cfg, tmp_path / "inp",
                                  tmp_path / "f" / "inpaint", tmp_path / "f" / "outpaint")
     assert set(pres["task"]) == {"inpainting", "outpainting"} and (pres["known_mae_final"] == 0).all()
-    beta = stages.run_beta_check(m, tmp_path / "ae", tmp_path / "sdm_unconditional", cfg, tmp_path / "beta.csv",
+    beta = cheff_study.run_beta_check(m, tmp_path / "ae", tmp_path / "sdm_unconditional", cfg, tmp_path / "beta.csv",
                                  tmp_path / "f" / "fig13", table_stem=tmp_path / "t" / "beta")
     assert beta["beta_end"].tolist() == [0.0195, 0.0295]
     assert beta["terminal_signal"].iloc[1] < beta["terminal_signal"].iloc[0]  # the higher max beta leaves less signal
@@ -237,7 +237,8 @@ def _blobs(n, size, seed):
 
 def test_synthesis_comparison_scores_every_set_on_equal_terms(tmp_path):
     from cxrgen.cheff import evaluate as ev
-    from cxrgen.studies.vae_reconstruction import resize_images
+    from cxrgen.studies import cheff as cheff_study
+    from cxrgen.data.preprocess import resize_images
 
     real = _blobs(12, 16, 0)
     cheff = _blobs(8, 32, 1)  # higher resolution, fewest images
@@ -262,7 +263,7 @@ def test_synthesis_comparison_scores_every_set_on_equal_terms(tmp_path):
     with pytest.raises(InputError, match="uint8"):
         ev.synthesis_comparison([{"model": "x", "study": "y", "images": real.astype(float)}], real, _PoolExtractor())
 
-    paths = ev.write_synthesis_comparison(df, tmp_path / "cmp", "miniature")
+    paths = cheff_study.write_synthesis_comparison(df, tmp_path / "cmp", "miniature")
     table = pd.read_csv(paths["csv"]).set_index("model")
     cheff_cell = table.loc["Cheff", "fid (this run)"]
     assert table.loc["Cheff", "fid (paper)"] == 11.58 and np.isclose(float(cheff_cell.split(" [")[0]), d.loc["Cheff", "fid"])
@@ -278,13 +279,14 @@ def test_synthesis_comparison_scores_every_set_on_equal_terms(tmp_path):
 
 def test_fid_kid_table_carries_n_and_cis(tmp_path):
     from cxrgen.cheff import evaluate as ev
+    from cxrgen.studies import cheff as cheff_study
 
     ours = ev.synthesis_metrics(_blobs(12, 16, 0), _blobs(10, 16, 1), _PoolExtractor(), kid_subset=50, seed=0,
                                 fid_n_boot=50)
     r = ours.iloc[0]
     assert (r["n_real"], r["n_fake"], r["kid_subset_size"], r["n_boot"], r["dim"]) == (12, 10, 10, 50, 16)
     assert r["fid_ci_low"] <= r["fid_ci_high"] and r["kid_ci_low"] <= r["kid_ci_high"] and r["fid_biased"]
-    table = pd.read_csv(ev.write_fid_kid(ours, tmp_path / "fk", "miniature")["csv"]).set_index("model")
+    table = pd.read_csv(cheff_study.write_fid_kid(ours, tmp_path / "fk", "miniature")["csv"]).set_index("model")
     assert table.loc["Cheff", "n real (this run)"] == 12 and table.loc["Cheff", "n synthetic (this run)"] == 10
     assert table.loc["Cheff", "kid (this run)"] == f"{r['kid']:.4f} [{r['kid_ci_low']:.4f}, {r['kid_ci_high']:.4f}]"
     assert "FID is biased upward at n below the feature dimension (10 < 16" in (tmp_path / "fk.md").read_text()
@@ -300,7 +302,7 @@ def test_fid_kid_table_carries_n_and_cis(tmp_path):
 def test_run_synthesis_comparison_reads_the_three_studies(tmp_path, monkeypatch):
     from PIL import Image
 
-    from cxrgen.cheff import stages
+    from cxrgen.studies import cheff as cheff_study
 
     def folder(path, images, **columns):
         (path / "images").mkdir(parents=True)
@@ -316,8 +318,8 @@ def test_run_synthesis_comparison_reads_the_three_studies(tmp_path, monkeypatch)
     sd = folder(tmp_path / "sd", _blobs(8, 16, 2), prompt_name="normal", method="original")
     zafar = folder(tmp_path / "zafar", _blobs(9, 16, 3), part=["fid"] * 7 + ["ood"] * 2)
     real = folder(tmp_path / "real", _blobs(10, 16, 4))
-    monkeypatch.setattr(stages, "_fid_extractor", lambda name, classifier=None: _PoolExtractor())
-    df = stages.run_synthesis_comparison(tmp_path / "samples.npz", {"original": sd}, {"full_ft": zafar}, real,
+    monkeypatch.setattr(cheff_study, "_fid_extractor", lambda name, classifier=None: _PoolExtractor())
+    df = cheff_study.run_synthesis_comparison(tmp_path / "samples.npz", {"original": sd}, {"full_ft": zafar}, real,
                                          CheffConfig.from_dict({"preset": "smoke"}), tmp_path / "cmp.csv",
                                          tmp_path / "t" / "cmp", "miniature")
     assert list(df["model"]) == ["Cheff", "original", "full_ft (Zafar)"]
@@ -344,7 +346,7 @@ def _overlaps(a, b, gap: float = 0.0) -> bool:
 
 @pytest.mark.parametrize("which", ["fig13", "report_samples"])
 def test_cheff_grid_labels_do_not_overlap_images_or_each_other(tmp_path, monkeypatch, which):
-    import cxrgen.render.figures as figures
+    import cxrgen.plotting as figures
     from cxrgen.cheff import evaluate as ev
 
     captured = []

@@ -121,7 +121,7 @@ def test_reference_classifier_runs_on_chosen_device(on_meta, tmp_path):
 
 
 def test_zafar_head_classifier_runs_on_chosen_device(on_meta, tmp_path):
-    from cxrgen.studies.zafar import HeadClassifier, SmallCNN, load_head_classifier
+    from cxrgen.classify.head_classifiers import HeadClassifier, SmallCNN, load_head_classifier
 
     HeadClassifier(SmallCNN(1, {"sex": 1}, width=4), {"heads": {"sex": 1}, "channels": 1, "image_size": 16, "width": 4}).save(
         tmp_path / "clf")

@@ -118,7 +118,7 @@ def test_sweep_point_fid(foundation, embeddings, tmp_path, monkeypatch):
     sample, out = embeddings
     labels = ["No Finding", "Pleural Effusion"]
     clf = ReferenceClassifier(_TinyNet(2), labels, {l: 0.5 for l in labels}, image_size=SIZE, source="tests/tiny")
-    monkeypatch.setattr("cxrgen.classify.reference.load_reference_classifier", lambda spec: clf)
+    monkeypatch.setattr("cxrgen.studies.dewilde.load_reference_classifier", lambda spec: clf)
     point = {"table": "table2", "sweep": "embedding size", "class": "No Finding", "steps": 2, "cfg_scale": 2.0,
              "embedding_size": 3, "training_cases": 3}
     frame = run_sweep_point(foundation, out[3], sample, "unused", tmp_path / "set", tmp_path / "fid.csv", point,

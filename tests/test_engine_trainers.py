@@ -75,13 +75,13 @@ def test_zafar_classifiers_train_on_engine_device(tmp_path, monkeypatch):
     from engine_harness import check_on_engine_device
     from test_zafar import _write_sample
 
-    from cxrgen.studies import zafar
+    from cxrgen.classify import head_classifiers as heads
 
-    monkeypatch.setattr(zafar, "_head_loss", _meta_safe_loss)
+    monkeypatch.setattr(heads, "_head_loss", _meta_safe_loss)
     train, val = _write_sample(tmp_path / "train", 8, 0), _write_sample(tmp_path / "val", 4, 1)
-    check_on_engine_device(monkeypatch, lambda: zafar.train_attribute_classifier(train, val, tmp_path / "attr",
+    check_on_engine_device(monkeypatch, lambda: heads.train_attribute_classifier(train, val, tmp_path / "attr",
                                                                                  epochs=1, batch_size=4))
-    check_on_engine_device(monkeypatch, lambda: zafar.train_corpus_classifier(
+    check_on_engine_device(monkeypatch, lambda: heads.train_corpus_classifier(
         tmp_path / "corpus", n_images=40, epochs=1, batch_size=8, augment_copies=0))
 
 

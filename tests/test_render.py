@@ -247,16 +247,17 @@ def test_write_table_files_and_caption(tmp_path):
 
 # ----------------------------------------------------------------------------- figures
 def test_figures_write_png_and_pdf(tmp_path):
+    from cxrgen import plotting
     from cxrgen.render import figures
 
     rng = np.random.default_rng(0)
     gray = [rng.integers(0, 256, (16, 16), dtype=np.uint8) for _ in range(4)]
     rgb = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    p = figures.image_grid([[gray[0], rgb], [gray[2], None]], ["real", "synthetic"], ["a", "b"], tmp_path / "grid", title="T")
+    p = plotting.image_grid([[gray[0], rgb], [gray[2], None]], ["real", "synthetic"], ["a", "b"], tmp_path / "grid", title="T")
     with pytest.raises(InputError, match="3 images for 2 rows"):
-        figures.image_grid(gray[:3], ["r1", "r2"], ["c1", "c2"], tmp_path / "flat")
+        plotting.image_grid(gray[:3], ["r1", "r2"], ["c1", "c2"], tmp_path / "flat")
     with pytest.raises(InputError, match="uint8"):
-        figures.image_grid([gray[0].astype(float)], ["r"], ["c"], tmp_path / "bad")
+        plotting.image_grid([gray[0].astype(float)], ["r"], ["c"], tmp_path / "bad")
     metrics = pd.DataFrame({"ssim": rng.uniform(0.8, 1, 40), "psnr": rng.normal(35, 1.5, 40), "ds": ["a", "b"] * 20})
     p3 = figures.distribution_plot(metrics, ["ssim", "psnr"], tmp_path / "violin", group="ds")
     paper, _ = load_reference("chambon2022", "table5")

@@ -18,15 +18,14 @@ from cxrgen.data.prompts import CHAMBON_PROMPTS
 from cxrgen.data.sampling import load_images
 from cxrgen.errors import InputError
 from cxrgen.models.foundation import FoundationConfig, build_foundation
+from cxrgen.sampling.synthetic_sets import MANIFEST_COLUMNS, generate_set
 from cxrgen.studies.synthesis import (
-    MANIFEST_COLUMNS,
     TABLE4_COLUMNS,
     TABLE5_COLUMNS,
     classification_table,
     classifier_scores,
     default_paper_rows,
     fid_table,
-    generate_set,
     paper_rows,
     render_synthesis,
     run_synthesis_evaluation,
@@ -303,9 +302,9 @@ def test_paper_row_mapping():
 
 
 def test_evaluation_and_rendering(sets, classifier, tmp_path, monkeypatch):
-    import cxrgen.classify.reference as ref
+    import cxrgen.studies.synthesis as synthesis
 
-    monkeypatch.setattr(ref, "load_reference_classifier", lambda spec: classifier)
+    monkeypatch.setattr(synthesis, "load_reference_classifier", lambda spec: classifier)
     res = run_synthesis_evaluation(sets, sets["baseline"], "tiny", tmp_path / "eval", extractor="reference",
                                    n_boot=10, progress=False, fid_n_boot=20, min_class_count=3)
     assert set(res) == {"table4", "table5", "scores"} and (tmp_path / "eval" / "scores.csv").is_file() and (tmp_path / "eval" / "table4.csv").is_file()

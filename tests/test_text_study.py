@@ -214,7 +214,7 @@ def test_mesh_mapping_rules():
 
 
 def test_study_small(tmp_path):
-    from cxrgen.text.study import format_table2, run_text_encoder_study
+    from cxrgen.studies.text_encoder import format_table2, run_text_encoder_study
 
     base_texts = ["No acute disease.", "Cardiomegaly.", "Small left pleural effusion.", "Enlarged heart size."]
     rows = []
@@ -233,7 +233,7 @@ def test_study_small(tmp_path):
     again = run_text_encoder_study(df, [{"name": "minilm", "methods": ["cls", "pooler"]}], k=3, cache_dir=tmp_path, n_boot=50)
     pd.testing.assert_frame_equal(again.table2, res.table2)
     # rendered beside the paper: its encoders first, this run's appended; Table 3 gets both column sets
-    from cxrgen.text.study import render_study, save_study
+    from cxrgen.studies.text_encoder import render_study, save_study
 
     save_study(res, tmp_path / "study")
     # per report (read by the findings table): the macro of the per-report hits is Table 3's Macro row

@@ -21,6 +21,9 @@ from cxrgen.data.prompts import ZAFAR_STYLES, padchest_prompt_fields, zafar_prom
 from cxrgen.data.schema import CHEXPERT_LABELS
 from cxrgen.errors import InputError
 from cxrgen.models.foundation import FoundationConfig, build_foundation
+from cxrgen.classify import head_classifiers as heads
+from cxrgen.models.corpus import parse_corpus_prompt
+from cxrgen.sampling.synthetic_sets import load_zafar_set
 from cxrgen.studies import zafar
 
 PADCHEST = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"
@@ -76,9 +79,9 @@ def test_attribute_prompts_differ_in_one_attribute_only():
     assert c["view_AP"]["prompt"] == "chest x-ray, male AP, normal"
     m = zafar.attribute_prompts("modality")  # "chest x-ray" carries no attribute: the pairs coincide
     assert m["sex_M"]["prompt"] == m["sex_F"]["prompt"] == "chest x-ray"
-    assert zafar.parse_corpus_prompt("a photo of a small red circle at the top left") == ("red", "circle")
+    assert parse_corpus_prompt("a photo of a small red circle at the top left") == ("red", "circle")
     with pytest.raises(InputError, match="colour and shape"):
-        zafar.parse_corpus_prompt("a bird sitting on a tree")
+        parse_corpus_prompt("a bird sitting on a tree")
     with pytest.raises(InputError, match="prompt level"):
         zafar.attribute_prompts("fancy")
 
@@ -122,9 +125,9 @@ def test_degrade_like_generator_blurs_and_shifts_the_shape_colour():
 
     img = np.full((4, 64, 64, 3), 245, np.uint8)  # white background, a blue square
     img[:, 20:44, 20:44] = COLOURS["blue"]
-    a, b = zafar.degrade_like_generator(img, seed=3), zafar.degrade_like_generator(img, seed=3)
+    a, b = heads.degrade_like_generator(img, seed=3), heads.degrade_like_generator(img, seed=3)
     assert a.shape == img.shape and a.dtype == np.uint8 and np.array_equal(a, b)
-    assert not np.array_equal(a, zafar.degrade_like_generator(img, seed=4))
+    assert not np.array_equal(a, heads.degrade_like_generator(img, seed=4))
     def edge(x):  # the square's edge step
         return np.abs(np.diff(x.astype(float), axis=2)).max(axis=(1, 2, 3))
 
@@ -134,7 +137,7 @@ def test_degrade_like_generator_blurs_and_shifts_the_shape_colour():
     assert np.abs(inside - np.array(COLOURS["blue"])).max() > 5
     assert np.abs(a[:, :8, :8].astype(float) - 245).mean() < 40  # background only tinted
     with pytest.raises(InputError, match="N, H, W, 3"):
-        zafar.degrade_like_generator(img[..., 0])
+        heads.degrade_like_generator(img[..., 0])
 
 
 def test_ood_recognition_and_retained_knowledge():
@@ -160,13 +163,13 @@ def test_ood_recognition_and_retained_knowledge():
 
 
 def test_corpus_classifier_learns_colours(tmp_path):
-    meta = zafar.train_corpus_classifier(tmp_path / "corpus", n_images=300, epochs=5, batch_size=32, image_size=32,
+    meta = heads.train_corpus_classifier(tmp_path / "corpus", n_images=300, epochs=5, batch_size=32, image_size=32,
                                          augment_copies=1)
     assert meta["val_accuracy"]["colour"] > 0.4  # 9 colours: chance ~0.11
     assert meta["val_accuracy_degraded"]["colour"] > 0.3 and meta["n_train"] == 2 * meta["n_train_distinct"]
     with pytest.raises(InputError, match="augment_copies"):
-        zafar.train_corpus_classifier(tmp_path / "x", n_images=40, augment_copies=-1)
-    clf = zafar.load_head_classifier(tmp_path / "corpus")
+        heads.train_corpus_classifier(tmp_path / "x", n_images=40, augment_copies=-1)
+    clf = heads.load_head_classifier(tmp_path / "corpus")
     from cxrgen.models.card import read_model_card
 
     card = read_model_card(tmp_path / "corpus")
@@ -175,7 +178,7 @@ def test_corpus_classifier_learns_colours(tmp_path):
     p = clf.predict([np.zeros((32, 32, 3), np.uint8)])
     assert p["colour"].shape == (1, 9) and np.allclose(p["colour"].sum(1), 1)
     with pytest.raises(InputError, match="classifier.json"):
-        zafar.load_head_classifier(tmp_path)
+        heads.load_head_classifier(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -238,14 +241,14 @@ def world(tmp_path_factory):
                                 n_fid=4, n_per_prompt=3, n_ood=2, steps=2, batch_size=16,
                                 ood_prompts=("a photo of a red circle", "a photo of a blue square"))
         sets[name] = root / "sets" / name
-    zafar.train_attribute_classifier(train, test, root / "attr", epochs=4, batch_size=8, image_size=SIZE)
-    zafar.train_corpus_classifier(root / "corpus", n_images=120, epochs=1, batch_size=32, image_size=SIZE,
+    heads.train_attribute_classifier(train, test, root / "attr", epochs=4, batch_size=8, image_size=SIZE)
+    heads.train_corpus_classifier(root / "corpus", n_images=120, epochs=1, batch_size=32, image_size=SIZE,
                                   augment_copies=1)
     return dict(root=root, foundation=foundation, train=train, test=test, adapters=adapters, sets=sets)
 
 
 def test_sample_sets_are_paired_and_complete(world):
-    imgs, man = zafar.load_zafar_set(world["sets"]["lora"])
+    imgs, man = load_zafar_set(world["sets"]["lora"])
     assert list(man["part"].value_counts().sort_index()) == [3 * 6, 4, 2 * 2]  # attribute, fid, ood
     assert imgs[man.index[man["part"] == "ood"][0]].ndim == 3  # out-of-domain images keep colour
     att = man[man["part"] == "attribute"]
@@ -261,11 +264,9 @@ def test_attribute_classifier_learns_the_cues(world):
 
 
 def test_evaluation_and_rendering(world, tmp_path, monkeypatch):
-    import cxrgen.classify.reference as ref
-
     labels = ["No Finding", "Pleural Effusion"]
     clf = ReferenceClassifier(_TinyNet(2), labels, {l: 0.5 for l in labels}, image_size=SIZE, source="tests/tiny")
-    monkeypatch.setattr(ref, "load_reference_classifier", lambda spec: clf)
+    monkeypatch.setattr(zafar, "load_reference_classifier", lambda spec: clf)
     adapters = {"foundation": None, **world["adapters"]}
     frames = zafar.evaluate_zafar(world["sets"], adapters, world["test"], "tiny", world["root"] / "attr",
                                   world["root"] / "corpus", tmp_path / "eval", n_boot=10, fid_n_boot=20,

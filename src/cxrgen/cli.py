@@ -7,7 +7,7 @@
     cxrgen info results/models/cheff/cascade
 
 Each command is a thin layer over the package (``cxrgen.adapt.pipeline``, ``cxrgen.sampling.composable``,
-``cxrgen.studies.synthesis.generate_set``, ``cxrgen.metrics``, ``cxrgen.text``, ``cxrgen.models.artefacts``).
+``cxrgen.sampling.synthetic_sets.generate_set``, ``cxrgen.metrics``, ``cxrgen.text``, ``cxrgen.models.artefacts``).
 Bad input (a wrong path, a bad value) ends with exit status 2 and one line naming it.
 """
 
@@ -72,7 +72,7 @@ def _load_model(foundation, adapters: list[str], scheduler):
 
 
 def cmd_sample(args) -> None:
-    from cxrgen.studies.synthesis import generate_set
+    from cxrgen.sampling.synthetic_sets import generate_set
 
     prompts = _prompts(args.prompt)
     model = _load_model(args.foundation, args.adapter or [], args.scheduler)
@@ -92,7 +92,7 @@ def _extractor(args):
         raise InputError("--extractor reference needs --classifier (a reference classifier folder or "
                          "xrv:<weights>); expected e.g. --classifier results/models/reference_classifier")
     from cxrgen.classify.reference import load_reference_classifier
-    from cxrgen.studies.vae_reconstruction import make_fid_extractor
+    from cxrgen.metrics.features import make_fid_extractor
 
     return make_fid_extractor("reference", classifier=load_reference_classifier(args.classifier))
 

@@ -350,7 +350,7 @@ class Engine:
         """
         import time
 
-        from tqdm import tqdm
+        from cxrgen.progress import progress_bar
 
         if steps < 1:
             raise InputError(f"{desc}: steps={steps}; expected a positive integer")
@@ -364,7 +364,7 @@ class Engine:
         ga = self.gradient_accumulation_steps
         micro_batches = iter(batches(start))
         t0 = time.perf_counter() - (rows[-1]["seconds"] if rows else 0.0)
-        bar = tqdm(range(start, steps), desc=desc, disable=not (progress and self.is_main), initial=start, total=steps)
+        bar = progress_bar(range(start, steps), desc=desc, disable=not (progress and self.is_main), initial=start, total=steps)
         done_here = 0
         for step in bar:
             sums: dict[str, float] = {}

@@ -46,12 +46,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from cxrgen.adapt.adapter_file import resolve_foundation
 from cxrgen.adapt.methods import ADAPTER_FILE, METHODS
 from cxrgen.engine import default_device
 from cxrgen.errors import InputError
+from cxrgen.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class AdaptedPipeline:
             raise InputError(f"height={height!r}; expected a multiple of the VAE's downsampling factor "
                              f"{self.pipe.vae_scale_factor}")
         out = []
-        bar = tqdm(range(0, int(n), int(batch_size)), desc=f"generate [{self.method}] {prompt[:40]!r}",
+        bar = progress_bar(range(0, int(n), int(batch_size)), desc=f"generate [{self.method}] {prompt[:40]!r}",
                    disable=not progress, leave=False)
         for start in bar:
             b = min(int(batch_size), int(n) - start)

@@ -47,7 +47,6 @@ import math
 import os
 import re
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -392,7 +391,7 @@ def _write_log(rows: list, folder: Path) -> None:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from cxrgen.render.figures import save_figure, set_style
+    from cxrgen.plotting import save_figure, set_style
 
     frame = pd.DataFrame(rows, columns=["phase", "step", "loss", "seconds"])
     frame.to_csv(folder / TRAIN_LOG_FILE, index=False)
@@ -508,7 +507,7 @@ def train_textual_projection(foundation, captions, cfg: ProjectionConfig | None 
         step, rows = int(state["step"]), [tuple(r) for r in json.loads(state["extra"]["rows"])]
         t_offset = float(state["extra"].get("seconds", 0.0))
         if progress and engine.is_main:
-            print(f"[textual_projection] resuming from {ckpt} at step {step}", file=sys.stderr)
+            log.info("resuming from %s at step %d", ckpt, step)
 
     def elapsed() -> float:
         return t_offset + time.perf_counter() - t_train
@@ -518,9 +517,9 @@ def train_textual_projection(foundation, captions, cfg: ProjectionConfig | None 
         rows.append(("eval", 0, _eval_loss(setup, eval_feats, eval_targets), 0.0))
     bar = None
     if progress and steps > step and engine.is_main:
-        from tqdm.auto import tqdm
+        from cxrgen.progress import progress_bar
 
-        bar = tqdm(total=steps, initial=step, desc=f"textual projection ({cfg.variant})", unit="step")
+        bar = progress_bar(total=steps, initial=step, desc=f"textual projection ({cfg.variant})", unit="step")
     accelerator = engine.accelerator
     proj.train()
     while step < steps:
@@ -578,8 +577,8 @@ def train_textual_projection(foundation, captions, cfg: ProjectionConfig | None 
     accelerator.wait_for_everyone()
     summary["total_s"] = time.perf_counter() - t_start
     if progress:
-        print(f"[textual_projection] {cfg.variant}: eval MSE {summary['eval_loss_initial']:.4g} -> "
-              f"{summary['eval_loss_final']:.4g} in {train_s:.0f}s; wrote {out_dir}", file=sys.stderr)
+        log.info("%s: eval MSE %.4g -> %.4g in %.0fs; wrote %s", cfg.variant, summary["eval_loss_initial"],
+                 summary["eval_loss_final"], train_s, out_dir)
     return summary
 
 

@@ -113,12 +113,12 @@ class LatentCache:
     """VAE posterior (mean, std) of every training image, encoded once; ``sample`` draws scaled latents."""
 
     def __init__(self, vae, pixels: torch.Tensor, device, batch: int = 32, progress: bool = False):
-        from tqdm import tqdm
+        from cxrgen.progress import progress_bar
 
         means, stds = [], []
         dtype = next(vae.parameters()).dtype
         with torch.no_grad():
-            for i in tqdm(range(0, len(pixels), batch), disable=not progress, desc="encode latents", leave=False):
+            for i in progress_bar(range(0, len(pixels), batch), disable=not progress, desc="encode latents", leave=False):
                 dist = vae.encode(pixels[i:i + batch].to(device, dtype)).latent_dist
                 means.append(dist.mean.float())
                 stds.append(dist.std.float())
@@ -260,7 +260,7 @@ def run_training(cfg: TrainConfig, task: TrainTask, checkpoint_dir: str | os.Pat
     """
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
-    from tqdm import tqdm
+    from cxrgen.progress import progress_bar
 
     accelerator = engine.accelerator
     ckpt = Path(checkpoint_dir)
@@ -290,7 +290,7 @@ def run_training(cfg: TrainConfig, task: TrainTask, checkpoint_dir: str | os.Pat
 
     t0 = time.perf_counter() - (result.rows[-1]["seconds"] if result.rows else 0.0)
     ga = cfg.gradient_accumulation_steps
-    bar = tqdm(total=cfg.steps, initial=result.step, disable=not (progress and engine.is_main), desc=task.desc,
+    bar = progress_bar(total=cfg.steps, initial=result.step, disable=not (progress and engine.is_main), desc=task.desc,
                file=sys.stderr)
     for step in range(result.step + 1, cfg.steps + 1):
         optimizer.zero_grad(set_to_none=True)
@@ -353,7 +353,7 @@ def write_training_outputs(folder: Path, rows: list[dict], train_config: dict, a
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from cxrgen.render.figures import save_figure, set_style
+    from cxrgen.plotting import save_figure, set_style
 
     df = pd.DataFrame(rows)
     df.to_csv(folder / TRAIN_LOG_FILE, index=False)

@@ -80,7 +80,7 @@ def ensure_class_images(pipe, cfg: UNetFinetuneConfig, folder: str | os.PathLike
     Returns uint8 (N,H,W,3).
     """
     from PIL import Image
-    from tqdm import tqdm
+    from cxrgen.progress import progress_bar
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ def ensure_class_images(pipe, cfg: UNetFinetuneConfig, folder: str | os.PathLike
     missing = [i for i, f in enumerate(files) if not f.is_file()]
     pipe.set_progress_bar_config(disable=True)
     batches = [missing[i:i + cfg.class_batch_size] for i in range(0, len(missing), cfg.class_batch_size)]
-    for batch in tqdm(batches, disable=not progress or not batches, desc=f"class images ({_slug(cfg.class_prompt)})"):
+    for batch in progress_bar(batches, disable=not progress or not batches, desc=f"class images ({_slug(cfg.class_prompt)})"):
         gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * i + 1) for i in batch]
         with torch.no_grad():
             out = pipe([cfg.class_prompt] * len(batch), num_inference_steps=cfg.class_sample_steps,

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from cxrgen.cheff import text_encoder as te
 from cxrgen.cheff.schedules import CHEFF_BETA_END, LDM_BETA_START, ddim_from, make_scheduler
@@ -37,6 +36,7 @@ from cxrgen.diffusion import add_noise_and_target
 from cxrgen.engine import Engine, RuntimeConfig, default_device, module_device
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path
+from cxrgen.progress import progress_bar
 
 log = logging.getLogger(__name__)
 CONDITIONING = ("none", "report")
@@ -361,7 +361,7 @@ def ddim_sample(
     scheduler.set_timesteps(int(steps))
     x = torch.randn(shape, generator=generator).to(device or "cpu")
     ts = list(scheduler.timesteps)
-    for i, t in enumerate(tqdm(ts, desc=desc, disable=not progress, leave=False)):
+    for i, t in enumerate(progress_bar(ts, desc=desc, disable=not progress, leave=False)):
         eps = eps_fn(x, t)
         x = scheduler.step(eps, t, x, eta=eta, generator=generator).prev_sample
         if after_step is not None:
@@ -378,7 +378,7 @@ def sample_latents(sdm: SDM, n: int, reports: Sequence[str] | None = None, steps
     cfg = sdm.unet.config
     device = module_device(sdm.unet)
     out = []
-    for i in tqdm(range(0, n, batch_size), desc="SDM sampling", disable=not progress, leave=False):
+    for i in progress_bar(range(0, n, batch_size), desc="SDM sampling", disable=not progress, leave=False):
         m = min(batch_size, n - i)
         ctx = sdm.context(None if reports is None else list(reports[i:i + m]), m)
         unc = sdm.context([""] * m, m) if ctx is not None and guidance != 1.0 else None

@@ -1,5 +1,6 @@
 """Evaluation of the Cheff cascade (Weber et al. 2023, sec. 5 and 7.6): Table 2 reconstruction workflows, FID/KID of
-cascade samples, the forward-process check of Fig. 13, and the figures and side-by-side tables.
+cascade samples, the forward-process check of Fig. 13, and image grids (the tables beside the paper's are written by
+:mod:`cxrgen.studies.cheff`).
 
 Table 2 workflows (x_LR = bicubic downsample of the test image x_HR):
 
@@ -15,6 +16,7 @@ MSE is on [0, 1] intensities (the paper's scale, inferred), PSNR/SSIM come from 
 from __future__ import annotations
 
 import logging
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -24,11 +26,14 @@ import torch
 from cxrgen.cheff import schedules
 from cxrgen.cheff.autoencoder import decode, encode, reconstruct
 from cxrgen.cheff.super_resolution import downsample
+from cxrgen.data.preprocess import resize_images
 from cxrgen.errors import InputError
+from cxrgen.metrics.features import get_extractor
+from cxrgen.metrics.fid import fid_kid_with_ci
 from cxrgen.metrics.image_quality import reconstruction_metrics
+from cxrgen.plotting import image_grid
 
 log = logging.getLogger(__name__)
-PAPER = "weber2023"
 WORKFLOWS = {
     1: "x_HR -bicubic-> x_LR -E-> z -D-> x^_LR -SR-> x^_HR",
     2: "x_HR -bicubic-> x_LR -E-> z -D-> x^_LR",
@@ -89,30 +94,13 @@ def table2(per_image: pd.DataFrame) -> pd.DataFrame:
     return out.iloc[np.argsort(key, kind="stable")].reset_index(drop=True)
 
 
-def write_table2(ours: pd.DataFrame, out_stem, scale: str) -> dict:
-    from cxrgen.render.reference import load_reference, paper_table_label
-    from cxrgen.render.tables import side_by_side, write_table
-
-    paper, meta = load_reference(PAPER, "table2")
-    ours = ours.copy()
-    ours["sr_model"] = ours["sr_model"].astype(object).where(ours["sr_model"].notna(), None)
-    paper = paper.copy()
-    paper["sr_model"] = paper["sr_model"].astype(object).where(paper["sr_model"].notna(), None)
-    df = side_by_side(paper.fillna({"sr_model": "-"}), ours.fillna({"sr_model": "-"}), ["workflow_id", "sr_model"],
-                      ["mse", "psnr", "ssim"])
-    df.insert(1, "workflow", df["workflow_id"].map(WORKFLOWS))
-    return write_table(df, out_stem, "Reconstruction workflows of the Cheff cascade on held-out test images "
-                       "(MSE on [0,1], PSNR dB, SSIM; per-image means). 'bicubic' is plain bicubic upsampling, a "
-                       "baseline the paper does not report", scale, paper_table_label(meta), float_format=".4f")
-
-
 #: the fid_kid table's baseline row: the cascade with the SDM's architecture untrained (not in the paper)
 UNTRAINED_SDM_ROW = "Cheff, untrained SDM (baseline)"
 
 
 def streamed_features(extractor, images, chunk_batches: int = 8):
     """``extractor(images)`` for uint8 (N,H,W) images given as an array or as a dataset read item by item (e.g.
-    :func:`cxrgen.cheff.stages.load_split`): a dataset is stacked a chunk of whole extractor batches at a time, so
+    :func:`cxrgen.studies.cheff.load_split`): a dataset is stacked a chunk of whole extractor batches at a time, so
     memory stays bounded and the features equal those of the stacked array (the same batches reach the network)."""
     if isinstance(images, np.ndarray):
         return extractor(images)
@@ -129,38 +117,11 @@ def synthesis_metrics(real, fake, extractor, kid_subset: int = 100, seed: int = 
     """FID and KID of ``fake`` against ``real`` (uint8 (N,H,W): arrays or datasets, :func:`streamed_features`) with
     the named extractor (a registry name or a FeatureExtractor), their bootstrap CIs and set sizes
     (:func:`cxrgen.metrics.fid.fid_kid_with_ci`)."""
-    from cxrgen.metrics.features import get_extractor
-    from cxrgen.metrics.fid import fid_kid_with_ci
 
     ext = get_extractor(extractor) if isinstance(extractor, str) else extractor
     r = fid_kid_with_ci(streamed_features(ext, real), streamed_features(ext, fake), n_boot=fid_n_boot, seed=seed,
                         kid_subsets=KID_SUBSETS, kid_subset_size=kid_subset)
     return pd.DataFrame([{"model": model, **r, "extractor": ext.name}])
-
-
-def _n_columns(df: pd.DataFrame, ours: pd.DataFrame) -> None:
-    """Add this run's set sizes beside the FID/KID cells (rows only the paper has stay blank)."""
-    from cxrgen.render.tables import OURS
-
-    extra = ours.set_index("model")
-    for col, name in (("n_real", "n real"), ("n_fake", "n synthetic")):
-        df[f"{name} {OURS}"] = pd.to_numeric(df["model"].map(extra[col]), errors="coerce").round().astype("Int64").array
-
-
-def write_fid_kid(ours: pd.DataFrame, out_stem, scale: str) -> dict:
-    from cxrgen.render.reference import load_reference, paper_table_label
-    from cxrgen.render.tables import fid_kid_caption, side_by_side, write_table
-
-    paper, meta = load_reference(PAPER, "fid_kid")
-    df = side_by_side(paper, ours, ["model"], ["fid", "kid"], digits=4)
-    _n_columns(df, ours)
-    df["extractor (this run)"] = df["model"].map(dict(zip(ours["model"], ours["extractor"]))).fillna("")
-    ext = ", ".join(sorted(set(ours["extractor"])))
-    return write_table(df, out_stem, f"FID and KID of unconditional cascade samples against held-out real images; "
-                       f"features of this run: {ext} (the paper does not state its sample size or extractor). "
-                       f"{fid_kid_caption(ours)} KID: mean over {KID_SUBSETS} subsets of "
-                       f"{int(ours['kid_subset_size'].iloc[0])}. Numbers from different extractors and sample sizes "
-                       "are not comparable", scale, paper_table_label(meta), float_format=".4f")
 
 
 def synthesis_comparison(sets: Sequence[Mapping], real: np.ndarray, extractor, kid_subset_size: int = 50,
@@ -169,14 +130,12 @@ def synthesis_comparison(sets: Sequence[Mapping], real: np.ndarray, extractor, k
 
     ``sets``: ``{"model", "study", "images"}`` dicts (images uint8 (N,H,W)). Every set and ``real`` is resized to
     one ``resolution`` (default: the smallest native one among them; antialiased bicubic,
-    :func:`cxrgen.studies.vae_reconstruction.resize_images`), every synthetic set is cut to the size of the
+    :func:`cxrgen.data.preprocess.resize_images`), every synthetic set is cut to the size of the
     smallest (a ``seed``-seeded subset; FID's small-sample bias then weighs the same on every row), features come
     from one ``extractor`` with the real features computed once, and KID uses one subset size (the smallest of
     ``kid_subset_size``, the real and the synthetic count) and the same seed for every row. One row per set, with
     bootstrap CIs and set sizes (``n_real``, ``n_fake``; :func:`cxrgen.metrics.fid.fid_kid_with_ci`).
     """
-    from cxrgen.metrics.fid import fid_kid_with_ci
-    from cxrgen.studies.vae_reconstruction import resize_images
 
     if not sets:
         raise InputError("synthesis_comparison: no synthetic sets; expected at least one")
@@ -197,41 +156,6 @@ def synthesis_comparison(sets: Sequence[Mapping], real: np.ndarray, extractor, k
         rows.append({"model": s["model"], "study": s["study"], "n_available": len(a),
                      "native_resolution": int(a.shape[-1]), "resolution": res, **r, "extractor": extractor.name})
     return pd.DataFrame(rows)
-
-
-COMPARISON_COLUMNS = {"study": "study", "n_fake": "n synthetic", "n_real": "n real",
-                      "native_resolution": "native px", "resolution": "scored px", "kid_std": "KID sd (this run)"}
-
-
-def write_synthesis_comparison(ours: pd.DataFrame, out_stem, scale: str, real_name: str = "the real test sample"
-                               ) -> dict:
-    """The comparison table beside the paper's FID/KID (Weber sec. 5 reports Cheff and the pixel cascade only; the
-    adapted Stable Diffusion models have no paper numbers, Weber shows them as images, Fig. 4)."""
-    from cxrgen.render.reference import load_reference, paper_table_label
-    from cxrgen.render.tables import fid_kid_caption, side_by_side, write_table
-
-    paper, meta = load_reference(PAPER, "fid_kid")
-    df = side_by_side(paper[["model", "fid", "kid"]], ours, ["model"], ["fid", "kid"], digits=4)
-    extra = ours.set_index("model")
-    for col, name in COMPARISON_COLUMNS.items():
-        df[name] = df["model"].map(extra[col])
-    df["study"] = df["study"].fillna("paper only")
-    for col in ("n synthetic", "n real", "native px", "scored px"):
-        df[col] = pd.to_numeric(df[col], errors="coerce").round().astype("Int64").array
-    metrics = [c for c in df.columns if c.startswith(("fid ", "kid "))]
-    df = df[["model", "study", "n synthetic", "n real", "native px", "scored px", *metrics, "KID sd (this run)"]]
-    r = ours.iloc[0]
-    caption = (f"FID and KID of the Cheff cascade's unconditional samples and of every adapted Stable Diffusion "
-               f"model's synthetic set, all against one real set ({real_name}, n real = {int(r['n_real'])}) with "
-               f"the same features ({r['extractor']}), the same resizing (antialiased bicubic to "
-               f"{int(r['resolution'])} px) and the same number of synthetic images per model (n synthetic, a "
-               f"seeded subset of each set); KID: mean and sd over {KID_SUBSETS} subsets of "
-               f"{int(r['kid_subset_size'])}. {fid_kid_caption(ours)} Lower is better. The paper's numbers (Cheff and the full pixel-space "
-               "cascade, 1024 px, Weber sec. 5) use Inception features and samples of unstated size; it reports "
-               "no FID for Stable Diffusion, only images (Fig. 4), so those rows have this run's numbers only. "
-               "This Cheff row differs from the weber2023_fid_kid table, which scores the cascade at its own "
-               "resolution against the MaCheX test images")
-    return write_table(df, out_stem, caption, scale, paper_table_label(meta), float_format=".4f")
 
 
 def beta_check(vae, images: np.ndarray, beta_ends=(schedules.LDM_BETA_END, schedules.CHEFF_BETA_END),
@@ -264,32 +188,6 @@ def beta_check(vae, images: np.ndarray, beta_ends=(schedules.LDM_BETA_END, sched
     return pd.DataFrame(rows), decoded, pd.concat(per_image, ignore_index=True)
 
 
-BETA_COLUMNS = {
-    "beta_end": "max beta", "terminal_signal": "sqrt(alpha_bar_T)", "latent_std_raw": "latent sd (raw)",
-    "corr_zT_z0_raw": "corr(z_T, z_0) raw", "expected_corr_raw": "expected corr raw",
-    "latent_scale": "latent scale", "corr_zT_z0_scaled": "corr(z_T, z_0) scaled", "expected_corr_scaled": "expected corr scaled",
-}
-
-
-def write_beta_table(df: pd.DataFrame, out_stem, scale: str, n_images: int | None = None) -> dict:
-    """The forward-process check as a table (no paper columns: the paper shows Fig. 13 only)."""
-    from cxrgen.render.tables import write_table
-
-    missing = [c for c in BETA_COLUMNS if c not in df.columns]
-    if missing:
-        raise InputError(f"beta-check frame lacks columns {missing}; expected beta_check() output")
-    out = df[list(BETA_COLUMNS)].rename(columns=BETA_COLUMNS)
-    out.insert(0, "schedule", df["beta_schedule"].map({"scaled_linear": "LDM linear (sqrt-linear)"}).fillna(df["beta_schedule"]))
-    out.insert(1, "role", df["beta_end"].map({schedules.LDM_BETA_END: "LDM default", schedules.CHEFF_BETA_END: "Cheff"}).fillna(""))
-    n = f" on {n_images} held-out latents" if n_images else ""
-    return write_table(out, out_stem, "Forward-process check of the SDM schedule (Weber 7.6, Fig. 13): the signal "
-                       "coefficient sqrt(alpha_bar_T) left at t = T, and the correlation of z_T with z_0" + n +
-                       " measured on the autoencoder's raw latents (as the paper decoded them) and on the latents "
-                       "scaled by the SDM's latent scale (what the SDM trains on), beside the correlation "
-                       "expected from sqrt(alpha_bar_T) and the latent sd. Near-zero correlation = z_T is close to "
-                       "the N(0, I) that sampling starts from", scale, float_format=".4g")
-
-
 #: characters per line of a grid label: a 1.6-inch cell holds about 24 characters at 8 pt, less a margin
 LABEL_WIDTH = 16
 LABEL_LINES = 3
@@ -297,8 +195,7 @@ LABEL_LINES = 3
 
 def grid_label(text: str, width: int = LABEL_WIDTH, lines: int = LABEL_LINES) -> str:
     """``text`` wrapped at word boundaries into at most ``lines`` lines of ``width`` characters (cut at a word with
-    '...' if longer), so a row or column label of :func:`cxrgen.render.figures.image_grid` stays within its cell."""
-    import textwrap
+    '...' if longer), so a row or column label of :func:`cxrgen.plotting.image_grid` stays within its cell."""
 
     text = " ".join(str(text).split())
     short = textwrap.shorten(text, width * lines, placeholder=" ...") if len(text) > width * lines else text
@@ -311,8 +208,6 @@ def grid_label(text: str, width: int = LABEL_WIDTH, lines: int = LABEL_LINES) ->
 def write_grid(images: dict, out_stem, title: str, n: int = 6, transpose: bool = False) -> dict:
     """Columns = the named image sets, rows = the first ``n`` images of each (sets may differ in size); the set
     names are wrapped to fit their column (:func:`grid_label`)."""
-    from cxrgen.render.figures import image_grid
-
     names = list(images)
     n = min(n, min(len(v) for v in images.values()))
     grid = [[images[k][i] for k in names] for i in range(n)]

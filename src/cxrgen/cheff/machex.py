@@ -18,12 +18,14 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from cxrgen.data.adapters import ADAPTERS, load_dataset
+from cxrgen.data.leakage import MACHEX_TEST_SPLIT
 from cxrgen.data.preprocess import load_grayscale, preprocess
+from cxrgen.data.sampling import patient_split
 from cxrgen.data.schema import CHEXPERT_LABELS, FRONTAL_VIEWS
 from cxrgen.errors import InputError
+from cxrgen.progress import progress_bar
 
 #: 7.2: where each source comes from (Table 1's "Origin" column)
 ORIGINS = {
@@ -37,7 +39,7 @@ TEST_SPLITS = ("test",)
 TABLE1_COLUMNS = ["dataset", "n_patients", "n_train", "n_test", "n_in_machex", "pct_of_machex", "origin"]
 
 
-def _check_source(src: dict, i: int) -> dict:
+def check_source(src: dict, i: int) -> dict:
     if not isinstance(src, dict) or "adapter" not in src or "root" not in src:
         raise InputError(f"MaCheX source #{i} = {src!r}; expected a mapping with 'adapter' and 'root'")
     if src["adapter"] not in ADAPTERS:
@@ -56,15 +58,12 @@ def build_machex(sources: Sequence[dict], frontal_only: bool = True, seed: int =
         raise InputError("MaCheX needs at least one source; got none")
     frames = []
     for i, raw in enumerate(sources):
-        src = _check_source(raw, i)
+        src = check_source(raw, i)
         df = load_dataset(src["adapter"], root=src["root"], **src["options"])
         df = df.copy()
         df["dataset"], df["origin"] = src["name"], src["origin"]
         split = df["split"].astype(str) if "split" in df.columns else None
         if src.get("workflow_splits"):  # the workflow's own dataset: its patient split, test held out
-            from cxrgen.data.leakage import MACHEX_TEST_SPLIT
-            from cxrgen.data.sampling import patient_split
-
             own = patient_split(df, src["workflow_splits"], seed)
             split = own.where(own == MACHEX_TEST_SPLIT, TRAIN_SPLITS[0])
         elif split is None or not split.isin(TRAIN_SPLITS).any():
@@ -103,36 +102,12 @@ def table1(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TABLE1_COLUMNS)
 
 
-#: the Table 1 row each adapter's data belongs to (BRAX and VinDr-CXR come in as ``folder`` sources named so)
-PAPER_DATASET = {"nih": "ChestX-ray14", "chexpert": "CheXpert", "mimic": "MIMIC-CXR", "padchest": "PadChest"}
-TABLE1_VALUES = ["n_patients", "n_train", "n_test", "n_in_machex", "pct_of_machex"]
-
-
-def table1_side_by_side(paper: pd.DataFrame, ours: pd.DataFrame, sources: Sequence[dict]) -> pd.DataFrame:
-    """Table 1 with ``(paper)`` and ``(this run)`` columns: each source of this run is matched to the paper row of
-    the dataset its adapter reads (a ``folder`` source by its name); unmatched sources get rows of their own."""
-    from cxrgen.render.tables import side_by_side
-
-    checked = [_check_source(s, i) for i, s in enumerate(sources)]
-    paper_of = {s["name"]: PAPER_DATASET.get(s["adapter"], s["name"]) for s in checked}
-    ours = ours.copy()
-    ours["source"] = ours["dataset"]
-    mapped = ours["dataset"].map(paper_of).fillna(ours["dataset"])
-    # two sources read by the same adapter keep their own names rather than sharing one paper row
-    ours["dataset"] = mapped.where(~mapped.duplicated(keep=False), ours["dataset"])
-    df = side_by_side(paper, ours, ["dataset"], TABLE1_VALUES)
-    df.insert(1, "source (this run)", df["dataset"].map(dict(zip(ours["dataset"], ours["source"]))).fillna(""))
-    df.insert(2, "origin", df["dataset"].map({**dict(zip(ours["dataset"], ours["origin"])),
-                                              **dict(zip(paper["dataset"], paper["origin"]))}).fillna(""))
-    return df
-
-
 def load_images(table: pd.DataFrame, size: int, progress: bool = True) -> np.ndarray:
     """uint8 (N, size, size): shortest edge resized to ``size``, centre-cropped (MaCheX preprocessing)."""
     if int(size) < 8:
         raise InputError(f"size={size!r}; expected an image size of at least 8 pixels")
     out = np.empty((len(table), size, size), dtype=np.uint8)
-    for i, path in enumerate(tqdm(table["image_path"], desc=f"MaCheX {size}px", disable=not progress, leave=False)):
+    for i, path in enumerate(progress_bar(table["image_path"], desc=f"MaCheX {size}px", disable=not progress, leave=False)):
         out[i] = preprocess(load_grayscale(path), "cheff", int(size))
     return out
 

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from cxrgen.cheff.autoencoder import reconstruct
 from cxrgen.cheff.diffusion import ddim_sample
@@ -44,6 +43,7 @@ from cxrgen.diffusion import add_noise_and_target
 from cxrgen.engine import Engine, RuntimeConfig, default_device, module_device
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path
+from cxrgen.progress import progress_bar
 
 log = logging.getLogger(__name__)
 LR_SOURCES = ("bicubic", "decoded")
@@ -333,7 +333,7 @@ class SuperResolution:
         c, size = self.unet.config.out_channels, self.unet.config.sample_size
         device = module_device(self.unet)
         out = []
-        for i in tqdm(range(0, len(lr_images), batch_size), desc="SR", disable=not progress, leave=False):
+        for i in progress_bar(range(0, len(lr_images), batch_size), desc="SR", disable=not progress, leave=False):
             cond = upsample_condition(to_unit(lr_images[i:i + batch_size]).expand(-1, c, -1, -1), size).to(device)
             x = ddim_sample(lambda x, t: self.unet(sr_input(x, cond), t).sample,  # noqa: B023 (run here)
                             self.scheduler, tuple(cond.shape),

@@ -58,7 +58,7 @@ def save_pretrained_atomic(model, folder: str | os.PathLike) -> Path:
 
 def plot_losses(log_df: pd.DataFrame, out_png: str | os.PathLike, title: str) -> None:
     """One panel per loss column against step (moving average over ~2% of the steps)."""
-    from cxrgen.render.figures import save_figure, set_style
+    from cxrgen.plotting import save_figure, set_style
     import matplotlib.pyplot as plt
 
     cols = [c for c in log_df.columns if c not in ("step", "seconds", "lr")]
@@ -127,7 +127,7 @@ def write_stage_card(out_dir: str | os.PathLike, config, log_df: pd.DataFrame, n
 
 def image_dataset(images, size: int, what: str):
     """The training images of a stage as a dataset of uint8 (size, size) items: a uint8 (N, size, size) array
-    (checked whole) or a dataset of such items (e.g. :func:`cxrgen.cheff.stages.load_split`; its first item
+    (checked whole) or a dataset of such items (e.g. :func:`cxrgen.studies.cheff.load_split`; its first item
     is checked)."""
     if isinstance(images, np.ndarray):
         arr = images

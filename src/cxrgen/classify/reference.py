@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import logging
 import math
 import shutil
 import time
@@ -35,7 +36,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
 from cxrgen.data.schema import CHAMBON_TABLE1_LABELS, label_names_to_columns
 from cxrgen.data.sampling import SampleFolderDataset
@@ -44,6 +44,9 @@ from cxrgen.errors import InputError, WeightsUnavailableError
 from cxrgen.io import atomic_path
 from cxrgen.metrics.classification import MIN_CLASS_COUNT, binary_metrics, choose_threshold, per_label_table
 from cxrgen.models.card import write_model_card
+from cxrgen.progress import progress_bar
+
+logger = logging.getLogger(__name__)  # ``log`` names the training log in train_reference_classifier
 
 XRV_PREFIX = "xrv:"
 #: torchxrayvision output name -> CheXpert label name (others keep their xrv name).
@@ -450,7 +453,7 @@ def train_reference_classifier(train_dir, val_dir, cfg: ReferenceClassifierConfi
         t0 = time.perf_counter()
         model.train()
         total, count = 0.0, 0
-        bar = tqdm(loader, disable=not progress or not engine.is_main, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        bar = progress_bar(loader, disable=not progress or not engine.is_main, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    leave=False)
         for xb, yb in bar:
             n = len(xb) * engine.num_processes  # the global micro-batch this process holds a slice of
@@ -472,8 +475,8 @@ def train_reference_classifier(train_dir, val_dir, cfg: ReferenceClassifierConfi
                "seconds": time.perf_counter() - t0}
         log.append(row)
         if progress and engine.is_main:
-            print(f"epoch {epoch + 1}/{cfg.epochs}: train_loss={row['train_loss']:.4f} val_mean_auc={mean_auc:.4f} "
-                  f"({row['seconds']:.1f}s)", flush=True)
+            logger.info("epoch %d/%d: train_loss=%.4f val_mean_auc=%.4f (%.1fs)", epoch + 1, cfg.epochs,
+                        row["train_loss"], mean_auc, row["seconds"])
         score = -math.inf if math.isnan(mean_auc) else mean_auc
         if best["epoch"] < 0 or score > best["val_mean_auc"]:
             best = {"epoch": epoch + 1, "val_mean_auc": score}

@@ -37,6 +37,7 @@ from cxrgen.data.reports import format_mimic_report, make_report
 from cxrgen.data.schema import CHEXPERT_LABELS, FRONTAL_VIEWS
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path, write_csv_atomic
+from cxrgen.progress import progress_bar
 
 FINDINGS: tuple[str, ...] = tuple(l for l in CHEXPERT_LABELS if l not in ("No Finding", "Support Devices"))
 
@@ -724,8 +725,6 @@ def generate_mimic_cxr(
     Returns one row per image: ids, view, sex, age, study_date, split, ctr, relative ``image_path`` and
     ``report_path``, findings, impression and the 14 labels.
     """
-    from tqdm.auto import tqdm
-
     root = Path(root)
     try:
         n_patients = int(n_patients)
@@ -761,7 +760,7 @@ def generate_mimic_cxr(
     patients: list[dict] = []
     with atomic_path(root) as tmp:
         tmp.mkdir(parents=True)
-        bar = tqdm(total=int(n_studies.sum()), desc="phantom MIMIC-CXR", unit="img", disable=not progress)
+        bar = progress_bar(total=int(n_studies.sum()), desc="phantom MIMIC-CXR", unit="img", disable=not progress)
         k = 0
         for i in range(n_patients):
             prng = np.random.default_rng([seed, 3, i])

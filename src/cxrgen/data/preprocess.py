@@ -113,3 +113,33 @@ def load_preprocessed(path: str | Path, method: str, size: int) -> np.ndarray:
         return preprocess(arr, method, size)
     except InputError as exc:
         raise InputError(f"image {path}: {exc}") from exc
+
+
+def check_uint8_batch(images, name: str = "images") -> np.ndarray:
+    """``images`` (array or tensor) as a non-empty uint8 grayscale batch (N, H, W), or an InputError naming ``name``."""
+    arr = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
+    if arr.dtype != np.uint8 or arr.ndim != 3:
+        raise InputError(f"{name}: dtype {arr.dtype}, shape {arr.shape}; expected uint8 grayscale (N, H, W)")
+    if arr.shape[0] == 0:
+        raise InputError(f"{name}: empty batch; expected at least one image")
+    return arr
+
+
+def resize_images(images, resolution: int, batch_size: int = 64, mode: str = "bicubic") -> np.ndarray:
+    """uint8 (N,H,W) -> uint8 (N,res,res): antialiased ``mode`` (bicubic or bilinear) interpolation, clamped to
+    0-255 and rounded (no-op if same size)."""
+    import torch  # the data rules that import this module run without torch
+    import torch.nn.functional as F
+
+    arr = check_uint8_batch(images)
+    res = int(resolution)
+    if res < 1:
+        raise InputError(f"resolution={resolution!r}; expected a positive integer")
+    if arr.shape[1:] == (res, res):
+        return arr.copy()
+    out = []
+    for i in range(0, arr.shape[0], batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(arr[i : i + batch_size])).float()[:, None]
+        y = F.interpolate(x, size=(res, res), mode=mode, align_corners=False, antialias=True)
+        out.append(y.clamp(0, 255).round().to(torch.uint8)[:, 0].numpy())
+    return np.concatenate(out)

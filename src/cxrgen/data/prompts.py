@@ -16,6 +16,11 @@ CHAMBON_PROMPTS = {
     "effusion": "a photo of a lung xray with a visible pleural effusion",
     "style": "a photo in the style of a lung xray",
 }
+#: CheXpert labels written into a synthetic set's manifest per prompt name (blank for prompts not listed).
+PROMPT_LABELS: dict[str, dict[str, float]] = {
+    "normal": {"No Finding": 1.0, "Pleural Effusion": 0.0},
+    "effusion": {"No Finding": 0.0, "Pleural Effusion": 1.0},
+}
 
 #: Zafar et al. 2023 prompt complexity levels, from the simplest to the full structured prompt.
 ZAFAR_LEVELS = ("modality", "sex", "age_sex", "view", "full")

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from cxrgen.data.leakage import sample_splits
 from cxrgen.data.preprocess import check_preprocessing, load_grayscale, load_preprocessed
@@ -19,6 +18,7 @@ from cxrgen.data.prompts import chambon_prompt, zafar_prompt
 from cxrgen.data.schema import CHEXPERT_LABELS, FRONTAL_VIEWS, label_names_to_columns
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path
+from cxrgen.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def materialise(
     files = _file_names(df["image_id"])
     with atomic_path(out_dir) as tmp:
         (tmp / "images").mkdir(parents=True)
-        for name, (_, row) in tqdm(zip(files, df.iterrows()), total=len(df), disable=not progress,
+        for name, (_, row) in progress_bar(zip(files, df.iterrows()), total=len(df), disable=not progress,
                                    desc=f"write {Path(out_dir).name}"):
             try:
                 arr = load_preprocessed(row["image_path"], preprocessing, size)

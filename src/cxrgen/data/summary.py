@@ -11,6 +11,7 @@ from cxrgen.data.preprocess import load_grayscale, resize_square
 from cxrgen.data.sampling import sole_finding
 from cxrgen.data.schema import CHEXPERT_LABELS
 from cxrgen.io import write_csv_atomic
+from cxrgen.plotting import image_grid
 
 GRID_FINDINGS = ("No Finding", "Pleural Effusion", "Cardiomegaly", "Pneumonia", "Pneumothorax", "Atelectasis", "Edema", "Support Devices")
 
@@ -26,8 +27,6 @@ def label_counts(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_data_summary(table: pd.DataFrame, counts_csv, grid_png, scale: str, seed: int, per_finding: int = 4, size: int = 96) -> None:
-    from cxrgen.render.figures import image_grid
-
     write_csv_atomic(label_counts(table), counts_csv)
     rng = np.random.default_rng(seed)
     rows, labels = [], []

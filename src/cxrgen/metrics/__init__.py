@@ -10,6 +10,7 @@ from cxrgen.metrics.features import (
     available_extractors,
     get_extractor,
     inception_weights_path,
+    make_fid_extractor,
     register_extractor,
     xrv_weights_path,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "frechet_distance",
     "get_extractor",
     "inception_weights_path",
+    "make_fid_extractor",
     "kernel_inception_distance",
     "kid",
     "per_label_table",

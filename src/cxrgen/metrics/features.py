@@ -143,7 +143,7 @@ class InceptionExtractor(FeatureExtractor):
         device: str | torch.device | None = None,
     ):
         super().__init__(size=299, antialias=antialias, batch_size=batch_size, device=device)
-        from torchmetrics.image.fid import NoTrainInceptionV3
+        from torchmetrics.image.fid import NoTrainInceptionV3  # a slow import that only this extractor needs
 
         where = inception_weights_path()
         hint = (
@@ -178,7 +178,7 @@ class InceptionExtractor(FeatureExtractor):
 # ----------------------------------------------------------------------------------------------------------- xrv
 def xrv_weights_path(weights: str, cache_dir: str | None = None) -> str:
     """Local file torchxrayvision loads ``weights`` from (``~/.torchxrayvision/models_data/`` by default)."""
-    import torchxrayvision as xrv
+    import torchxrayvision as xrv  # optional: only the xrv extractor and weights need it
 
     if weights not in xrv.models.model_urls:
         known = sorted(k for k in xrv.models.model_urls if k.startswith("densenet"))
@@ -190,7 +190,7 @@ def xrv_weights_path(weights: str, cache_dir: str | None = None) -> str:
 
 def xrv_preprocess(x: torch.Tensor, size: int | None = 224, antialias: bool = True, center_crop: bool = True) -> torch.Tensor:
     """uint8 (n,C,H,W) -> float32 (n,1,size,size) in [-1024, 1024] as torchxrayvision models expect."""
-    import torchxrayvision as xrv
+    import torchxrayvision as xrv  # optional: only the xrv extractor and weights need it
 
     gray = x.float().mean(dim=1, keepdim=True) if x.shape[1] > 1 else x.float()
     arr = xrv.datasets.normalize(gray.cpu().numpy(), 255)
@@ -214,7 +214,7 @@ class XRVExtractor(FeatureExtractor):
         device: str | torch.device | None = None,
     ):
         super().__init__(size=size, antialias=antialias, batch_size=batch_size, device=device)
-        import torchxrayvision as xrv
+        import torchxrayvision as xrv  # optional: only the xrv extractor and weights need it
 
         self.center_crop = center_crop
         self.weights = weights
@@ -368,3 +368,22 @@ def get_extractor(name, /, **kw) -> FeatureExtractor:
     if name not in _REGISTRY:
         raise InputError(f"unknown feature extractor {name!r}; expected one of {available_extractors()}")
     return _REGISTRY[name](**kw)
+
+
+def make_fid_extractor(name, classifier=None, **kw) -> FeatureExtractor:
+    """A feature extractor for FID: ``"reference"`` = the reference classifier's penultimate features
+    (:class:`ReferenceExtractor` around ``classifier.features``, input scaled like the classifier, resized to its
+    ``image_size``); ``"inception"`` / ``"xrv"`` or a FeatureExtractor instance as is."""
+    if isinstance(name, FeatureExtractor):
+        return name
+    if name == "reference":
+        if classifier is None:
+            raise InputError("fid_extractor='reference' needs the reference classifier; pass classifier=")
+        source = str(getattr(classifier, "source", "classifier"))
+        label = source if source.startswith("xrv:") else os.path.basename(os.path.normpath(source)) or source
+        kw.setdefault("size", int(getattr(classifier, "image_size", 224)))
+        kw.setdefault("normalize", "xrv")
+        kw.setdefault("center_crop", False)
+        kw.setdefault("name", f"reference:{label}")
+        return ReferenceExtractor(model=classifier, features=classifier.features, **kw)
+    return get_extractor(name, **kw)

@@ -85,7 +85,7 @@ def kernel_inception_distance(
 
     ``std`` is the population standard deviation over subsets, as torchmetrics reports it.
     """
-    from torchmetrics.image.kid import poly_mmd
+    from torchmetrics.image.kid import poly_mmd  # a slow import that FID-only callers skip
 
     a = torch.from_numpy(_feats64(feats_a, "feats_a"))
     b = torch.from_numpy(_feats64(feats_b, "feats_b"))

@@ -58,7 +58,7 @@ KINDS: dict[str, tuple[str, str, str]] = {
         "pytorch"),
     "head_classifier": (
         "a small CNN with one head per attribute (Zafar et al.'s attribute / corpus classifier; heads: {heads})",
-        "from cxrgen.studies.zafar import load_head_classifier\nclf = load_head_classifier({folder!r})",
+        "from cxrgen.classify.head_classifiers import load_head_classifier\nclf = load_head_classifier({folder!r})",
         "pytorch"),
 }
 
@@ -123,7 +123,7 @@ def describe(folder) -> Artefact:
     from cxrgen.cheff.diffusion import META_FILE as SDM_META
     from cxrgen.cheff.super_resolution import META_FILE as SR_META
     from cxrgen.classify.reference import ARCHITECTURE, CONFIG_FILE as CLF_CONFIG
-    from cxrgen.studies.zafar import CLASSIFIER_META
+    from cxrgen.classify.head_classifiers import CLASSIFIER_META
 
     folder = Path(folder)
     if not folder.is_dir():

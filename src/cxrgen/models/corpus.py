@@ -7,7 +7,11 @@ of generic chest images (as LAION holds some X-rays) captioned only with generic
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+
+from cxrgen.errors import InputError
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -204,3 +208,14 @@ def corpus_text(captions: list[str]) -> list[str]:
         "top bottom center small large big bright dark black white background"
     )
     return list(captions) + [extra] * 4
+
+
+def parse_corpus_prompt(prompt: str) -> tuple[str, str]:
+    """(colour, shape) named in a corpus-style prompt such as "a photo of a small red circle at the top left"."""
+    words = prompt.lower()
+    colour = next((c for c in COLOURS if re.search(rf"\b{c}\b", words)), None)
+    shape = next((s for s in SHAPES if re.search(rf"\b{s}\b", words)), None)
+    if colour is None or shape is None:
+        raise InputError(f"out-of-domain prompt {prompt!r} names no colour and shape of the foundation corpus; expected "
+                         f"e.g. 'a photo of a red circle' (colours {list(COLOURS)}, shapes {list(SHAPES)})")
+    return colour, shape

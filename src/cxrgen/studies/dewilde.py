@@ -23,15 +23,32 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
+from accelerate.state import PartialState
 from PIL import Image
 
 from cxrgen.adapt.methods import EMBEDS_FILE
+from cxrgen.adapt.pipeline import load_adapted_pipeline, read_adapter
+from cxrgen.adapt.textual_inversion import TextualInversionConfig, train_textual_inversion
+from cxrgen.classify.reference import load_reference_classifier
+from cxrgen.classify.resnet_study import ResNetStudyConfig, run_study_seed, study_splits, table4_configurations
+from cxrgen.data.preprocess import crop_nonzero_pad, load_grayscale, resize_square
+from cxrgen.data.sampling import load_images, sole_finding
+from cxrgen.engine import RuntimeConfig
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path, write_csv_atomic
 from cxrgen.metrics.classification import MIN_CLASS_COUNT, ci_omission_reason
+from cxrgen.metrics.features import make_fid_extractor
 from cxrgen.metrics.fid import FID_KID_COLUMNS, fid_kid_with_ci
+from cxrgen.plotting import image_grid, save_figure, set_style
+from cxrgen.render.reference import load_reference, paper_table_label
+from cxrgen.render.tables import OURS, PAPER, fid_kid_caption, side_by_side, write_table
+from cxrgen.sampling.composable import composable_generate, format_prompt, load_embeddings_pipeline, parse_prompt
+from cxrgen.sampling.inpainting import box_mask, inpaint, latent_mask, pixel_mask_of
+from cxrgen.sampling.synthetic_sets import generate_set, load_set
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +95,6 @@ def train_embedding(foundation, sample_dir, label: str, vectors: int, cases: int
 
     The training prompt is the token alone (de Wilde 3.1): a template list ``["{}"]`` is not a trainer option, so
     the images' prompts are given as ``"{}"`` through :func:`train_textual_inversion`."""
-    from cxrgen.adapt.textual_inversion import TextualInversionConfig, train_textual_inversion
-    from cxrgen.data.sampling import load_images
-
     images, manifest = load_images(sample_dir)
     if "class_label" not in manifest.columns:
         raise InputError(f"{sample_dir}/manifest.csv has no class_label column; expected a few-shot sample")
@@ -100,15 +114,11 @@ def train_embedding(foundation, sample_dir, label: str, vectors: int, cases: int
 # ------------------------------------------------------------------------------------------------ real images
 def dewilde_crop(images: np.ndarray) -> np.ndarray:
     """De Wilde 3.3.2 preprocessing (crop to non-zero, longest edge resized, zero-padded) at the images' size."""
-    from cxrgen.data.preprocess import crop_nonzero_pad
-
     return np.stack([crop_nonzero_pad(im, im.shape[0]) for im in images]) if len(images) else images
 
 
 def real_class_images(real_dir, label: str, n: int, seed: int) -> np.ndarray:
     """Up to ``n`` real images whose sole finding is ``label`` (seeded choice, de Wilde preprocessing)."""
-    from cxrgen.data.sampling import load_images, sole_finding
-
     images, manifest = load_images(real_dir)
     if "class_label" in manifest.columns:
         mask = (manifest["class_label"].astype(str) == label).to_numpy()
@@ -123,8 +133,6 @@ def real_class_images(real_dir, label: str, n: int, seed: int) -> np.ndarray:
 
 
 def _features(images, classifier, extractor: str):
-    from cxrgen.studies.vae_reconstruction import make_fid_extractor
-
     ext = make_fid_extractor(extractor, classifier)
     return ext, ext(np.asarray(images)).double().numpy()
 
@@ -139,10 +147,6 @@ def run_sweep_point(foundation, embedding_dir, real_dir, classifier_spec, set_di
     of the class; writes the set and ``fid_csv``, and with ``features_npz`` the ``real`` / ``fake`` feature matrices
     (rows in image order: every point shares its real images and the seeds of its generated ones, so two points
     can be compared by a paired bootstrap)."""
-    from cxrgen.adapt.pipeline import load_adapted_pipeline, read_adapter
-    from cxrgen.classify.reference import load_reference_classifier
-    from cxrgen.studies.synthesis import generate_set, load_set
-
     adapter = read_adapter(embedding_dir)
     label = point["class"]
     if adapter.get("token") != class_token(label):
@@ -178,9 +182,6 @@ def _paper_table1(paper: pd.DataFrame) -> pd.DataFrame:
 
 
 def _sweep_beside_paper(ours: pd.DataFrame, table: str, keys: list[str]):
-    from cxrgen.render.reference import load_reference
-    from cxrgen.render.tables import OURS, PAPER, side_by_side
-
     paper, meta = load_reference("dewilde2023", table)
     if table == "table1":
         paper = _paper_table1(paper)
@@ -218,8 +219,6 @@ def _write_images(tmp: Path, rows: list[dict], images) -> pd.DataFrame:
 
 
 def _read_images(folder, manifest: pd.DataFrame) -> np.ndarray:
-    from cxrgen.data.preprocess import load_grayscale
-
     return np.stack([load_grayscale(Path(folder) / f) for f in manifest["file"]])
 
 
@@ -230,8 +229,6 @@ def _probs(classifier, images, finding: str) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ composability
 def interpolation_prompt(healthy: str, finding: str, weight: float) -> str:
     """``'0.75*<healthy> AND 0.25*<cardiomegaly>'`` for weight 0.25 (de Wilde 4.3)."""
-    from cxrgen.sampling.composable import format_prompt
-
     return format_prompt([(class_token(healthy), round(1.0 - float(weight), 10)), (class_token(finding), float(weight))])
 
 
@@ -242,9 +239,6 @@ def run_composability(foundation, adapter_dirs: Sequence, classifier_spec, out_d
     """Healthy -> finding interpolation for every finding and weight (same seeds everywhere), the classifier's
     probability of the finding per weight (``curve.csv``), and multi-pathology prompts (``multi.csv``, each
     finding's probability per prompt). Images and ``manifest.csv`` go to ``out_dir`` (atomic)."""
-    from cxrgen.classify.reference import load_reference_classifier
-    from cxrgen.sampling.composable import composable_generate, load_embeddings_pipeline, parse_prompt
-
     pipeline = load_embeddings_pipeline(foundation, adapter_dirs, scheduler=scheduler)
     classifier = load_reference_classifier(classifier_spec)
     known = set(pipeline.adapter["tokens"])
@@ -299,11 +293,6 @@ def run_inpainting(foundation, adapter_dirs: Sequence, classifier_spec, out_dir,
     finding's probability before / after and the mean absolute pixel change inside / outside the mask, plus the
     largest latent change outside the mask (0 by construction). Writes ``per_image.csv``, ``summary.csv``,
     ``mask.png`` and the images into ``out_dir``."""
-    import torch
-
-    from cxrgen.classify.reference import load_reference_classifier
-    from cxrgen.sampling.composable import composable_generate, load_embeddings_pipeline
-    from cxrgen.sampling.inpainting import box_mask, inpaint, pixel_mask_of
 
     pipeline = load_embeddings_pipeline(foundation, adapter_dirs, scheduler=scheduler)
     classifier = load_reference_classifier(classifier_spec)
@@ -348,8 +337,6 @@ def run_inpainting(foundation, adapter_dirs: Sequence, classifier_spec, out_dir,
 
 
 def latent_mask_of(pmask, lat):
-    from cxrgen.sampling.inpainting import latent_mask
-
     return latent_mask(pmask, tuple(lat.shape[-2:]))
 
 
@@ -370,9 +357,6 @@ def summarise_inpainting(per_image: pd.DataFrame) -> pd.DataFrame:
 def generate_class_set(foundation, embedding_dir, label: str, n: int, seed: int, out_dir, steps: int,
                        guidance: float, scheduler: str | None = None, batch_size: int = 100) -> pd.DataFrame:
     """``n`` synthetic training images of ``label`` from its embedding (Table 4's synthetic cases)."""
-    from cxrgen.adapt.pipeline import load_adapted_pipeline
-    from cxrgen.studies.synthesis import generate_set
-
     pipeline = load_adapted_pipeline(foundation, embedding_dir, scheduler=scheduler)
     slug = class_slug(label)
     return generate_set(pipeline, {slug: class_token(label)}, int(n), int(seed), out_dir, steps=int(steps),
@@ -384,11 +368,6 @@ def run_classifier_seed(train_dir, val_dir, test_dir, synthetic_dirs: Mapping[in
                         settings: Mapping, real_per_class: int, synthetic_per_class: Sequence[int],
                         default_cases: int, few_cases: int, seed: int, out_csv, negative: str = HEALTHY) -> pd.DataFrame:
     """All Table 4 configurations with one seed. ``synthetic_dirs``: embedding cases -> {class label -> set dir}."""
-    from cxrgen.classify.resnet_study import ResNetStudyConfig, run_study_seed, study_splits, table4_configurations
-    from cxrgen.data.sampling import load_images
-    from cxrgen.engine import RuntimeConfig
-    from cxrgen.studies.synthesis import load_set
-
     def crop(pair):
         return dewilde_crop(pair[0]), pair[1]
 
@@ -403,8 +382,6 @@ def run_classifier_seed(train_dir, val_dir, test_dir, synthetic_dirs: Mapping[in
             images, _ = load_set(folder)
             size = splits["train"][0].shape[-1]
             if images.shape[-1] != size:  # generated at the model's native size; real samples may be smaller
-                from cxrgen.data.preprocess import resize_square
-
                 images = np.stack([resize_square(im, size) for im in images])
             xs.append(images)
             ys.append(np.full(len(images), int(label == finding)))
@@ -415,7 +392,6 @@ def run_classifier_seed(train_dir, val_dir, test_dir, synthetic_dirs: Mapping[in
     frame = run_study_seed(splits, synthetic, confs, cfg, seed, runtime)
     frame["finding"] = finding
     frame["dropped_val"], frame["dropped_test"] = splits["dropped"]["val"], splits["dropped"]["test"]
-    from accelerate.state import PartialState
 
     if PartialState().is_main_process:  # every process of a distributed run holds the same table
         write_csv_atomic(frame, out_csv)
@@ -446,9 +422,6 @@ def _configuration_name(real: int, syn: int, emb, large: int, default_cases: int
 
 
 def table4_beside_paper(summary: pd.DataFrame, default_cases: int, min_class_count: int = MIN_CLASS_COUNT):
-    from cxrgen.render.reference import load_reference
-    from cxrgen.render.tables import OURS, PAPER
-
     paper, meta = load_reference("dewilde2023", "table4")
     p = paper.copy()
     p["configuration"] = [_configuration_name(r, s, e, 2000, 100) for r, s, e in
@@ -482,10 +455,6 @@ def table4_beside_paper(summary: pd.DataFrame, default_cases: int, min_class_cou
 
 # ------------------------------------------------------------------------------------------------ rendering
 def _curve_figure(curve: pd.DataFrame, out_stem, title: str):
-    import matplotlib.pyplot as plt
-
-    from cxrgen.render.figures import save_figure, set_style
-
     set_style()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for finding, g in curve.groupby("finding", sort=False):
@@ -498,10 +467,6 @@ def _curve_figure(curve: pd.DataFrame, out_stem, title: str):
 
 
 def _inpainting_figure(summary: pd.DataFrame, out_stem, title: str):
-    import matplotlib.pyplot as plt
-
-    from cxrgen.render.figures import save_figure, set_style
-
     set_style()
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.2))
     x = np.arange(len(summary))
@@ -523,11 +488,6 @@ def render_dewilde(sweep_csvs: Sequence, sweep_sets: Sequence, composability_dir
                    n_show: int = 3, min_class_count: int = MIN_CLASS_COUNT) -> dict:
     """Tables 1-4 beside the paper and the figures (stems: table1..table4, fig2, fig3, fig4, fig5,
     composability, inpainting)."""
-    from cxrgen.render.figures import image_grid
-    from cxrgen.render.reference import paper_table_label
-    from cxrgen.render.tables import fid_kid_caption, write_table
-    from cxrgen.studies.synthesis import load_set
-
     paths = {}
     csvs = list(dict.fromkeys(str(p) for p in sweep_csvs))  # the shared default point serves several tables
     sweep = pd.concat([pd.read_csv(p).assign(_set=str(Path(p).parent / "set")) for p in csvs], ignore_index=True)

@@ -15,12 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrgen.classify.reference import load_reference_classifier
+from cxrgen.data.preprocess import resize_images
 from cxrgen.data.sampling import load_images
 from cxrgen.errors import InputError
 from cxrgen.io import write_csv_atomic
 from cxrgen.metrics.memorization import memorization_table
-from cxrgen.studies.synthesis import load_set
-from cxrgen.studies.vae_reconstruction import resize_images
+from cxrgen.plotting import image_grid
+from cxrgen.render.tables import write_table
+from cxrgen.sampling.synthetic_sets import load_set
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +38,6 @@ def _patients(manifest: pd.DataFrame) -> set:
 def run_memorization(set_dirs: Mapping[str, object], train_dir, real_dir, classifier_spec, out_dir,
                      quantile: float = 0.99, ssim_candidates: int = 16) -> pd.DataFrame:
     """Write ``memorization.csv`` (one row per method) and ``memorization_per_image.csv`` into ``out_dir``."""
-    from cxrgen.classify.reference import load_reference_classifier
-
     classifier = load_reference_classifier(classifier_spec)
     train_images, train_manifest = load_images(train_dir)
     real_images, real_manifest = load_images(real_dir)
@@ -75,9 +76,6 @@ def run_memorization(set_dirs: Mapping[str, object], train_dir, real_dir, classi
 def render_memorization(eval_dir, set_dirs: Mapping[str, object], train_dir, table_stem, figure_stem,
                         scale: str = "miniature", n_pairs: int = 6) -> dict:
     """The memorization table (this run only: none of the papers measures it) and the closest pairs figure."""
-    from cxrgen.render.figures import image_grid
-    from cxrgen.render.tables import write_table
-
     eval_dir = Path(eval_dir)
     summary = pd.read_csv(eval_dir / SUMMARY_FILE)
     per_image = pd.read_csv(eval_dir / PER_IMAGE_FILE)

@@ -1,12 +1,9 @@
 """Generation from adapted pipelines and the evaluation of synthetic images (Chambon et al. 2022, 2.8, 3.4, 3.5;
 Tables 4 and 5; Figs. 1, 4, 5).
 
-* :func:`generate_set` writes one *synthetic set* per adapted model: ``images/<prompt>_<i>.png`` + ``manifest.csv``
-  in the layout of a materialised sample (so :func:`cxrgen.data.sampling.load_images` reads it back), with the
-  prompt name and text, the text actually sent to the model, seed, method, steps, guidance and sampler per image,
-  and the CheXpert labels the prompt asks for (``normal`` -> No Finding, ``effusion`` -> Pleural Effusion).
-  Image ``i`` of *every* prompt uses seed ``seed + i``: prompts are compared on paired starting noise, so a model
-  that ignores the prompt draws identical normal/effusion pairs and scores an AUC of exactly 0.5 in Table 5.
+* The *synthetic sets* it scores come from :func:`cxrgen.sampling.synthetic_sets.generate_set`, one per adapted
+  model, image ``i`` of every prompt from seed ``seed + i`` (paired starting noise: a model that ignores the prompt
+  draws identical normal/effusion pairs and scores an AUC of exactly 0.5 in Table 5).
 * Table 4 (:func:`fid_table`): FID of each (method, prompt) set against the real images of the matching class
   (normal prompt vs real No Finding images, effusion prompt vs real Pleural Effusion images, style prompt vs all
   real images); every number carries the extractor's name and both set sizes.
@@ -21,32 +18,30 @@ Tables 4 and 5; Figs. 1, 4, 5).
 from __future__ import annotations
 
 import logging
-import re
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
-from tqdm import tqdm
 
 from cxrgen.adapt.methods import get_method
-from cxrgen.data.prompts import CHAMBON_PROMPTS
+from cxrgen.classify.reference import evaluate_classifier, load_reference_classifier
 from cxrgen.data.sampling import load_images
 from cxrgen.errors import InputError
-from cxrgen.io import atomic_path, write_csv_atomic
-from cxrgen.metrics.classification import METRICS, MIN_CLASS_COUNT
+from cxrgen.io import write_csv_atomic
+from cxrgen.metrics.classification import MIN_CLASS_COUNT
+from cxrgen.metrics.features import make_fid_extractor
 from cxrgen.metrics.fid import FID_KID_COLUMNS, fid_kid_with_ci
 from cxrgen.metrics.prompt_dependence import LOWERS, NO_CHANGE, RAISES, pixel_differences, prompt_dependence_table
+from cxrgen.plotting import image_grid
+from cxrgen.progress import progress_bar
+from cxrgen.render.reference import load_reference, paper_table_label
+from cxrgen.render.tables import OURS, PAPER, fid_kid_caption, side_by_side, write_table
+from cxrgen.sampling.synthetic_sets import load_set
 
 log = logging.getLogger(__name__)
 
-#: CheXpert labels written into a synthetic set's manifest per prompt name (blank for prompts not listed).
-PROMPT_LABELS: dict[str, dict[str, float]] = {
-    "normal": {"No Finding": 1.0, "Pleural Effusion": 0.0},
-    "effusion": {"No Finding": 0.0, "Pleural Effusion": 1.0},
-}
 #: Real images each prompt's FID is measured against: a label column that must be 1, or None for all real images.
 PROMPT_REAL_CLASS: dict[str, str | None] = {"normal": "No Finding", "effusion": "Pleural Effusion", "style": None}
 #: Prompt names -> the column headers of the paper's Table 4 (reference/chambon2022/table4.csv, ``prompt``).
@@ -55,9 +50,6 @@ PAPER_PROMPTS = {
     "effusion": "A photo of a lung xray with a visible pleural effusion",
     "style": "A photo in the style of a lung xray",
 }
-MANIFEST_COLUMNS = ["image_id", "file", "prompt_name", "prompt", "prompt_used", "index", "seed", "method",
-                    "adaptation", "steps", "guidance", "guidance_rescale", "scheduler", "height", "width",
-                    "foundation", "adapter"]
 TABLE4_COLUMNS = ["method", "prompt_name", "prompt", "real_subset", *FID_KID_COLUMNS, "extractor", "note"]
 TABLE5_METRICS = ("auc", "accuracy", "f1", "precision", "recall")
 TABLE5_COLUMNS = (["method", "label", "n", "n_positive", "prevalence", "threshold"]
@@ -66,83 +58,7 @@ OWN_GROUP = "(this run only)"
 RESULT_FILES = {"table4": "table4.csv", "table5": "table5.csv", "scores": "scores.csv"}
 
 
-# ------------------------------------------------------------------------------------------------ generation
-def _check_name(name: str, what: str) -> str:
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
-        raise InputError(f"{what} {name!r}; expected a non-empty name of letters, digits, '_', '-', '.', '+' "
-                         "(it becomes part of file names)")
-    return name
-
-
-def generate_set(
-    pipeline,
-    prompts: Mapping[str, str],
-    n_per_prompt: int,
-    seed: int,
-    out_dir,
-    steps: int = 20,
-    guidance: float = 4.0,
-    batch_size: int = 8,
-    height: int | None = None,
-    guidance_rescale: float = 0.0,
-    method: str | None = None,
-    prompt_labels: Mapping[str, Mapping[str, float]] | None = None,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Generate ``n_per_prompt`` images per prompt with an :class:`~cxrgen.adapt.pipeline.AdaptedPipeline` and write
-    them with ``manifest.csv`` into ``out_dir`` atomically. Returns the manifest.
-
-    ``prompts`` maps a short name (file-name safe, e.g. ``normal``) to the prompt text (e.g.
-    :data:`cxrgen.data.prompts.CHAMBON_PROMPTS`). ``method`` is this run's name for the model (default: the
-    adapter's method). ``prompt_labels`` (default :data:`PROMPT_LABELS`) adds label columns per prompt name.
-    """
-    if not isinstance(prompts, Mapping) or not prompts:
-        raise InputError(f"prompts={prompts!r}; expected a non-empty mapping name -> prompt text")
-    for name, text in prompts.items():
-        _check_name(name, "prompt name")
-        if not isinstance(text, str) or not text.strip():
-            raise InputError(f"prompt {name!r} has text {text!r}; expected a non-empty string")
-    if int(n_per_prompt) < 1:
-        raise InputError(f"n_per_prompt={n_per_prompt!r}; expected a positive integer")
-    method = _check_name(method or pipeline.method, "method name")
-    labels = PROMPT_LABELS if prompt_labels is None else prompt_labels
-    label_cols = list(dict.fromkeys(c for name in prompts for c in labels.get(name, {})))
-    rows = []
-    with atomic_path(out_dir) as tmp:
-        (tmp / "images").mkdir(parents=True)
-        for name, text in tqdm(prompts.items(), desc=f"synthesise {method}", disable=not progress):
-            images = pipeline.generate(text, int(n_per_prompt), int(seed), steps=steps, guidance=guidance,
-                                       batch_size=batch_size, height=height, progress=progress,
-                                       guidance_rescale=guidance_rescale)
-            for i, img in enumerate(images):
-                image_id = f"{name}_{i:04d}"
-                file = f"images/{image_id}.png"
-                Image.fromarray(img).save(tmp / file)
-                row = {
-                    "image_id": image_id, "file": file, "prompt_name": name, "prompt": text,
-                    "prompt_used": pipeline.prompt_text(text), "index": i, "seed": int(seed) + i, "method": method,
-                    "adaptation": pipeline.method, "steps": int(steps), "guidance": float(guidance),
-                    "guidance_rescale": float(guidance_rescale), "scheduler": pipeline.scheduler_name,
-                    "height": img.shape[0], "width": img.shape[1], "foundation": pipeline.foundation,
-                    "adapter": pipeline.adapter_dir or "",
-                }
-                row.update({c: labels.get(name, {}).get(c, np.nan) for c in label_cols})
-                rows.append(row)
-        manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS + label_cols)
-        manifest.to_csv(tmp / "manifest.csv", index=False)
-    return manifest
-
-
-def load_set(folder) -> tuple[np.ndarray, pd.DataFrame]:
-    """A synthetic set written by :func:`generate_set`: uint8 (N,H,W) images and the manifest."""
-    images, manifest = load_images(folder)
-    missing = [c for c in ("prompt_name", "method") if c not in manifest.columns]
-    if missing:
-        raise InputError(f"{Path(folder) / 'manifest.csv'} lacks columns {missing}; expected a synthetic set written "
-                         "by cxrgen.studies.synthesis.generate_set")
-    return images, manifest
-
-
+# ------------------------------------------------------------------------------------------------ sets
 def _as_set(value, name: str) -> tuple[np.ndarray, pd.DataFrame]:
     if isinstance(value, (str, Path)):
         return load_set(value)
@@ -188,14 +104,12 @@ def fid_table(
     ``"inception"``, ``"xrv"`` or a :class:`~cxrgen.metrics.features.FeatureExtractor`. Real features are computed
     once. A pair with fewer than 2 images on a side gets NaN and a ``note``.
     """
-    from cxrgen.studies.vae_reconstruction import make_fid_extractor
-
     if len(real_images) != len(real_manifest):
         raise InputError(f"{len(real_images)} real images but {len(real_manifest)} manifest rows; expected one row each")
     ext = make_fid_extractor(extractor, classifier)
     f_real = ext(np.asarray(real_images)).double().numpy()
     rows = []
-    for method, value in tqdm(sets.items(), desc="FID per method", disable=not progress):
+    for method, value in progress_bar(sets.items(), desc="FID per method", disable=not progress):
         images, manifest = _as_set(value, method)
         f_fake = ext(images).double().numpy()
         for prompt_name, grp in manifest.groupby("prompt_name", sort=False):
@@ -228,8 +142,6 @@ def classification_table(
 
     Targets come from the prompt name, not from the manifest's label columns, so any two prompts can be compared.
     """
-    from cxrgen.classify.reference import evaluate_classifier
-
     rows = []
     for method, value in sets.items():
         images, manifest = _as_set(value, method)
@@ -294,8 +206,6 @@ def run_synthesis_evaluation(
 ) -> dict[str, pd.DataFrame]:
     """Tables 4 and 5 for synthetic-set folders (method name -> folder) against the real sample ``real_dir``;
     writes ``table4.csv`` and ``table5.csv`` into ``out_dir``. ``classifier_spec``: a folder or ``xrv:<weights>``."""
-    from cxrgen.classify.reference import load_reference_classifier
-
     if not set_dirs:
         raise InputError("set_dirs is empty; expected at least one method -> synthetic-set folder")
     classifier = load_reference_classifier(classifier_spec)
@@ -372,9 +282,6 @@ def _display_name(method: str, rows: dict) -> str:
 # ------------------------------------------------------------------------------------------------ rendering
 def table4_beside_paper(ours: pd.DataFrame, rows: Mapping[str, dict]) -> tuple[pd.DataFrame, dict]:
     """This run's Table 4 frame joined with the paper's on (strategy_group, method, prompt)."""
-    from cxrgen.render.reference import load_reference
-    from cxrgen.render.tables import OURS, PAPER, side_by_side
-
     paper, meta = load_reference("chambon2022", "table4")
     t = ours.copy()
     t["run_method"] = t["method"]
@@ -397,9 +304,6 @@ def table4_beside_paper(ours: pd.DataFrame, rows: Mapping[str, dict]) -> tuple[p
 
 def table5_beside_paper(ours: pd.DataFrame, rows: Mapping[str, dict]) -> tuple[pd.DataFrame, dict]:
     """This run's Table 5 frame joined with the paper's on the method name (CI cells: ``value [low, high]``)."""
-    from cxrgen.render.reference import load_reference
-    from cxrgen.render.tables import OURS, side_by_side
-
     paper, meta = load_reference("chambon2022", "table5")
     t = ours.copy()
     t["run_method"] = t["method"]
@@ -419,8 +323,6 @@ def samples_figure(sets: Mapping[str, object], out_stem, prompt_names: Sequence[
     """Chambon Figs. 1 / 4: one row per method; the columns go noise index by noise index (the first ``n_show``
     indices of the sets), each index showing every prompt side by side, so the images next to each other start
     from the same noise and differ only by the prompt (blank where a set lacks that prompt or index)."""
-    from cxrgen.render.figures import image_grid
-
     loaded = {m: _as_set(v, m) for m, v in sets.items()}
     if not loaded:
         raise InputError("samples_figure: no synthetic sets given")
@@ -444,8 +346,6 @@ def training_vs_synthetic_figure(real_images, real_manifest: pd.DataFrame, synth
     ``prompt_classes`` maps a prompt name to the real label column it depicts (default: normal -> No Finding,
     effusion -> Pleural Effusion); real images are the first ``n_show`` rows with that label equal to 1.
     """
-    from cxrgen.render.figures import image_grid
-
     classes = prompt_classes or {p: c for p, c in PROMPT_REAL_CLASS.items() if c}
     syn_images, syn_manifest = _as_set(synthetic, "synthetic")
     grid, labels = [], []
@@ -493,9 +393,6 @@ def render_synthesis(
     entry (``{method, settings}``), which maps it onto the paper's rows (:func:`paper_rows`). Given
     ``prompt_dependence_stem``, also the prompt-dependence table (:func:`prompt_dependence_frame`; ``n_boot``
     resamples seeded ``seed``)."""
-    from cxrgen.render.reference import paper_table_label
-    from cxrgen.render.tables import fid_kid_caption, write_table
-
     eval_dir = Path(eval_dir)
     frames = {k: pd.read_csv(eval_dir / f, keep_default_na=False, na_values=[""]) for k, f in RESULT_FILES.items()}
     methods = list(dict.fromkeys(list(set_dirs) + list(frames["table4"]["method"]) + list(frames["table5"]["method"])))
@@ -555,7 +452,7 @@ def render_synthesis(
 
 
 __all__ = [
-    "PROMPT_LABELS", "PROMPT_REAL_CLASS", "PAPER_PROMPTS", "CHAMBON_PROMPTS", "METRICS", "generate_set", "load_set",
+    "PROMPT_REAL_CLASS", "PAPER_PROMPTS",
     "real_subset_mask", "fid_table", "classification_table", "run_synthesis_evaluation", "default_paper_rows",
     "paper_rows", "table4_beside_paper", "table5_beside_paper", "prompt_dependence_frame", "samples_figure", "training_vs_synthetic_figure",
     "render_synthesis",

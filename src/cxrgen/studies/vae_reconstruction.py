@@ -24,23 +24,32 @@ or that has a single class in the sample gets NaN metrics and a ``note``.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
+from cxrgen.classify.reference import load_reference_classifier
+from cxrgen.data.preprocess import check_uint8_batch, resize_images
+from cxrgen.data.sampling import load_images
 from cxrgen.data.schema import CHAMBON_TABLE1_LABELS
+from cxrgen.engine import default_device
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path, write_csv_atomic
 from cxrgen.metrics.classification import MIN_CLASS_COUNT, per_label_table
+from cxrgen.metrics.features import make_fid_extractor
 from cxrgen.metrics.fid import batched_fid_from_features, fid_kid_with_ci
 from cxrgen.metrics.image_quality import reconstruction_metrics
 from cxrgen.metrics.summary import cosine_similarity_pairs, describe, format_mean_sd
+from cxrgen.models.registry import load_pipeline
+from cxrgen.plotting import save_figure, set_style
+from cxrgen.progress import progress_bar
+from cxrgen.render.reference import load_reference, paper_table_label
+from cxrgen.render.tables import OURS, fid_kid_caption, side_by_side, write_table
 
 log = logging.getLogger(__name__)
 
@@ -56,32 +65,6 @@ EXAMPLES_FILE = "examples.npz"
 
 
 # ------------------------------------------------------------------------------------------------ images
-def _check_uint8_batch(images, name: str = "images") -> np.ndarray:
-    arr = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-    if arr.dtype != np.uint8 or arr.ndim != 3:
-        raise InputError(f"{name}: dtype {arr.dtype}, shape {arr.shape}; expected uint8 grayscale (N, H, W)")
-    if arr.shape[0] == 0:
-        raise InputError(f"{name}: empty batch; expected at least one image")
-    return arr
-
-
-def resize_images(images, resolution: int, batch_size: int = 64, mode: str = "bicubic") -> np.ndarray:
-    """uint8 (N,H,W) -> uint8 (N,res,res): antialiased ``mode`` (bicubic or bilinear) interpolation, clamped to
-    0-255 and rounded (no-op if same size)."""
-    arr = _check_uint8_batch(images)
-    res = int(resolution)
-    if res < 1:
-        raise InputError(f"resolution={resolution!r}; expected a positive integer")
-    if arr.shape[1:] == (res, res):
-        return arr.copy()
-    out = []
-    for i in range(0, arr.shape[0], batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(arr[i : i + batch_size])).float()[:, None]
-        y = F.interpolate(x, size=(res, res), mode=mode, align_corners=False, antialias=True)
-        out.append(y.clamp(0, 255).round().to(torch.uint8)[:, 0].numpy())
-    return np.concatenate(out)
-
-
 def _vae_device_dtype(vae) -> tuple[torch.device, torch.dtype]:
     device = getattr(vae, "device", None)
     dtype = getattr(vae, "dtype", None)
@@ -124,7 +107,7 @@ def reconstruct(
         vae.eval()
     out = []
     with torch.no_grad():
-        bar = tqdm(range(0, arr.shape[0], batch_size), desc=f"VAE {resolution}px", disable=not progress, leave=False)
+        bar = progress_bar(range(0, arr.shape[0], batch_size), desc=f"VAE {resolution}px", disable=not progress, leave=False)
         for i in bar:
             x = torch.from_numpy(arr[i : i + batch_size]).float()[:, None] / 127.5 - 1.0
             x = x.expand(-1, channels, -1, -1).to(device=device, dtype=dtype)
@@ -141,27 +124,6 @@ def reconstruct(
 
 
 # ------------------------------------------------------------------------------------------------ features / FID
-def make_fid_extractor(name, classifier=None, **kw):
-    """A feature extractor for FID: ``"reference"`` = the reference classifier's penultimate features
-    (:class:`~cxrgen.metrics.features.ReferenceExtractor` around ``classifier.features``, input scaled like the
-    classifier, resized to its ``image_size``); ``"inception"`` / ``"xrv"`` or a FeatureExtractor instance as is."""
-    from cxrgen.metrics.features import FeatureExtractor, ReferenceExtractor, get_extractor
-
-    if isinstance(name, FeatureExtractor):
-        return name
-    if name == "reference":
-        if classifier is None:
-            raise InputError("fid_extractor='reference' needs the reference classifier; pass classifier=")
-        source = str(getattr(classifier, "source", "classifier"))
-        label = source if source.startswith("xrv:") else os.path.basename(os.path.normpath(source)) or source
-        kw.setdefault("size", int(getattr(classifier, "image_size", 224)))
-        kw.setdefault("normalize", "xrv")
-        kw.setdefault("center_crop", False)
-        kw.setdefault("name", f"reference:{label}")
-        return ReferenceExtractor(model=classifier, features=classifier.features, **kw)
-    return get_extractor(name, **kw)
-
-
 FID_COLUMNS = ["resolution", "scope", "extractor", "dim", "n", "n_real", "n_fake", "batch_size", "n_batches", "fid",
                "fid_ci_low", "fid_ci_high", "kid", "kid_ci_low", "kid_ci_high", "n_boot", "fid_biased", "sd", "median",
                "min", "max", "note"]
@@ -319,7 +281,7 @@ def run_vae_study(
     The posterior is sampled with a CPU ``torch.Generator`` seeded with ``seed`` (per resolution), so results
     do not depend on the device.
     """
-    arr = _check_uint8_batch(images)
+    arr = check_uint8_batch(images)
     if len(manifest) != arr.shape[0]:
         raise InputError(f"{arr.shape[0]} images but {len(manifest)} manifest rows; expected one row per image")
     resolutions = [int(r) for r in resolutions]
@@ -384,9 +346,6 @@ def save_vae_study(result: dict, out_dir) -> dict[str, Path]:
 def load_vae(foundation, device: str | None = None):
     """The ``AutoencoderKL`` of a foundation pipeline (folder, registry name or hub id), on ``device``
     (default :func:`cxrgen.engine.default_device`)."""
-    from cxrgen.engine import default_device
-    from cxrgen.models.registry import load_pipeline
-
     pipe = load_pipeline(foundation)
     return pipe.vae.to(default_device(device)).eval()
 
@@ -396,9 +355,6 @@ def run_vae_study_from_paths(sample_dir, foundation, classifier_spec, study: dic
     """Workflow entry point: load the sample folder, the foundation's VAE and the reference classifier, run
     :func:`run_vae_study` with the ``vae_study`` config block (and the ``evaluation`` block's ``fid_n_boot`` /
     ``min_class_count``) and save the results into ``out_dir``."""
-    from cxrgen.classify.reference import load_reference_classifier
-    from cxrgen.data.sampling import load_images
-
     images, manifest = load_images(sample_dir)
     vae = load_vae(foundation)
     classifier = load_reference_classifier(classifier_spec)
@@ -438,9 +394,6 @@ def render_vae_study(study_dir, table1_stem, summary_stem, figure_stem, scale: s
     """Side-by-side tables vs the paper (Table 1 and the 3.2 summary) and Figure 3, from :func:`save_vae_study`'s
     folder. Uses the largest studied resolution (the paper's is 512 px). ``paper_table`` is ``table1`` (MIMIC-CXR)
     or ``table6`` (CheXpert); the summary compares with the matching dataset's rows."""
-    from cxrgen.render.reference import load_reference, paper_table_label
-    from cxrgen.render.tables import OURS, fid_kid_caption, side_by_side, write_table
-
     study_dir = Path(study_dir)
     frames = {k: pd.read_csv(study_dir / f, keep_default_na=False, na_values=[""]) for k, f in RESULT_FILES.items()}
     paths = {}
@@ -507,11 +460,6 @@ def render_vae_study(study_dir, table1_stem, summary_stem, figure_stem, scale: s
 
 def figure3(per_image: pd.DataFrame, examples_npz, out_stem, scale: str = "miniature") -> dict:
     """Chambon Fig. 3: SSIM and PSNR distributions (left) and an original / reconstruction / difference panel (right)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    from cxrgen.render.figures import save_figure, set_style
-
     res, df = _largest(per_image)
     with np.load(examples_npz) as z:
         ids = [str(i) for i in z["image_id"]]

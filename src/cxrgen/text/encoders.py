@@ -24,6 +24,7 @@ import torch
 
 from cxrgen.engine import default_device
 from cxrgen.errors import InputError, WeightsUnavailableError
+from cxrgen.progress import progress_bar
 from cxrgen.text.names import METHOD_TITLES, METHODS, TEXT_ENCODER_REGISTRY  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
@@ -216,12 +217,7 @@ def embed(texts, encoder: TextEncoder, method: str, batch_size: int = 64, progre
     chunks = []
     starts = range(0, len(texts), batch_size)
     if progress:
-        try:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, desc=f"{encoder.name}:{method}", unit="batch")
-        except ImportError:  # pragma: no cover
-            pass
+        starts = progress_bar(starts, desc=f"{encoder.name}:{method}", unit="batch")
     with torch.no_grad():
         for s in starts:
             batch = encoder.tokenizer(

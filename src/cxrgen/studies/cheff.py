@@ -1,11 +1,13 @@
-"""One function per workflow stage of the Cheff study: read the previous stage's files, call the library, write
-the outputs atomically.  The Snakemake scripts ``scripts/cheff_*.py`` only call these."""
+"""The Cheff study (Weber et al. 2023), one function per workflow stage: read the previous stage's files, call the
+library (:mod:`cxrgen.cheff`), write the outputs atomically, and the tables beside the paper's.  The Snakemake scripts
+``scripts/cheff_*.py`` only call these."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,19 +15,27 @@ import pandas as pd
 import torch
 
 from cxrgen.cheff import evaluate as ev
-from cxrgen.cheff import machex
+from cxrgen.cheff import machex, schedules
 from cxrgen.cheff.autoencoder import load_autoencoder, train_autoencoder
 from cxrgen.cheff.cascade import sample_cascade
 from cxrgen.cheff.config import CheffConfig
 from cxrgen.cheff.diffusion import SDM, train_sdm
 from cxrgen.cheff.inpainting import diversity, inpaint, outpaint, preservation, rect_mask
 from cxrgen.cheff.super_resolution import SuperResolution, downsample, train_sr
+from cxrgen.classify.reference import load_reference_classifier
+from cxrgen.data.sampling import load_images
 from cxrgen.data.shards import INDEX, SHARD_SIZE, ShardedDataset, write_shards
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path, write_csv_atomic
+from cxrgen.metrics.features import make_fid_extractor
+from cxrgen.plotting import image_grid
+from cxrgen.render.reference import load_reference, paper_table_label
+from cxrgen.render.tables import OURS, fid_kid_caption, side_by_side, write_table
+from cxrgen.sampling.synthetic_sets import load_set, load_zafar_set
 
 log = logging.getLogger(__name__)
 IMAGES = "images"  # <machex_dir>/images/<subset>: a shard folder (cxrgen.data.shards), field "image"
+PAPER_ID = "weber2023"
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -33,8 +43,6 @@ def run_machex(sources, frontal_only: bool, hr_size: int, out_dir, table1_stem, 
                max_train: int | None = None, max_test: int | None = None, test_fraction: float = 0.1) -> pd.DataFrame:
     """MaCheX table, Table 1 (paper vs this run) and the train/test images at ``hr_size`` (``images/train`` and
     ``images/test``: shard folders read item by item, see :func:`load_split`)."""
-    from cxrgen.render.reference import load_reference, paper_table_label
-    from cxrgen.render.tables import write_table
 
     table = machex.build_machex(sources, frontal_only=frontal_only, seed=seed, test_fraction=test_fraction)
     out_dir = Path(out_dir)
@@ -56,7 +64,7 @@ def run_machex(sources, frontal_only: bool, hr_size: int, out_dir, table1_stem, 
                                         for i in range(0, len(rows), SHARD_SIZE)))
     ours = machex.table1(table)
     paper, meta = load_reference("weber2023", "table1")
-    write_table(machex.table1_side_by_side(paper, ours, sources), table1_stem,
+    write_table(table1_side_by_side(paper, ours, sources), table1_stem,
                 "MaCheX components: patients, train/test images (all views), frontal train images in the collection "
                 "and their share. Each of this run's sources sits in the row of the paper dataset its adapter reads "
                 "(its own name in 'source (this run)'); the phantom is written in the MIMIC-CXR layout and stands in "
@@ -142,7 +150,7 @@ def run_reconstruction(machex_dir, ae_dir, sr_base_dir, sr_fine_dir, cfg: CheffC
     write_csv_atomic(per_image, Path(out_dir) / "per_image.csv")
     summary = ev.table2(per_image)
     write_csv_atomic(summary, Path(out_dir) / "table2.csv")
-    ev.write_table2(summary, table_stem, scale)
+    write_table2(summary, table_stem, scale)
     ev.write_grid(images, figure_stem, "Cheff reconstructions (Weber Fig. 3 / Table 2 workflows)")
     return summary
 
@@ -150,12 +158,8 @@ def run_reconstruction(machex_dir, ae_dir, sr_base_dir, sr_fine_dir, cfg: CheffC
 def _fid_extractor(name: str, classifier=None):
     """The FID/KID feature extractor ``cheff.evaluation.fid_extractor`` names (``reference`` loads the reference
     classifier from ``classifier``, a folder or ``xrv:<weights>``)."""
-    from cxrgen.studies.vae_reconstruction import make_fid_extractor
-
     clf = None
     if name == "reference":
-        from cxrgen.classify.reference import load_reference_classifier
-
         if classifier is None:
             raise InputError("cheff.evaluation.fid_extractor='reference' needs the reference classifier folder")
         clf = load_reference_classifier(classifier)
@@ -182,14 +186,13 @@ def run_synthesis(machex_dir, ae_dir, sdm_dir, sdm_report_dir, sr_dir, cfg: Chef
     with atomic_path(Path(out_dir) / "samples.npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, lr=lr, hr=hr)
-    ev.write_fid_kid(ours, table_stem, scale)
+    write_fid_kid(ours, table_stem, scale)
     ev.write_grid({"real x_HR": real, "x_LR = D(z)": lr, "x_HR = SR(D(z))": hr}, grid_stem,
                   "Unconditional Cheff samples (Weber Fig. 4e)", n=6)
     rep = SDM.load(sdm_report_dir)
     n_each = 4
     prompts = list(e.prompts)
     _, rhr = sample_cascade(rep, vae, sr, n_each * len(prompts), [p for p in prompts for _ in range(n_each)], seed=seed)
-    from cxrgen.render.figures import image_grid
 
     image_grid([list(rhr[i * n_each:(i + 1) * n_each]) for i in range(len(prompts))],
                [ev.grid_label(p) for p in prompts],
@@ -202,12 +205,9 @@ def run_synthesis_comparison(cheff_samples, sd_sets: dict, zafar_sets: dict, rea
                              table_stem, scale: str, classifier=None, seed: int = 0,
                              fid_n_boot: int = 200) -> pd.DataFrame:
     """The Cheff cascade's samples (``samples.npz`` of :func:`run_synthesis`, the SR output) beside every adapted
-    Stable Diffusion set (``sd_sets``: method -> folder of :func:`cxrgen.studies.synthesis.generate_set`) and the
+    Stable Diffusion set (``sd_sets``: method -> folder of :func:`cxrgen.sampling.synthetic_sets.generate_set`) and the
     Zafar models' FID images (``zafar_sets``: model -> folder of :func:`cxrgen.studies.zafar.sample_zafar_sets`, part
     ``fid``), all scored against the real sample ``real_dir`` (:func:`cxrgen.cheff.evaluate.synthesis_comparison`)."""
-    from cxrgen.data.sampling import load_images
-    from cxrgen.studies.synthesis import load_set
-    from cxrgen.studies.zafar import load_zafar_set
 
     with np.load(cheff_samples) as z:
         sets = [{"model": "Cheff", "study": "Weber 2023 (cascade SDM -> D -> SR_fine, trained from scratch)",
@@ -225,14 +225,13 @@ def run_synthesis_comparison(cheff_samples, sd_sets: dict, zafar_sets: dict, rea
     ext = _fid_extractor(cfg.evaluation.fid_extractor, classifier)
     ours = ev.synthesis_comparison(sets, real, ext, cfg.evaluation.kid_subset_size, seed, fid_n_boot=fid_n_boot)
     write_csv_atomic(ours, out_csv)
-    ev.write_synthesis_comparison(ours, table_stem, scale, real_name=f"the real sample {Path(real_dir).name!r}")
+    write_synthesis_comparison(ours, table_stem, scale, real_name=f"the real sample {Path(real_dir).name!r}")
     return ours
 
 
 def run_inpainting(machex_dir, ae_dir, sdm_dir, cfg: CheffConfig, out_dir, inpaint_stem, outpaint_stem,
                    seed: int = 0) -> pd.DataFrame:
     """Fig. 5 (remove a region, refill) and Fig. 7 (several completions of one provided area) + preservation."""
-    from cxrgen.render.figures import image_grid
 
     e = cfg.evaluation
     vae, sdm = load_autoencoder(ae_dir), SDM.load(sdm_dir)
@@ -276,5 +275,124 @@ def run_beta_check(machex_dir, ae_dir, sdm_dir, cfg: CheffConfig, out_csv, figur
     write_csv_atomic(per_image, Path(out_csv).with_name(BETA_PER_IMAGE))
     ev.write_grid(images, figure_stem, "Forward process check (Weber Fig. 13): decoded z_T", n=4)
     if table_stem is not None:
-        ev.write_beta_table(df, table_stem, scale, n_images=len(test[:64]))
+        write_beta_table(df, table_stem, scale, n_images=len(test[:64]))
     return df
+
+
+# ------------------------------------------------------------------------------------------------ tables
+#: the Table 1 row each adapter's data belongs to (BRAX and VinDr-CXR come in as ``folder`` sources named so)
+PAPER_DATASET = {"nih": "ChestX-ray14", "chexpert": "CheXpert", "mimic": "MIMIC-CXR", "padchest": "PadChest"}
+
+
+TABLE1_VALUES = ["n_patients", "n_train", "n_test", "n_in_machex", "pct_of_machex"]
+
+
+def table1_side_by_side(paper: pd.DataFrame, ours: pd.DataFrame, sources: Sequence[dict]) -> pd.DataFrame:
+    """Table 1 with ``(paper)`` and ``(this run)`` columns: each source of this run is matched to the paper row of
+    the dataset its adapter reads (a ``folder`` source by its name); unmatched sources get rows of their own."""
+
+    checked = [machex.check_source(s, i) for i, s in enumerate(sources)]
+    paper_of = {s["name"]: PAPER_DATASET.get(s["adapter"], s["name"]) for s in checked}
+    ours = ours.copy()
+    ours["source"] = ours["dataset"]
+    mapped = ours["dataset"].map(paper_of).fillna(ours["dataset"])
+    # two sources read by the same adapter keep their own names rather than sharing one paper row
+    ours["dataset"] = mapped.where(~mapped.duplicated(keep=False), ours["dataset"])
+    df = side_by_side(paper, ours, ["dataset"], TABLE1_VALUES)
+    df.insert(1, "source (this run)", df["dataset"].map(dict(zip(ours["dataset"], ours["source"]))).fillna(""))
+    df.insert(2, "origin", df["dataset"].map({**dict(zip(ours["dataset"], ours["origin"])),
+                                              **dict(zip(paper["dataset"], paper["origin"]))}).fillna(""))
+    return df
+
+
+def write_table2(ours: pd.DataFrame, out_stem, scale: str) -> dict:
+    paper, meta = load_reference(PAPER_ID, "table2")
+    ours = ours.copy()
+    ours["sr_model"] = ours["sr_model"].astype(object).where(ours["sr_model"].notna(), None)
+    paper = paper.copy()
+    paper["sr_model"] = paper["sr_model"].astype(object).where(paper["sr_model"].notna(), None)
+    df = side_by_side(paper.fillna({"sr_model": "-"}), ours.fillna({"sr_model": "-"}), ["workflow_id", "sr_model"],
+                      ["mse", "psnr", "ssim"])
+    df.insert(1, "workflow", df["workflow_id"].map(ev.WORKFLOWS))
+    return write_table(df, out_stem, "Reconstruction workflows of the Cheff cascade on held-out test images "
+                       "(MSE on [0,1], PSNR dB, SSIM; per-image means). 'bicubic' is plain bicubic upsampling, a "
+                       "baseline the paper does not report", scale, paper_table_label(meta), float_format=".4f")
+
+
+def _n_columns(df: pd.DataFrame, ours: pd.DataFrame) -> None:
+    """Add this run's set sizes beside the FID/KID cells (rows only the paper has stay blank)."""
+
+    extra = ours.set_index("model")
+    for col, name in (("n_real", "n real"), ("n_fake", "n synthetic")):
+        df[f"{name} {OURS}"] = pd.to_numeric(df["model"].map(extra[col]), errors="coerce").round().astype("Int64").array
+
+
+def write_fid_kid(ours: pd.DataFrame, out_stem, scale: str) -> dict:
+    paper, meta = load_reference(PAPER_ID, "fid_kid")
+    df = side_by_side(paper, ours, ["model"], ["fid", "kid"], digits=4)
+    _n_columns(df, ours)
+    df["extractor (this run)"] = df["model"].map(dict(zip(ours["model"], ours["extractor"]))).fillna("")
+    ext = ", ".join(sorted(set(ours["extractor"])))
+    return write_table(df, out_stem, f"FID and KID of unconditional cascade samples against held-out real images; "
+                       f"features of this run: {ext} (the paper does not state its sample size or extractor). "
+                       f"{fid_kid_caption(ours)} KID: mean over {ev.KID_SUBSETS} subsets of "
+                       f"{int(ours['kid_subset_size'].iloc[0])}. Numbers from different extractors and sample sizes "
+                       "are not comparable", scale, paper_table_label(meta), float_format=".4f")
+
+
+COMPARISON_COLUMNS = {"study": "study", "n_fake": "n synthetic", "n_real": "n real",
+                      "native_resolution": "native px", "resolution": "scored px", "kid_std": "KID sd (this run)"}
+
+
+def write_synthesis_comparison(ours: pd.DataFrame, out_stem, scale: str, real_name: str = "the real test sample"
+                               ) -> dict:
+    """The comparison table beside the paper's FID/KID (Weber sec. 5 reports Cheff and the pixel cascade only; the
+    adapted Stable Diffusion models have no paper numbers, Weber shows them as images, Fig. 4)."""
+
+    paper, meta = load_reference(PAPER_ID, "fid_kid")
+    df = side_by_side(paper[["model", "fid", "kid"]], ours, ["model"], ["fid", "kid"], digits=4)
+    extra = ours.set_index("model")
+    for col, name in COMPARISON_COLUMNS.items():
+        df[name] = df["model"].map(extra[col])
+    df["study"] = df["study"].fillna("paper only")
+    for col in ("n synthetic", "n real", "native px", "scored px"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").round().astype("Int64").array
+    metrics = [c for c in df.columns if c.startswith(("fid ", "kid "))]
+    df = df[["model", "study", "n synthetic", "n real", "native px", "scored px", *metrics, "KID sd (this run)"]]
+    r = ours.iloc[0]
+    caption = (f"FID and KID of the Cheff cascade's unconditional samples and of every adapted Stable Diffusion "
+               f"model's synthetic set, all against one real set ({real_name}, n real = {int(r['n_real'])}) with "
+               f"the same features ({r['extractor']}), the same resizing (antialiased bicubic to "
+               f"{int(r['resolution'])} px) and the same number of synthetic images per model (n synthetic, a "
+               f"seeded subset of each set); KID: mean and sd over {ev.KID_SUBSETS} subsets of "
+               f"{int(r['kid_subset_size'])}. {fid_kid_caption(ours)} Lower is better. The paper's numbers (Cheff and the full pixel-space "
+               "cascade, 1024 px, Weber sec. 5) use Inception features and samples of unstated size; it reports "
+               "no FID for Stable Diffusion, only images (Fig. 4), so those rows have this run's numbers only. "
+               "This Cheff row differs from the weber2023_fid_kid table, which scores the cascade at its own "
+               "resolution against the MaCheX test images")
+    return write_table(df, out_stem, caption, scale, paper_table_label(meta), float_format=".4f")
+
+
+BETA_COLUMNS = {
+    "beta_end": "max beta", "terminal_signal": "sqrt(alpha_bar_T)", "latent_std_raw": "latent sd (raw)",
+    "corr_zT_z0_raw": "corr(z_T, z_0) raw", "expected_corr_raw": "expected corr raw",
+    "latent_scale": "latent scale", "corr_zT_z0_scaled": "corr(z_T, z_0) scaled", "expected_corr_scaled": "expected corr scaled",
+}
+
+
+def write_beta_table(df: pd.DataFrame, out_stem, scale: str, n_images: int | None = None) -> dict:
+    """The forward-process check as a table (no paper columns: the paper shows Fig. 13 only)."""
+
+    missing = [c for c in BETA_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"beta-check frame lacks columns {missing}; expected beta_check() output")
+    out = df[list(BETA_COLUMNS)].rename(columns=BETA_COLUMNS)
+    out.insert(0, "schedule", df["beta_schedule"].map({"scaled_linear": "LDM linear (sqrt-linear)"}).fillna(df["beta_schedule"]))
+    out.insert(1, "role", df["beta_end"].map({schedules.LDM_BETA_END: "LDM default", schedules.CHEFF_BETA_END: "Cheff"}).fillna(""))
+    n = f" on {n_images} held-out latents" if n_images else ""
+    return write_table(out, out_stem, "Forward-process check of the SDM schedule (Weber 7.6, Fig. 13): the signal "
+                       "coefficient sqrt(alpha_bar_T) left at t = T, and the correlation of z_T with z_0" + n +
+                       " measured on the autoencoder's raw latents (as the paper decoded them) and on the latents "
+                       "scaled by the SDM's latent scale (what the SDM trains on), beside the correlation "
+                       "expected from sqrt(alpha_bar_T) and the latent sd. Near-zero correlation = z_T is close to "
+                       "the N(0, I) that sampling starts from", scale, float_format=".4g")

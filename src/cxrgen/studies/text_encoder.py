@@ -12,12 +12,18 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
+from sklearn.manifold import TSNE
 
 from cxrgen.data.schema import CHEXPERT_LABELS, apply_label_policy
 from cxrgen.errors import InputError
-from cxrgen.io import atomic_path, write_text_atomic
+from cxrgen.io import atomic_path, write_csv_atomic, write_text_atomic
+from cxrgen.plotting import save_figure
+from cxrgen.render.reference import load_reference, paper_table_label
+from cxrgen.render.tables import OURS, PAPER, side_by_side, write_table
 from cxrgen.text.chexpert_at_k import bag_of_words_similarity, bootstrap_macro_ci, chexpert_at_k, primary_classes
 from cxrgen.text.encoders import METHOD_TITLES, METHODS, embed, load_encoder
 
@@ -179,11 +185,6 @@ def format_table2(table2: pd.DataFrame, ci: bool = True) -> pd.DataFrame:
 def tsne_figure(embeddings, labels, out_png, title: str | None = None, seed: int = 0, perplexity: float = 30.0):
     """2-D t-SNE of ``embeddings`` coloured by primary abnormality (``labels``: class names per report, or an
     (N,14) binary matrix reduced with ``primary_classes``). Writes ``out_png`` and the same figure as PDF."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-    from sklearn.manifold import TSNE
-
-    from cxrgen.render.figures import save_figure
 
     emb = np.asarray(embeddings, dtype="float64")
     lab = np.asarray(labels, dtype=object)
@@ -202,8 +203,6 @@ def tsne_figure(embeddings, labels, out_png, title: str | None = None, seed: int
 
 
 def save_study(result: StudyResult, out_dir) -> None:
-    from cxrgen.io import write_csv_atomic
-
     out_dir = Path(out_dir)
     write_csv_atomic(result.table2, out_dir / "table2.csv", index=True)
     write_csv_atomic(result.table3, out_dir / "table3.csv", index=True)
@@ -231,8 +230,6 @@ def render_study(study_dir, table2_stem, table3_stem, scale: str, corpus: str) -
     miniature's encoders are not the paper's, so their rows stand apart). Table 3 puts the paper's columns
     and this run's side by side per abnormality class.
     """
-    from cxrgen.render.reference import load_reference, paper_table_label
-    from cxrgen.render.tables import OURS, PAPER, side_by_side, write_table
 
     study_dir = Path(study_dir)
     table2 = pd.read_csv(study_dir / "table2.csv", index_col="model")
