@@ -127,7 +127,7 @@ def test_fid_and_kid_print_fid_kid_with_ci(tmp_path, monkeypatch, capsys):
 
 def test_chexpert_at_k_on_a_reports_csv(tmp_path, capsys):
     from cxrgen.data.schema import CHEXPERT_LABELS
-    from cxrgen.text.study import run_text_encoder_study
+    from cxrgen.studies.text_encoder import run_text_encoder_study
 
     phrases = {"Pleural Effusion": "small left pleural effusion", "Cardiomegaly": "the heart is enlarged",
                "No Finding": "no acute cardiopulmonary process"}

@@ -78,11 +78,11 @@ def test_bad_scores_raise():
 
 
 def test_samples_figure_puts_both_prompts_of_one_noise_index_side_by_side(monkeypatch):
-    import cxrgen.render.figures as figures
+    import cxrgen.studies.synthesis as synthesis
     from cxrgen.studies.synthesis import samples_figure
 
     seen = {}
-    monkeypatch.setattr(figures, "image_grid", lambda grid, rows, cols, stem, title=None: seen.update(grid=grid, cols=cols))
+    monkeypatch.setattr(synthesis, "image_grid", lambda grid, rows, cols, stem, title=None: seen.update(grid=grid, cols=cols))
     n = 3
     # image value = 10 * noise index + prompt code, rows of the effusion prompt stored in reverse index order
     manifest = pd.DataFrame({"prompt_name": ["normal"] * n + ["effusion"] * n, "index": [0, 1, 2, 2, 1, 0]})

@@ -123,7 +123,7 @@ def cmd_distance(args) -> None:
 def cmd_chexpert_at_k(args) -> None:
     import pandas as pd
 
-    from cxrgen.text.study import run_text_encoder_study
+    from cxrgen.studies.text_encoder import run_text_encoder_study
 
     path = Path(args.reports)
     if not path.is_file():

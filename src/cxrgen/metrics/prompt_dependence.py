@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from cxrgen.errors import InputError
+from cxrgen.metrics.bootstrap import paired_bootstrap
 
 COLUMNS = ["method", "n_pairs", "mean_score_negative", "mean_score_positive", "score_difference", "ci_low",
            "ci_high", "share_positive_higher", "pixel_difference", "verdict"]
@@ -78,15 +79,13 @@ def prompt_dependence_table(scores: pd.DataFrame, positive: str = "effusion", ne
     ``1 - alpha`` interval over noise indices (``n_boot`` seeded resamples), the share of pairs where the positive
     prompt scores higher, the mean absolute pixel difference (from ``pixel_diffs[method]`` when given, see
     :func:`pixel_differences`) and the verdict (see the module docstring)."""
-    from cxrgen.render.findings import Settings, paired_bootstrap
-
     if int(n_boot) < 1:
         raise InputError(f"n_boot={n_boot!r}; expected a positive number of bootstrap resamples")
-    settings = Settings(n_boot=int(n_boot), seed=int(seed), alpha=float(alpha))
     rows = []
     for method, pairs in paired_scores(scores, positive, negative).items():
         d = (pairs["positive"] - pairs["negative"]).to_numpy(dtype=float)
-        value, lo, hi = (paired_bootstrap(lambda idx, d=d: d[idx[0]].mean(), [np.arange(len(d))], settings)
+        value, lo, hi = (paired_bootstrap(lambda idx, d=d: d[idx[0]].mean(), [np.arange(len(d))],
+                                             n_boot=int(n_boot), seed=int(seed), alpha=float(alpha))
                          if len(d) else (np.nan, np.nan, np.nan))
         pix = (pixel_diffs or {}).get(method)
         rows.append({

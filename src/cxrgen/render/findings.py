@@ -41,6 +41,7 @@ import yaml
 from scipy import stats
 
 from cxrgen.errors import InputError
+from cxrgen.metrics.bootstrap import paired_bootstrap
 from cxrgen.metrics.classification import auc_rows
 from cxrgen.metrics.fid import frechet_distance
 
@@ -87,6 +88,11 @@ class Settings:
     dewilde_cases: int | None = None  # config dewilde.cases (the default embedding of Table 4)
     studies: tuple | None = None  # config studies: the papers the run selects (None: every paper)
 
+    @property
+    def bootstrap(self) -> dict:
+        """Keyword arguments of :func:`cxrgen.metrics.bootstrap.paired_bootstrap`."""
+        return {"n_boot": self.n_boot, "seed": self.seed, "alpha": self.alpha}
+
 
 # ------------------------------------------------------------------------------------------------ verdicts
 def verdict(effect: Effect | None, direction: str, margin: float | None = None, alpha: float = 0.05) -> str:
@@ -111,27 +117,6 @@ def verdict(effect: Effect | None, direction: str, margin: float | None = None, 
 
 
 # ------------------------------------------------------------------------------------------------ intervals
-def paired_bootstrap(statistic: Callable[[Sequence[np.ndarray]], float], strata: Sequence[np.ndarray],
-                     settings: Settings) -> tuple[float, float, float]:
-    """(value, low, high): ``statistic(indices)`` on the data and its percentile interval over ``n_boot`` resamples.
-
-    ``strata`` are arrays of item indices; each resample draws every stratum with replacement (keeping its size)
-    and passes the drawn arrays, in order, to ``statistic``; the caller applies the same indices to both sides of a
-    paired comparison. Resamples where the statistic is undefined (NaN) are skipped.
-    """
-    value = float(statistic([np.asarray(s) for s in strata]))
-    rng = np.random.default_rng(settings.seed)
-    draws = []
-    for _ in range(int(settings.n_boot)):
-        v = statistic([s[rng.integers(0, len(s), len(s))] if len(s) else s for s in map(np.asarray, strata)])
-        if np.isfinite(v):
-            draws.append(v)
-    if not draws or not np.isfinite(value):
-        return value, np.nan, np.nan
-    lo, hi = np.quantile(draws, [settings.alpha / 2, 1 - settings.alpha / 2])
-    return value, float(lo), float(hi)
-
-
 def paired_t_interval(differences, alpha: float = 0.05) -> tuple[float, float, float]:
     """(mean, low, high) of paired differences with a t interval (n - 1 degrees of freedom); NaN bounds below 2."""
     d = np.asarray(differences, dtype=float)
@@ -220,7 +205,7 @@ def vae_auc_change(files: Mapping, claim: Mapping, settings: Settings) -> list[E
                 diffs.append(a - b)
         return float(np.mean(diffs)) if diffs else np.nan
 
-    value, lo, hi = paired_bootstrap(stat, [np.arange(len(df))], settings)
+    value, lo, hi = paired_bootstrap(stat, [np.arange(len(df))], **settings.bootstrap)
     scored = [l for l in labels if np.isfinite(_auc(y[l][np.isfinite(y[l])], p_o[l][np.isfinite(y[l])], settings.min_per_class))]
     note = f"{len(scored)} of {len(labels)} labels with >= {settings.min_per_class} positives and negatives"
     return [Effect(value, lo, hi, f"{len(df)} images", bootstrap_label(settings, "images"), note=note)]
@@ -258,7 +243,7 @@ def text_encoder_vs_base(files: Mapping, claim: Mapping, settings: Settings) -> 
             (i,) = idx
             return 100 * (macro(best, i) - macro("Base", i))
 
-        value, lo, hi = paired_bootstrap(stat, [all_idx], settings)
+        value, lo, hi = paired_bootstrap(stat, [all_idx], **settings.bootstrap)
         effects.append(Effect(value, lo, hi, f"{len(df)} reports", bootstrap_label(settings, "reports"),
                               scope=f"corpus {corpus}", note=f"best encoder: {best}"))
     return effects
@@ -299,7 +284,7 @@ def _synthesis_effect(df: pd.DataFrame, a: str, others: Sequence[str], settings:
         best_other = max((auc_of(m, p, n) for m in others), default=np.nan)
         return auc_of(a, p, n) - best_other
 
-    value, lo, hi = paired_bootstrap(stat, [pos, neg], settings)
+    value, lo, hi = paired_bootstrap(stat, [pos, neg], **settings.bootstrap)
     if not np.isfinite(value):
         note += f"; AUC needs >= {settings.min_per_class} images per prompt"
     return Effect(value, lo, hi, f"{len(pos)} + {len(neg)} images per model",
@@ -356,7 +341,7 @@ def zafar_ood_retention(files: Mapping, claim: Mapping, settings: Settings) -> l
         i = np.concatenate(idx)
         return colour_auc(keyed[lora[0]], i) - colour_auc(keyed[full[0]], i)
 
-    value, lo, hi = paired_bootstrap(stat, strata, settings)
+    value, lo, hi = paired_bootstrap(stat, strata, **settings.bootstrap)
     note = f"{lora[0]} vs {full[0]}"
     if len(colours) < 2:
         note += "; the out-of-domain prompts need two colours"
@@ -373,7 +358,7 @@ def beta_signal(files: Mapping, claim: Mapping, settings: Settings) -> list[Effe
     if low not in wide.columns or high not in wide.columns:
         raise NotRun(f"needs max beta {low} and {high}; the check ran {sorted(wide.columns)}")
     d = (wide[low] - wide[high]).to_numpy(float)
-    value, lo, hi = paired_bootstrap(lambda idx: float(d[idx[0]].mean()), [np.arange(len(d))], settings)
+    value, lo, hi = paired_bootstrap(lambda idx: float(d[idx[0]].mean()), [np.arange(len(d))], **settings.bootstrap)
     return [Effect(value, lo, hi, f"{len(d)} images", bootstrap_label(settings, "images"))]
 
 
@@ -386,7 +371,7 @@ def sr_fine_vs_base(files: Mapping, claim: Mapping, settings: Settings) -> list[
         raise NotRun("needs workflow 1 with SR_base and SR_fine")
     d = (wf["fine"] - wf["base"]).to_numpy(float)
     d = d[np.isfinite(d)]  # a perfect reconstruction has PSNR inf: no difference defined
-    value, lo, hi = paired_bootstrap(lambda idx: float(d[idx[0]].mean()), [np.arange(len(d))], settings)
+    value, lo, hi = paired_bootstrap(lambda idx: float(d[idx[0]].mean()), [np.arange(len(d))], **settings.bootstrap)
     return [Effect(value, lo, hi, f"{len(d)} images", bootstrap_label(settings, "images"))]
 
 
@@ -421,7 +406,7 @@ def dewilde_sweep_trend(files: Mapping, claim: Mapping, settings: Settings) -> l
         except InputError:  # a resample with < 2 images
             return np.nan
 
-    value, lo, hi = paired_bootstrap(stat, [np.arange(n_real), np.arange(n_fake)], settings)
+    value, lo, hi = paired_bootstrap(stat, [np.arange(n_real), np.arange(n_fake)], **settings.bootstrap)
     return [Effect(value, lo, hi, f"{n_fake} generated vs {n_real} real images per setting",
                    bootstrap_label(settings, "real and generated images"),
                    note=f"{claim['sweep']} {large} vs {small}")]
