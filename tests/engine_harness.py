@@ -200,15 +200,15 @@ def train(out, steps, stop_after):
     "zafar_classifier": _TRAINER_CASE_TOOLS + r"""
 from cxrgen.data.sampling import SampleFolderDataset
 from cxrgen.engine import Engine
-from cxrgen.studies import zafar
+from cxrgen.classify import head_classifiers as heads
 
-zafar.SmallCNN = per_image_norm(zafar.SmallCNN)
+heads.SmallCNN = per_image_norm(heads.SmallCNN)
 
 
 def train(out, epochs, stop_after, data):
     items = SampleFolderDataset(data)
-    items.transform = zafar._HeadItems(zafar._attribute_targets(items.manifest), 1, 16)
-    model = zafar._fit(Engine(), items, {"sex": 1, "view": 1}, epochs, 8, 5e-3, 0, width=4)
+    items.transform = heads._HeadItems(heads._attribute_targets(items.manifest), 1, 16)
+    model = heads._fit(Engine(), items, {"sex": 1, "view": 1}, epochs, 8, 5e-3, 0, width=4)
     with torch.no_grad():
         logits = model(torch.stack([items[i][0] for i in range(len(items))]))
     return torch.sigmoid(torch.cat([logits["sex"][:, 0], logits["view"][:, 0]])).tolist()

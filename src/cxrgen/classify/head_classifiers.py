@@ -19,6 +19,7 @@ from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 
+from cxrgen.classify.reference import masked_bce
 from cxrgen.data.sampling import SampleFolderDataset
 from cxrgen.engine import Engine, EpochPermutation, RuntimeConfig, default_device, module_device
 from cxrgen.errors import InputError
@@ -40,7 +41,6 @@ class SmallCNN(torch.nn.Module):
     def __init__(self, in_channels: int, heads: Mapping[str, int], width: int = 24):
         super().__init__()
         chans = [in_channels, width, width * 2, width * 2, width * 4]
-from cxrgen.classify.reference import masked_bce
         layers = []
         for a, b in zip(chans[:-1], chans[1:]):
             layers += [torch.nn.Conv2d(a, b, 3, padding=1), torch.nn.BatchNorm2d(b), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
