@@ -15,6 +15,11 @@ export MPLBACKEND := Agg
 # (the profile's gpu: 1 slot would serialise them). With a GPU the profile's settings apply unchanged.
 CPU_ONLY := $(if $(shell command -v nvidia-smi 2>/dev/null),,yes)
 SNAKEMAKE_FLAGS ?= $(if $(CPU_ONLY),--max-threads 1 --resources gpu=$(shell nproc))
+# Every run writes under results/<run>/ (logs/<run>/, benchmarks/<run>/), <run> being its config's `run:`:
+# `make report` / `make publish` act on the run of CONFIG, e.g. `make report CONFIG=configs/smoke.yaml`.
+CONFIG ?=
+RUN = $(or $(shell $(BIN)/python -m cxrgen.runs $(CONFIG)),$(error cannot read the run name of config.yaml $(CONFIG)))
+CONFIG_FLAGS = $(if $(CONFIG),--configfile $(CONFIG))
 
 .PHONY: env reproduce smoke test test-fast lint format-check dryrun report publish clean rehearse
 
@@ -30,9 +35,9 @@ $(STAMP): requirements.lock pyproject.toml
 
 reproduce: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_FLAGS)
-	$(BIN)/snakemake --report results/report.html
+	$(BIN)/snakemake --report results/$(RUN)/report.html
 
-# every rule at toy size (results apart from the default's, under results/ with the smoke dataset name)
+# every rule at toy size (results apart from the default's, under results/smoke/)
 smoke: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_FLAGS) --configfile configs/smoke.yaml
 
@@ -65,16 +70,17 @@ dryrun: $(STAMP)
 	$(BIN)/snakemake -n --quiet rules --configfile configs/smoke.yaml
 
 report: $(STAMP)
-	$(BIN)/snakemake --report results/report.html
+	$(BIN)/snakemake --report results/$(RUN)/report.html $(CONFIG_FLAGS)
 
-# Version finished results with DVC (Snakemake stays the only orchestrator: no dvc.yaml). Each entry of
-# results/ becomes one artefact (results/models.dvc, results/tables.dvc, ...), pushed to the default
-# remote of .dvc/config (override it, with credentials, in .dvc/config.local). Restore elsewhere with
+# Version finished results with DVC (Snakemake stays the only orchestrator: no dvc.yaml). Each entry of the
+# run's folder results/<run>/ becomes one artefact (results/default/models.dvc, results/default/tables.dvc, ...),
+# pushed to the default remote of .dvc/config (override it, with credentials, in .dvc/config.local). Another run:
+# `make publish CONFIG=configs/smoke.yaml`. Restore elsewhere with
 #   git pull && dvc pull && snakemake --touch --cores 1 [--configfile ...]   (then nothing reruns)
-# Publish a subset with e.g. `make publish PUBLISH="results/models results/tables results/figures"`.
-PUBLISH ?= $(sort $(filter-out %.dvc,$(wildcard results/*)))
+# Publish a subset with e.g. `make publish PUBLISH="results/default/models results/default/tables"`.
+PUBLISH ?= $(sort $(filter-out %.dvc,$(wildcard results/$(RUN)/*)))
 publish: $(STAMP)
-	@test -n "$(strip $(PUBLISH))" || { echo "make publish: nothing under results/; run the workflow first" >&2; exit 1; }
+	@test -n "$(strip $(PUBLISH))" || { echo "make publish: nothing under results/$(RUN)/; run the workflow first" >&2; exit 1; }
 	$(BIN)/dvc add --quiet $(PUBLISH)
 	$(BIN)/dvc push --quiet $(addsuffix .dvc,$(PUBLISH))
 	@echo "published $(PUBLISH); commit the pointers: git add $(addsuffix .dvc,$(PUBLISH))"

@@ -16,9 +16,9 @@ rule adapt_textual_projection:
         foundation=FOUNDATION,
         seed=config["seed"],
     log:
-        "logs/adapt/{adapted}.log",
+        f"{LOGS}/adapt/{{adapted}}.log",
     benchmark:
-        "benchmarks/adapt/{adapted}.tsv"
+        f"{BENCHMARKS}/adapt/{{adapted}}.tsv"
     threads: workflow.cores
     resources:
         gpu=config["gpus"]["adapt_textual_projection"],
@@ -47,9 +47,9 @@ rule adapt_few_shot:
         class_images=lambda w: f"{MODELS_DIR}/class_images/{w.adapted}",
         seed=config["seed"],
     log:
-        "logs/adapt/{adapted}.log",
+        f"{LOGS}/adapt/{{adapted}}.log",
     benchmark:
-        "benchmarks/adapt/{adapted}.tsv"
+        f"{BENCHMARKS}/adapt/{{adapted}}.tsv"
     threads: workflow.cores
     resources:
         gpu=config["gpus"]["adapt_few_shot"],

@@ -6,7 +6,7 @@
 # in-/outpainting (Figs. 5, 7) and the forward-process check of the max-beta fix (7.6, Fig. 13).
 
 CHEFF = config["cheff"]
-CHEFF_DIR = "results/cheff"
+CHEFF_DIR = f"{RESULTS}/cheff"
 CHEFF_MODELS = f"{MODELS_DIR}/cheff"
 CHEFF_MACHEX = f"{CHEFF_DIR}/machex"
 CHEFF_CATEGORY = "Cheff (Weber et al.)"
@@ -67,16 +67,16 @@ rule cheff_machex:
         train=f"{CHEFF_MACHEX}/train.csv",
         test=f"{CHEFF_MACHEX}/test.csv",
         images=directory(f"{CHEFF_MACHEX}/images"),
-        **cheff_report("results/tables/weber2023_table1", TABLE_EXTS, "cheff_table1"),
+        **cheff_report(f"{RESULTS}/tables/weber2023_table1", TABLE_EXTS, "cheff_table1"),
     params:
         cheff=CHEFF,
         data=config["data"],
         scale=config["scale"],
         seed=config["seed"],
     log:
-        "logs/cheff/machex.log",
+        f"{LOGS}/cheff/machex.log",
     benchmark:
-        "benchmarks/cheff/machex.tsv"
+        f"{BENCHMARKS}/cheff/machex.tsv"
     resources:
         mem_mb=4000,
         runtime=60,
@@ -97,9 +97,9 @@ rule cheff_autoencoder:
         checkpoint=f"{CHEFF_MODELS}/autoencoder.partial",
         seed=config["seed"],
     log:
-        "logs/cheff/autoencoder.log",
+        f"{LOGS}/cheff/autoencoder.log",
     benchmark:
-        "benchmarks/cheff/autoencoder.tsv"
+        f"{BENCHMARKS}/cheff/autoencoder.tsv"
     threads: workflow.cores
     resources:
         gpu=config["gpus"]["cheff_autoencoder"],
@@ -126,9 +126,9 @@ rule cheff_sdm:
         checkpoint=lambda w: f"{CHEFF_MODELS}/sdm_{w.variant}.partial",
         seed=config["seed"],
     log:
-        "logs/cheff/sdm_{variant}.log",
+        f"{LOGS}/cheff/sdm_{{variant}}.log",
     benchmark:
-        "benchmarks/cheff/sdm_{variant}.tsv"
+        f"{BENCHMARKS}/cheff/sdm_{{variant}}.tsv"
     threads: workflow.cores
     resources:
         gpu=config["gpus"]["cheff_sdm"],
@@ -151,9 +151,9 @@ rule cheff_sr_base:
         checkpoint=f"{CHEFF_MODELS}/sr_base.partial",
         seed=config["seed"],
     log:
-        "logs/cheff/sr_base.log",
+        f"{LOGS}/cheff/sr_base.log",
     benchmark:
-        "benchmarks/cheff/sr_base.tsv"
+        f"{BENCHMARKS}/cheff/sr_base.tsv"
     threads: workflow.cores
     resources:
         gpu=config["gpus"]["cheff_sr"],
@@ -178,9 +178,9 @@ rule cheff_sr_fine:
         checkpoint=f"{CHEFF_MODELS}/sr_fine.partial",
         seed=config["seed"],
     log:
-        "logs/cheff/sr_fine.log",
+        f"{LOGS}/cheff/sr_fine.log",
     benchmark:
-        "benchmarks/cheff/sr_fine.tsv"
+        f"{BENCHMARKS}/cheff/sr_fine.tsv"
     threads: workflow.cores
     resources:
         gpu=config["gpus"]["cheff_sr"],
@@ -204,9 +204,9 @@ rule cheff_cascade:
     wildcard_constraints:
         variant=name_pattern(CHEFF_SDM_VARIANTS),
     log:
-        "logs/cheff/cascade_{variant}.log",
+        f"{LOGS}/cheff/cascade_{{variant}}.log",
     benchmark:
-        "benchmarks/cheff/cascade_{variant}.tsv"
+        f"{BENCHMARKS}/cheff/cascade_{{variant}}.tsv"
     resources:
         mem_mb=4000,
         runtime=30,
@@ -226,16 +226,16 @@ rule cheff_reconstruction:
     output:
         per_image=f"{CHEFF_DIR}/reconstruction/per_image.csv",
         table2=f"{CHEFF_DIR}/reconstruction/table2.csv",
-        **cheff_report("results/tables/weber2023_table2", TABLE_EXTS, "cheff_table2"),
-        **cheff_report("results/figures/weber2023_fig3", FIGURE_EXTS, "cheff_fig3"),
+        **cheff_report(f"{RESULTS}/tables/weber2023_table2", TABLE_EXTS, "cheff_table2"),
+        **cheff_report(f"{RESULTS}/figures/weber2023_fig3", FIGURE_EXTS, "cheff_fig3"),
     params:
         cheff=CHEFF,
         scale=config["scale"],
         seed=config["seed"],
     log:
-        "logs/cheff/reconstruction.log",
+        f"{LOGS}/cheff/reconstruction.log",
     benchmark:
-        "benchmarks/cheff/reconstruction.tsv"
+        f"{BENCHMARKS}/cheff/reconstruction.tsv"
     threads: workflow.cores
     resources:
         gpu=1,
@@ -260,9 +260,9 @@ rule cheff_synthesis:
     output:
         fid_kid=f"{CHEFF_DIR}/synthesis/fid_kid.csv",
         samples=f"{CHEFF_DIR}/synthesis/samples.npz",
-        **cheff_report("results/tables/weber2023_fid_kid", TABLE_EXTS, "cheff_fid_kid"),
-        **cheff_report("results/figures/weber2023_samples", FIGURE_EXTS, "cheff_samples"),
-        **cheff_report("results/figures/weber2023_report_samples", FIGURE_EXTS, "cheff_report_samples"),
+        **cheff_report(f"{RESULTS}/tables/weber2023_fid_kid", TABLE_EXTS, "cheff_fid_kid"),
+        **cheff_report(f"{RESULTS}/figures/weber2023_samples", FIGURE_EXTS, "cheff_samples"),
+        **cheff_report(f"{RESULTS}/figures/weber2023_report_samples", FIGURE_EXTS, "cheff_report_samples"),
     params:
         cheff=CHEFF,
         classifier=REFERENCE_CLASSIFIER,
@@ -270,9 +270,9 @@ rule cheff_synthesis:
         seed=config["seed"],
         evaluation=config["evaluation"],
     log:
-        "logs/cheff/synthesis.log",
+        f"{LOGS}/cheff/synthesis.log",
     benchmark:
-        "benchmarks/cheff/synthesis.tsv"
+        f"{BENCHMARKS}/cheff/synthesis.tsv"
     threads: workflow.cores
     resources:
         gpu=1,
@@ -297,7 +297,7 @@ rule cheff_synthesis_comparison:
         leakage=manifest_check_inputs(CHEFF_COMPARISON_LEAKAGE),
     output:
         csv=f"{CHEFF_DIR}/synthesis/comparison.csv",
-        **cheff_report("results/tables/weber2023_synthesis_comparison", TABLE_EXTS, "cheff_synthesis_comparison"),
+        **cheff_report(f"{RESULTS}/tables/weber2023_synthesis_comparison", TABLE_EXTS, "cheff_synthesis_comparison"),
     params:
         cheff=CHEFF,
         sd_names=CHEFF_COMPARED_SD,
@@ -308,9 +308,9 @@ rule cheff_synthesis_comparison:
         seed=config["seed"],
         evaluation=config["evaluation"],
     log:
-        "logs/cheff/synthesis_comparison.log",
+        f"{LOGS}/cheff/synthesis_comparison.log",
     benchmark:
-        "benchmarks/cheff/synthesis_comparison.tsv"
+        f"{BENCHMARKS}/cheff/synthesis_comparison.tsv"
     threads: workflow.cores
     resources:
         gpu=1,
@@ -331,15 +331,15 @@ rule cheff_inpainting:
         sdm=f"{CHEFF_MODELS}/sdm_unconditional",
     output:
         preservation=f"{CHEFF_DIR}/inpainting/preservation.csv",
-        **cheff_report("results/figures/weber2023_inpainting", FIGURE_EXTS, "cheff_inpainting"),
-        **cheff_report("results/figures/weber2023_outpainting", FIGURE_EXTS, "cheff_outpainting"),
+        **cheff_report(f"{RESULTS}/figures/weber2023_inpainting", FIGURE_EXTS, "cheff_inpainting"),
+        **cheff_report(f"{RESULTS}/figures/weber2023_outpainting", FIGURE_EXTS, "cheff_outpainting"),
     params:
         cheff=CHEFF,
         seed=config["seed"],
     log:
-        "logs/cheff/inpainting.log",
+        f"{LOGS}/cheff/inpainting.log",
     benchmark:
-        "benchmarks/cheff/inpainting.tsv"
+        f"{BENCHMARKS}/cheff/inpainting.tsv"
     threads: workflow.cores
     resources:
         gpu=1,
@@ -360,16 +360,16 @@ rule cheff_beta_check:
     output:
         csv=f"{CHEFF_DIR}/beta_check/beta_check.csv",
         per_image=f"{CHEFF_DIR}/beta_check/per_image.csv",
-        **cheff_report("results/tables/weber2023_beta_check", TABLE_EXTS, "cheff_beta_check"),
-        **cheff_report("results/figures/weber2023_fig13", FIGURE_EXTS, "cheff_fig13"),
+        **cheff_report(f"{RESULTS}/tables/weber2023_beta_check", TABLE_EXTS, "cheff_beta_check"),
+        **cheff_report(f"{RESULTS}/figures/weber2023_fig13", FIGURE_EXTS, "cheff_fig13"),
     params:
         cheff=CHEFF,
         scale=config["scale"],
         seed=config["seed"],
     log:
-        "logs/cheff/beta_check.log",
+        f"{LOGS}/cheff/beta_check.log",
     benchmark:
-        "benchmarks/cheff/beta_check.tsv"
+        f"{BENCHMARKS}/cheff/beta_check.tsv"
     threads: workflow.cores
     resources:
         gpu=1,
@@ -384,16 +384,16 @@ rule cheff_beta_check:
 # (path, rule, description) of the Cheff tables and figures: rules/common.smk's reported_outputs() adds them, so
 # rule all and the results index pick them up
 CHEFF_REPORTED = [
-    ("results/tables/weber2023_table1.md", "cheff_machex", "MaCheX components: patients, train/test, frontal images in MaCheX (Weber Table 1)"),
-    ("results/tables/weber2023_table2.md", "cheff_reconstruction", "Cheff reconstruction workflows: MSE, PSNR, SSIM (Weber Table 2)"),
-    ("results/figures/weber2023_fig3.png", "cheff_reconstruction", "originals vs reconstructions through AE and SR (Weber Fig. 3)"),
-    ("results/tables/weber2023_fid_kid.md", "cheff_synthesis", "FID/KID of unconditional cascade samples (Weber sec. 5)"),
-    ("results/figures/weber2023_samples.png", "cheff_synthesis", "unconditional cascade samples: D(z) and SR(D(z)) (Weber Fig. 4e)"),
-    ("results/figures/weber2023_report_samples.png", "cheff_synthesis", "report-conditioned cascade samples (Weber Fig. 8)"),
-    ("results/figures/weber2023_inpainting.png", "cheff_inpainting", "inpainting with the unconditional SDM (Weber Fig. 5)"),
-    ("results/figures/weber2023_outpainting.png", "cheff_inpainting", "outpainting completions of one provided area (Weber Fig. 7)"),
-    ("results/tables/weber2023_beta_check.md", "cheff_beta_check", "terminal signal and corr(z_T, z_0) for max beta 0.0195 vs 0.0295 (Weber 7.6)"),
-    ("results/figures/weber2023_fig13.png", "cheff_beta_check", "decoded z_T for both max betas (Weber Fig. 13)"),
+    (f"{RESULTS}/tables/weber2023_table1.md", "cheff_machex", "MaCheX components: patients, train/test, frontal images in MaCheX (Weber Table 1)"),
+    (f"{RESULTS}/tables/weber2023_table2.md", "cheff_reconstruction", "Cheff reconstruction workflows: MSE, PSNR, SSIM (Weber Table 2)"),
+    (f"{RESULTS}/figures/weber2023_fig3.png", "cheff_reconstruction", "originals vs reconstructions through AE and SR (Weber Fig. 3)"),
+    (f"{RESULTS}/tables/weber2023_fid_kid.md", "cheff_synthesis", "FID/KID of unconditional cascade samples (Weber sec. 5)"),
+    (f"{RESULTS}/figures/weber2023_samples.png", "cheff_synthesis", "unconditional cascade samples: D(z) and SR(D(z)) (Weber Fig. 4e)"),
+    (f"{RESULTS}/figures/weber2023_report_samples.png", "cheff_synthesis", "report-conditioned cascade samples (Weber Fig. 8)"),
+    (f"{RESULTS}/figures/weber2023_inpainting.png", "cheff_inpainting", "inpainting with the unconditional SDM (Weber Fig. 5)"),
+    (f"{RESULTS}/figures/weber2023_outpainting.png", "cheff_inpainting", "outpainting completions of one provided area (Weber Fig. 7)"),
+    (f"{RESULTS}/tables/weber2023_beta_check.md", "cheff_beta_check", "terminal signal and corr(z_T, z_0) for max beta 0.0195 vs 0.0295 (Weber 7.6)"),
+    (f"{RESULTS}/figures/weber2023_fig13.png", "cheff_beta_check", "decoded z_T for both max betas (Weber Fig. 13)"),
     *[(f"{CHEFF_MODELS}/cascade_{v}", "cheff_cascade", f"the {v} Cheff cascade as one diffusers pipeline folder "
        "(CheffPipeline.from_pretrained; `cxrgen info` says how to load it)") for v in CHEFF_SDM_VARIANTS],
 ]
@@ -401,5 +401,5 @@ cheff_reported_outputs = lambda: list(CHEFF_REPORTED)
 # the cross-study comparison: in rule all when Weber and a study with Stable Diffusion sets are selected (not part of
 # `snakemake weber2023`, which makes the paper's own tables and figures)
 cheff_comparison_reported_outputs = lambda: [
-    ("results/tables/weber2023_synthesis_comparison.md", "cheff_synthesis_comparison", "FID/KID of Cheff and every adapted Stable Diffusion model of the selected studies on one real set (Weber sec. 5, miniature)"),
+    (f"{RESULTS}/tables/weber2023_synthesis_comparison.md", "cheff_synthesis_comparison", "FID/KID of Cheff and every adapted Stable Diffusion model of the selected studies on one real set (Weber sec. 5, miniature)"),
 ] if "weber2023" in STUDIES and (CHEFF_COMPARED_SD or CHEFF_COMPARED_ZAFAR) else []

@@ -10,16 +10,19 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the checkout's packag
 from cxrgen.adapt import methods as adapt_methods
 from cxrgen.data import leakage
 from cxrgen.errors import InputError
-from cxrgen.runs import PAPERS
+from cxrgen.runs import PAPERS, output_roots
 
 validate(config, schema="../schemas/config.schema.yaml")
 STUDIES = config["studies"]  # the selected papers (rule all, the index, the report and the findings follow)
+# every output of this run under results/<run>/, its logs and benchmarks under logs/<run>/ and benchmarks/<run>/
+RUN = config["run"]
+RESULTS, LOGS, BENCHMARKS = (output_roots(RUN)[top] for top in ("results", "logs", "benchmarks"))
 
 DATASET = config["data"]["name"]
-DATA_DIR = f"results/data/{DATASET}"
+DATA_DIR = f"{RESULTS}/data/{DATASET}"
 SAMPLES = sorted(config["samples"])
-MODELS_DIR = "results/models"
-TEXT_DIR = "results/text_encoders"
+MODELS_DIR = f"{RESULTS}/models"
+TEXT_DIR = f"{RESULTS}/text_encoders"
 # the foundation pipeline folder: built here, or a registry name / local folder given in the config
 FOUNDATION = f"{MODELS_DIR}/foundation" if config["foundation"]["model"] == "build" else config["foundation"]["model"]
 TEXT_CORPORA = [DATASET if c == "dataset" else c for c in config["text_encoders"]["corpora"]]
@@ -61,8 +64,8 @@ for _name, _m in ADAPTED.items():
     if _m["method"] in FEW_SHOT_METHODS and adaptation_sample(_name) not in config["samples"]:
         raise WorkflowError(f"config adaptation.methods[{_name}].sample={adaptation_sample(_name)!r} is not a configured sample; expected one of {SAMPLES}")
 ADAPT_DIR = f"{MODELS_DIR}/adapted"
-SYNTH_DIR = "results/synthesis"
-CLASSIFIER_DIR = "results/reference_classifier"
+SYNTH_DIR = f"{RESULTS}/synthesis"
+CLASSIFIER_DIR = f"{RESULTS}/reference_classifier"
 # the reference classifier: trained here, or torchxrayvision weights by name ("xrv:densenet121-res224-all")
 REFERENCE_CLASSIFIER = (
     f"{MODELS_DIR}/reference_classifier"
@@ -155,23 +158,23 @@ def needs_reference_classifier():
 def chambon_reported_outputs():
     """(path, rule, description) of the Chambon et al. tables and figures (VAE, text encoders, synthesis, privacy)."""
     items = [
-        ("results/tables/chambon2022_table1.md", "render_vae_study", "VAE reconstruction: classifier on originals vs reconstructions (Chambon Table 1)"),
-        ("results/tables/chambon2022_vae_summary.md", "render_vae_study", "VAE reconstruction: RMSE, PSNR, SSIM, FID, cosine similarity (Chambon 3.2)"),
-        ("results/figures/chambon2022_fig3.png", "render_vae_study", "original vs reconstruction examples (Chambon Fig. 3)"),
+        (f"{RESULTS}/tables/chambon2022_table1.md", "render_vae_study", "VAE reconstruction: classifier on originals vs reconstructions (Chambon Table 1)"),
+        (f"{RESULTS}/tables/chambon2022_vae_summary.md", "render_vae_study", "VAE reconstruction: RMSE, PSNR, SSIM, FID, cosine similarity (Chambon 3.2)"),
+        (f"{RESULTS}/figures/chambon2022_fig3.png", "render_vae_study", "original vs reconstruction examples (Chambon Fig. 3)"),
     ]
     for corpus in TEXT_CORPORA:
         for n, what in ((2, "macro CheXpert@k per encoder and method"), (3, "CheXpert@k per abnormality")):
             items.append(
-                (f"results/tables/chambon2022_table{n}_{corpus}.md", "render_text_encoder_study", f"{what} on {corpus} (Chambon Table {n})")
+                (f"{RESULTS}/tables/chambon2022_table{n}_{corpus}.md", "render_text_encoder_study", f"{what} on {corpus} (Chambon Table {n})")
             )
     items += [
-        ("results/tables/chambon2022_table4.md", "render_synthesis", "FID per adaptation method and prompt (Chambon Table 4)"),
-        ("results/tables/chambon2022_table5.md", "render_synthesis", "reference classifier on synthetic images (Chambon Table 5)"),
-        ("results/tables/chambon2022_prompt_dependence.md", "render_synthesis", "does the prompt change the image: effusion minus normal prompt on the same noise, per adapted model"),
-        ("results/figures/chambon2022_samples.png", "render_synthesis", "synthetic images per method and prompt (Chambon Figs. 1, 4)"),
-        ("results/figures/chambon2022_fig5.png", "render_synthesis", "training images beside synthetic ones (Chambon Fig. 5)"),
-        ("results/tables/privacy_memorization.md", "render_memorization", "nearest fine-tuning image of synthetic images (privacy)"),
-        ("results/figures/privacy_closest_pairs.png", "render_memorization", "synthetic images closest to a fine-tuning image"),
+        (f"{RESULTS}/tables/chambon2022_table4.md", "render_synthesis", "FID per adaptation method and prompt (Chambon Table 4)"),
+        (f"{RESULTS}/tables/chambon2022_table5.md", "render_synthesis", "reference classifier on synthetic images (Chambon Table 5)"),
+        (f"{RESULTS}/tables/chambon2022_prompt_dependence.md", "render_synthesis", "does the prompt change the image: effusion minus normal prompt on the same noise, per adapted model"),
+        (f"{RESULTS}/figures/chambon2022_samples.png", "render_synthesis", "synthetic images per method and prompt (Chambon Figs. 1, 4)"),
+        (f"{RESULTS}/figures/chambon2022_fig5.png", "render_synthesis", "training images beside synthetic ones (Chambon Fig. 5)"),
+        (f"{RESULTS}/tables/privacy_memorization.md", "render_memorization", "nearest fine-tuning image of synthetic images (privacy)"),
+        (f"{RESULTS}/figures/privacy_closest_pairs.png", "render_memorization", "synthetic images closest to a fine-tuning image"),
     ]
     return items
 
@@ -193,7 +196,7 @@ def paper_targets(paper):
 
 def reported_outputs():
     """The tables and figures of this run (the selected studies' and the shared prerequisites' they need) with the
-    rule that makes each and what it shows (results/README.md)."""
+    rule that makes each and what it shows (results/<run>/README.md)."""
     items = [
         (f"{DATA_DIR}/summary/label_counts.csv", "data_summary", "label counts per split"),
         (f"{DATA_DIR}/summary/phantom_grid.png", "data_summary", "example images per finding"),
@@ -204,7 +207,7 @@ def reported_outputs():
         if paper in STUDIES:
             items += paper_reported_outputs(paper)
     items += cheff_comparison_reported_outputs()
-    items.append(("results/tables/findings.md", "findings", "the papers' directional claims: this run's effect, interval and verdict (issue 17)"))
+    items.append((f"{RESULTS}/tables/findings.md", "findings", "the papers' directional claims: this run's effect, interval and verdict (issue 17)"))
     if config["foundation"]["model"] == "build" and needs_foundation():
         items.append((f"{FOUNDATION}/preview.png", "foundation", "samples of the miniature foundation model"))
     return [{"path": path, "rule": rule, "description": what} for path, rule, what in items]
@@ -258,4 +261,4 @@ def final_outputs():
 
 
 def all_targets():
-    return [*final_outputs(), "results/README.md"]
+    return [*final_outputs(), f"{RESULTS}/README.md"]

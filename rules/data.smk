@@ -15,9 +15,9 @@ if config["data"]["source"] == "phantom":
             phantom=config["data"]["phantom"],
             seed=config["seed"],
         log:
-            "logs/data/phantom_dataset.log",
+            f"{LOGS}/data/phantom_dataset.log",
         benchmark:
-            "benchmarks/data/phantom_dataset.tsv"
+            f"{BENCHMARKS}/data/phantom_dataset.tsv"
         threads: 1
         resources:
             mem_mb=2000,
@@ -38,9 +38,9 @@ rule dataset_table:
         data=config["data"],
         seed=config["seed"],
     log:
-        f"logs/data/{DATASET}/dataset_table.log",
+        f"{LOGS}/data/{DATASET}/dataset_table.log",
     benchmark:
-        f"benchmarks/data/{DATASET}/dataset_table.tsv"
+        f"{BENCHMARKS}/data/{DATASET}/dataset_table.tsv"
     resources:
         mem_mb=4000,
         runtime=30,
@@ -62,9 +62,9 @@ rule sample:
         seed=config["seed"],
         on_bad_image=config["data"]["on_bad_image"],
     log:
-        f"logs/data/{DATASET}/sample_{{sample}}.log",
+        f"{LOGS}/data/{DATASET}/sample_{{sample}}.log",
     benchmark:
-        f"benchmarks/data/{DATASET}/sample_{{sample}}.tsv"
+        f"{BENCHMARKS}/data/{DATASET}/sample_{{sample}}.tsv"
     resources:
         mem_mb=2000,
         runtime=30,
@@ -93,7 +93,7 @@ rule data_summary:
         scale=config["scale"],
         seed=config["seed"],
     log:
-        f"logs/data/{DATASET}/data_summary.log",
+        f"{LOGS}/data/{DATASET}/data_summary.log",
     localrule: True
     conda:
         "../envs/cxrgen.yaml"

@@ -23,9 +23,9 @@ rule dewilde_embedding:
         foundation=FOUNDATION,
         seed=config["seed"],
     log:
-        "logs/dewilde/embedding_{cls}_v{vectors}_n{cases}.log",
+        f"{LOGS}/dewilde/embedding_{{cls}}_v{{vectors}}_n{{cases}}.log",
     benchmark:
-        "benchmarks/dewilde/embedding_{cls}_v{vectors}_n{cases}.tsv"
+        f"{BENCHMARKS}/dewilde/embedding_{{cls}}_v{{vectors}}_n{{cases}}.tsv"
     threads: workflow.cores
     resources:
         gpu=config["gpus"]["dewilde_embedding"],
@@ -65,9 +65,9 @@ rule dewilde_sweep_point:
         seed=config["seed"],
         evaluation=config["evaluation"],
     log:
-        "logs/dewilde/sweep_{cls}_v{vectors}_n{cases}_steps{steps}_cfg{cfg}.log",
+        f"{LOGS}/dewilde/sweep_{{cls}}_v{{vectors}}_n{{cases}}_steps{{steps}}_cfg{{cfg}}.log",
     benchmark:
-        "benchmarks/dewilde/sweep_{cls}_v{vectors}_n{cases}_steps{steps}_cfg{cfg}.tsv"
+        f"{BENCHMARKS}/dewilde/sweep_{{cls}}_v{{vectors}}_n{{cases}}_steps{{steps}}_cfg{{cfg}}.tsv"
     threads: workflow.cores
     resources:
         gpu=1,
@@ -93,9 +93,9 @@ rule dewilde_composability:
         classifier=REFERENCE_CLASSIFIER,
         seed=config["seed"],
     log:
-        "logs/dewilde/composability.log",
+        f"{LOGS}/dewilde/composability.log",
     benchmark:
-        "benchmarks/dewilde/composability.tsv"
+        f"{BENCHMARKS}/dewilde/composability.tsv"
     threads: workflow.cores
     resources:
         gpu=1,
@@ -121,9 +121,9 @@ rule dewilde_inpainting:
         classifier=REFERENCE_CLASSIFIER,
         seed=config["seed"],
     log:
-        "logs/dewilde/inpainting.log",
+        f"{LOGS}/dewilde/inpainting.log",
     benchmark:
-        "benchmarks/dewilde/inpainting.tsv"
+        f"{BENCHMARKS}/dewilde/inpainting.tsv"
     threads: workflow.cores
     resources:
         gpu=1,
@@ -153,9 +153,9 @@ rule dewilde_synthetic:
         foundation=FOUNDATION,
         seed=config["seed"],
     log:
-        "logs/dewilde/synthetic_{cls}_v{vectors}_n{cases}.log",
+        f"{LOGS}/dewilde/synthetic_{{cls}}_v{{vectors}}_n{{cases}}.log",
     benchmark:
-        "benchmarks/dewilde/synthetic_{cls}_v{vectors}_n{cases}.tsv"
+        f"{BENCHMARKS}/dewilde/synthetic_{{cls}}_v{{vectors}}_n{{cases}}.tsv"
     threads: workflow.cores
     resources:
         gpu=1,
@@ -183,9 +183,9 @@ rule dewilde_classifier:
         leakage=DW_CLASSIFIER_LEAKAGE,
         synthetic={n: {c: f"{DW_DIR}/synthetic/{dw_slug(c)}_v{DW['vectors']}_n{n}" for c in DW_PAIR} for n in DW_SYN_CASES},
     log:
-        "logs/dewilde/classifier_seed{seed}.log",
+        f"{LOGS}/dewilde/classifier_seed{{seed}}.log",
     benchmark:
-        "benchmarks/dewilde/classifier_seed{seed}.tsv"
+        f"{BENCHMARKS}/dewilde/classifier_seed{{seed}}.tsv"
     threads: workflow.cores
     resources:
         gpu=config["gpus"]["dewilde_classifier"],
@@ -211,7 +211,7 @@ rule render_dewilde:
     output:
         **dw_table_outputs(),
         **{
-            f"{fig}_{ext}": report(f"results/figures/dewilde2023_{fig}.{ext}", caption=f"../report/dewilde_{fig}.rst", category=DW_CATEGORY)
+            f"{fig}_{ext}": report(f"{RESULTS}/figures/dewilde2023_{fig}.{ext}", caption=f"../report/dewilde_{fig}.rst", category=DW_CATEGORY)
             for fig in DW_FIGURES
             for ext in ("png", "pdf")
         },
@@ -221,7 +221,7 @@ rule render_dewilde:
         scale=config["scale"],
         evaluation=config["evaluation"],
     log:
-        "logs/dewilde/render_dewilde.log",
+        f"{LOGS}/dewilde/render_dewilde.log",
     localrule: True
     conda:
         "../envs/cxrgen.yaml"

@@ -1,7 +1,7 @@
 # Helpers of rules/dewilde.smk (de Wilde et al. 2023): config checks, embedding and sweep-point paths.
 
 DW = config["dewilde"]
-DW_DIR = "results/dewilde"
+DW_DIR = f"{RESULTS}/dewilde"
 DW_CATEGORY = "Textual inversion on a budget (de Wilde et al.)"
 DW_HEALTHY = DW["healthy"]
 
@@ -69,21 +69,21 @@ DW_PAIR = [DW_HEALTHY, DW["classifier"]["finding"]]
 
 def dw_table_outputs():
     return {
-        f"table{n}_{ext}": report(f"results/tables/dewilde2023_table{n}.{ext}", caption=f"../report/dewilde_table{n}.rst", category=DW_CATEGORY)
+        f"table{n}_{ext}": report(f"{RESULTS}/tables/dewilde2023_table{n}.{ext}", caption=f"../report/dewilde_table{n}.rst", category=DW_CATEGORY)
         for n in (1, 2, 3, 4)
         for ext in ("csv", "md", "tex")
     }
 
 
 def dewilde_reported_outputs():
-    """The de Wilde tables and figures for results/README.md (see reported_outputs in common.smk)."""
+    """The de Wilde tables and figures for results/<run>/README.md (see reported_outputs in common.smk)."""
     what = {
         1: "FID per sampling steps and CFG scale (de Wilde Table 1)",
         2: "FID per embedding size (de Wilde Table 2)",
         3: "FID per training cases (de Wilde Table 3)",
         4: "ResNet-18 AUC with real / synthetic data (de Wilde Table 4)",
     }
-    items = [(f"results/tables/dewilde2023_table{n}.md", "render_dewilde", w) for n, w in what.items()]
+    items = [(f"{RESULTS}/tables/dewilde2023_table{n}.md", "render_dewilde", w) for n, w in what.items()]
     figs = {
         "fig2": "samples per sweep setting (de Wilde Fig. 2 style)",
         "fig3": "healthy -> finding interpolation (de Wilde Fig. 3)",
@@ -92,5 +92,5 @@ def dewilde_reported_outputs():
         "composability": "classifier probability vs interpolation weight (de Wilde 4.3, measured)",
         "inpainting": "classifier probability and pixel change after inpainting (de Wilde 4.4, measured)",
     }
-    items += [(f"results/figures/dewilde2023_{f}.png", "render_dewilde", w) for f, w in figs.items()]
+    items += [(f"{RESULTS}/figures/dewilde2023_{f}.png", "render_dewilde", w) for f, w in figs.items()]
     return items

@@ -6,12 +6,12 @@ FINDINGS_CATEGORY = "Findings: the papers' claims on this run"
 
 
 rule findings:
-    """results/tables/findings.{csv,md,tex}: the papers' claims, this run's effects with intervals, verdicts."""
+    """results/<run>/tables/findings.{csv,md,tex}: the papers' claims, this run's effects with intervals, verdicts."""
     input:
         **findings_files(),
     output:
         **{
-            ext: report(f"results/tables/findings.{ext}", caption="../report/findings.rst", category=FINDINGS_CATEGORY)
+            ext: report(f"{RESULTS}/tables/findings.{ext}", caption="../report/findings.rst", category=FINDINGS_CATEGORY)
             for ext in ("csv", "md", "tex")
         },
     params:
@@ -24,9 +24,9 @@ rule findings:
         scale=config["scale"],
         studies=STUDIES,
     log:
-        "logs/findings.log",
+        f"{LOGS}/findings.log",
     benchmark:
-        "benchmarks/findings.tsv"
+        f"{BENCHMARKS}/findings.tsv"
     localrule: True
     conda:
         "../envs/cxrgen.yaml"

@@ -13,9 +13,9 @@ if config["foundation"]["model"] == "build":
             runtime=config["foundation"]["runtime"],
             seed=config["seed"],
         log:
-            "logs/foundation.log",
+            f"{LOGS}/foundation.log",
         benchmark:
-            "benchmarks/foundation.tsv"
+            f"{BENCHMARKS}/foundation.tsv"
         threads: workflow.cores
         resources:
             gpu=config["gpus"]["foundation"],

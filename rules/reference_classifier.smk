@@ -26,9 +26,9 @@ if config["reference_classifier"]["model"] == "train":
             training=config["reference_classifier"]["training"],
             seed=config["seed"],
         log:
-            "logs/reference_classifier/train.log",
+            f"{LOGS}/reference_classifier/train.log",
         benchmark:
-            "benchmarks/reference_classifier/train.tsv"
+            f"{BENCHMARKS}/reference_classifier/train.tsv"
         threads: workflow.cores
         resources:
             gpu=config["gpus"]["reference_classifier"],
@@ -59,7 +59,7 @@ rule evaluate_reference_classifier:
         seed=config["seed"],
         evaluation=config["evaluation"],
     log:
-        "logs/reference_classifier/evaluate.log",
+        f"{LOGS}/reference_classifier/evaluate.log",
     threads: workflow.cores
     resources:
         gpu=1,

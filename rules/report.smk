@@ -2,19 +2,20 @@
 
 
 rule results_index:
-    """results/README.md: outputs, per-job wall time, CPU/GPU hours, energy and CO2eq (Zafar et al. V.C)."""
+    """results/<run>/README.md: outputs, per-job wall time, CPU/GPU hours, energy and CO2eq (Zafar et al. V.C)."""
     input:
         final_outputs(),
     output:
-        "results/README.md",
+        f"{RESULTS}/README.md",
     params:
         outputs=reported_outputs(),
+        benchmarks=BENCHMARKS,
         gpu_rules=gpu_rules(),
         scale=config["scale"],
         config_files=[str(f) for f in workflow.configfiles],
         accounting=config["accounting"],
     log:
-        "logs/results_index.log",
+        f"{LOGS}/results_index.log",
     localrule: True
     conda:
         "../envs/cxrgen.yaml"
@@ -26,5 +27,5 @@ rule render:
     """Target: (re)render every table and figure and the index; training reruns only if something upstream changed."""
     input:
         [item["path"] for item in reported_outputs() if item["rule"] != "foundation"],
-        "results/README.md",
+        f"{RESULTS}/README.md",
     localrule: True

@@ -26,9 +26,9 @@ rule synthesize:
         foundation=FOUNDATION,
         seed=config["seed"],
     log:
-        "logs/synthesis/{adapted}.log",
+        f"{LOGS}/synthesis/{{adapted}}.log",
     benchmark:
-        "benchmarks/synthesis/{adapted}.tsv"
+        f"{BENCHMARKS}/synthesis/{{adapted}}.tsv"
     threads: workflow.cores
     resources:
         gpu=1,
@@ -59,9 +59,9 @@ rule evaluate_synthesis:
         seed=config["seed"],
         evaluation=config["evaluation"],
     log:
-        "logs/synthesis/evaluate_synthesis.log",
+        f"{LOGS}/synthesis/evaluate_synthesis.log",
     benchmark:
-        "benchmarks/synthesis/evaluate_synthesis.tsv"
+        f"{BENCHMARKS}/synthesis/evaluate_synthesis.tsv"
     threads: workflow.cores
     resources:
         gpu=1,
@@ -84,16 +84,16 @@ rule render_synthesis:
         train=f"{DATA_DIR}/samples/{fig5_sample()}",
     output:
         **{
-            f"table{n}_{ext}": report(f"results/tables/chambon2022_table{n}.{ext}", caption=f"../report/synthesis_table{n}.rst", category=SYNTH_CATEGORY)
+            f"table{n}_{ext}": report(f"{RESULTS}/tables/chambon2022_table{n}.{ext}", caption=f"../report/synthesis_table{n}.rst", category=SYNTH_CATEGORY)
             for n in (4, 5)
             for ext in ("csv", "md", "tex")
         },
         **{
-            f"prompt_dependence_{ext}": report(f"results/tables/chambon2022_prompt_dependence.{ext}", caption="../report/synthesis_prompt_dependence.rst", category=SYNTH_CATEGORY)
+            f"prompt_dependence_{ext}": report(f"{RESULTS}/tables/chambon2022_prompt_dependence.{ext}", caption="../report/synthesis_prompt_dependence.rst", category=SYNTH_CATEGORY)
             for ext in ("csv", "md", "tex")
         },
         **{
-            f"{fig}_{ext}": report(f"results/figures/chambon2022_{fig}.{ext}", caption=f"../report/synthesis_{fig}.rst", category=SYNTH_CATEGORY)
+            f"{fig}_{ext}": report(f"{RESULTS}/figures/chambon2022_{fig}.{ext}", caption=f"../report/synthesis_{fig}.rst", category=SYNTH_CATEGORY)
             for fig in ("samples", "fig5")
             for ext in ("png", "pdf")
         },
@@ -106,7 +106,7 @@ rule render_synthesis:
         scale=config["scale"],
         seed=config["seed"],
     log:
-        "logs/synthesis/render_synthesis.log",
+        f"{LOGS}/synthesis/render_synthesis.log",
     localrule: True
     conda:
         "../envs/cxrgen.yaml"
@@ -130,9 +130,9 @@ rule memorization:
         classifier=REFERENCE_CLASSIFIER,
         quantile=config["synthesis"]["memorization_quantile"],
     log:
-        "logs/synthesis/memorization.log",
+        f"{LOGS}/synthesis/memorization.log",
     benchmark:
-        "benchmarks/synthesis/memorization.tsv"
+        f"{BENCHMARKS}/synthesis/memorization.tsv"
     threads: workflow.cores
     resources:
         gpu=1,
@@ -153,18 +153,18 @@ rule render_memorization:
         train=rules.memorization.input.train,
     output:
         **{
-            f"table_{ext}": report(f"results/tables/privacy_memorization.{ext}", caption="../report/memorization.rst", category="Privacy (memorization)")
+            f"table_{ext}": report(f"{RESULTS}/tables/privacy_memorization.{ext}", caption="../report/memorization.rst", category="Privacy (memorization)")
             for ext in ("csv", "md", "tex")
         },
         **{
-            f"figure_{ext}": report(f"results/figures/privacy_closest_pairs.{ext}", caption="../report/memorization_pairs.rst", category="Privacy (memorization)")
+            f"figure_{ext}": report(f"{RESULTS}/figures/privacy_closest_pairs.{ext}", caption="../report/memorization_pairs.rst", category="Privacy (memorization)")
             for ext in ("png", "pdf")
         },
     params:
         methods=list(ADAPTED),
         scale=config["scale"],
     log:
-        "logs/synthesis/render_memorization.log",
+        f"{LOGS}/synthesis/render_memorization.log",
     localrule: True
     conda:
         "../envs/cxrgen.yaml"

@@ -23,12 +23,13 @@ rule text_encoder_study:
             subcategory="{corpus}",
         ),
     params:
-        study=config["text_encoders"],
+        # embeddings cached in this run's folder unless the config names a shared one
+        study={**config["text_encoders"], "cache_dir": config["text_encoders"]["cache_dir"] or f"{TEXT_DIR}/cache"},
         seed=config["seed"],
     log:
-        f"logs/text_encoders/{{corpus}}.log",
+        f"{LOGS}/text_encoders/{{corpus}}.log",
     benchmark:
-        f"benchmarks/text_encoders/{{corpus}}.tsv"
+        f"{BENCHMARKS}/text_encoders/{{corpus}}.tsv"
     threads: workflow.cores
     resources:
         mem_mb=6000,
@@ -48,7 +49,7 @@ rule render_text_encoder_study:
     output:
         **{
             f"table{n}_{ext}": report(
-                f"results/tables/chambon2022_table{n}_{{corpus}}.{ext}",
+                f"{RESULTS}/tables/chambon2022_table{n}_{{corpus}}.{ext}",
                 caption=f"../report/text_encoders_table{n}.rst",
                 category="Text encoders (Chambon Tables 2, 3)",
                 subcategory="{corpus}",
@@ -59,7 +60,7 @@ rule render_text_encoder_study:
     params:
         scale=config["scale"],
     log:
-        "logs/text_encoders/render_{corpus}.log",
+        f"{LOGS}/text_encoders/render_{{corpus}}.log",
     localrule: True
     conda:
         "../envs/cxrgen.yaml"

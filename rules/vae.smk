@@ -1,7 +1,7 @@
 # VAE reconstruction study (Chambon et al. 2.3, 3.2): RMSE/PSNR/SSIM, FID, latent cosine similarity and
 # reference-classifier performance on originals vs reconstructions (Tables 1, 6; Fig. 3).
 
-VAE_DIR = "results/vae_study"
+VAE_DIR = f"{RESULTS}/vae_study"
 VAE_PAPER_TABLE = "table6" if "chexpert" in DATASET.lower() else "table1"  # Table 6 is the CheXpert version
 # run-time patient checks (cxrgen.data.leakage): the scored sample vs a classifier trained here (train, validation)
 VAE_LEAKAGE = (
@@ -35,9 +35,9 @@ rule vae_study:
         seed=config["seed"],
         evaluation=config["evaluation"],
     log:
-        "logs/vae_study/vae_study.log",
+        f"{LOGS}/vae_study/vae_study.log",
     benchmark:
-        "benchmarks/vae_study/vae_study.tsv"
+        f"{BENCHMARKS}/vae_study/vae_study.tsv"
     threads: workflow.cores
     resources:
         gpu=1,
@@ -59,42 +59,42 @@ rule render_vae_study:
         examples=rules.vae_study.output.examples,
     output:
         table1_csv=report(
-            "results/tables/chambon2022_table1.csv",
+            f"{RESULTS}/tables/chambon2022_table1.csv",
             caption="../report/vae_table1.rst",
             category="VAE reconstruction (Chambon Tables 1, 6; Fig. 3)",
         ),
         table1_md=report(
-            "results/tables/chambon2022_table1.md",
+            f"{RESULTS}/tables/chambon2022_table1.md",
             caption="../report/vae_table1.rst",
             category="VAE reconstruction (Chambon Tables 1, 6; Fig. 3)",
         ),
         table1_tex=report(
-            "results/tables/chambon2022_table1.tex",
+            f"{RESULTS}/tables/chambon2022_table1.tex",
             caption="../report/vae_table1.rst",
             category="VAE reconstruction (Chambon Tables 1, 6; Fig. 3)",
         ),
         summary_csv=report(
-            "results/tables/chambon2022_vae_summary.csv",
+            f"{RESULTS}/tables/chambon2022_vae_summary.csv",
             caption="../report/vae_summary.rst",
             category="VAE reconstruction (Chambon Tables 1, 6; Fig. 3)",
         ),
         summary_md=report(
-            "results/tables/chambon2022_vae_summary.md",
+            f"{RESULTS}/tables/chambon2022_vae_summary.md",
             caption="../report/vae_summary.rst",
             category="VAE reconstruction (Chambon Tables 1, 6; Fig. 3)",
         ),
         summary_tex=report(
-            "results/tables/chambon2022_vae_summary.tex",
+            f"{RESULTS}/tables/chambon2022_vae_summary.tex",
             caption="../report/vae_summary.rst",
             category="VAE reconstruction (Chambon Tables 1, 6; Fig. 3)",
         ),
         fig3_png=report(
-            "results/figures/chambon2022_fig3.png",
+            f"{RESULTS}/figures/chambon2022_fig3.png",
             caption="../report/vae_fig3.rst",
             category="VAE reconstruction (Chambon Tables 1, 6; Fig. 3)",
         ),
         fig3_pdf=report(
-            "results/figures/chambon2022_fig3.pdf",
+            f"{RESULTS}/figures/chambon2022_fig3.pdf",
             caption="../report/vae_fig3.rst",
             category="VAE reconstruction (Chambon Tables 1, 6; Fig. 3)",
         ),
@@ -102,7 +102,7 @@ rule render_vae_study:
         scale=config["scale"],
         paper_table=VAE_PAPER_TABLE,
     log:
-        "logs/vae_study/render_vae_study.log",
+        f"{LOGS}/vae_study/render_vae_study.log",
     localrule: True
     conda:
         "../envs/cxrgen.yaml"

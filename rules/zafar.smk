@@ -1,6 +1,6 @@
 # Zafar et al. 2023: full fine-tuning vs DreamBooth + LoRA with structured PadChest-style prompts; FID, attribute
 # controllability (sex, view, finding), a forgetting check on the foundation's corpus, parameters and artefact
-# sizes, step grids. One rule family per method under results/models/zafar/<name>.
+# sizes, step grids. One rule family per method under results/<run>/models/zafar/<name>.
 
 ZAFAR = config["zafar"]
 ZAFAR_METHODS = {m["name"]: m for m in ZAFAR["methods"]}
@@ -13,7 +13,7 @@ for _name, _m in ZAFAR_METHODS.items():
     if _m.get("sample", ZAFAR["train_sample"]) not in config["samples"]:
         raise WorkflowError(f"config zafar.methods[{_name}].sample={_m['sample']!r} is not a configured sample; expected one of {SAMPLES}")
 ZAFAR_MODELS_DIR = f"{MODELS_DIR}/zafar"
-ZAFAR_DIR = "results/zafar"
+ZAFAR_DIR = f"{RESULTS}/zafar"
 ZAFAR_SETS = ["foundation", *ZAFAR_METHODS]
 ZAFAR_CATEGORY = "Zafar 2023 (full fine-tuning vs DreamBooth + LoRA)"
 # run-time patient check (cxrgen.data.leakage): the FID real set vs every method's training sample
@@ -22,12 +22,12 @@ ZAFAR_LEAKAGE = manifest_checks(
 )
 
 
-# the run's Zafar tables and figures for results/README.md (rules/common.smk: reported_outputs)
+# the run's Zafar tables and figures for results/<run>/README.md (rules/common.smk: reported_outputs)
 zafar_reported_outputs = lambda: [
-    ("results/tables/zafar2023_methods.md", "zafar_render", "full FT vs DreamBooth+LoRA: FID, attribute AUC, retained knowledge, params, artefact size (Zafar)"),
-    ("results/tables/zafar2023_prompts.md", "zafar_render", "structured prompt levels and their token counts (Zafar IV.C)"),
-    ("results/figures/zafar2023_step_grid.png", "zafar_render", "samples at increasing training steps (Zafar Figs. 4-7)"),
-    ("results/figures/zafar2023_samples.png", "zafar_render", "attribute and out-of-domain prompts per model (Zafar Fig. 8)"),
+    (f"{RESULTS}/tables/zafar2023_methods.md", "zafar_render", "full FT vs DreamBooth+LoRA: FID, attribute AUC, retained knowledge, params, artefact size (Zafar)"),
+    (f"{RESULTS}/tables/zafar2023_prompts.md", "zafar_render", "structured prompt levels and their token counts (Zafar IV.C)"),
+    (f"{RESULTS}/figures/zafar2023_step_grid.png", "zafar_render", "samples at increasing training steps (Zafar Figs. 4-7)"),
+    (f"{RESULTS}/figures/zafar2023_samples.png", "zafar_render", "attribute and out-of-domain prompts per model (Zafar Fig. 8)"),
 ]
 
 
@@ -47,9 +47,9 @@ rule zafar_train:
         class_images=lambda w: f"{ZAFAR_MODELS_DIR}/class_images/{w.name}",
         seed=config["seed"],
     log:
-        "logs/zafar/train_{name}.log",
+        f"{LOGS}/zafar/train_{{name}}.log",
     benchmark:
-        "benchmarks/zafar/train_{name}.tsv"
+        f"{BENCHMARKS}/zafar/train_{{name}}.tsv"
     threads: workflow.cores
     resources:
         gpu=config["gpus"]["zafar_train"],
@@ -72,9 +72,9 @@ rule zafar_attribute_classifier:
         settings=ZAFAR["attribute_classifier"],
         seed=config["seed"],
     log:
-        "logs/zafar/attribute_classifier.log",
+        f"{LOGS}/zafar/attribute_classifier.log",
     benchmark:
-        "benchmarks/zafar/attribute_classifier.tsv"
+        f"{BENCHMARKS}/zafar/attribute_classifier.tsv"
     threads: workflow.cores
     resources:
         gpu=config["gpus"]["zafar_classifier"],
@@ -94,9 +94,9 @@ rule zafar_corpus_classifier:
         settings=ZAFAR["corpus_classifier"],
         seed=config["seed"],
     log:
-        "logs/zafar/corpus_classifier.log",
+        f"{LOGS}/zafar/corpus_classifier.log",
     benchmark:
-        "benchmarks/zafar/corpus_classifier.tsv"
+        f"{BENCHMARKS}/zafar/corpus_classifier.tsv"
     threads: workflow.cores
     resources:
         gpu=config["gpus"]["zafar_classifier"],
@@ -123,9 +123,9 @@ rule zafar_sample:
         foundation=FOUNDATION,
         seed=config["seed"],
     log:
-        "logs/zafar/sample_{model}.log",
+        f"{LOGS}/zafar/sample_{{model}}.log",
     benchmark:
-        "benchmarks/zafar/sample_{model}.tsv"
+        f"{BENCHMARKS}/zafar/sample_{{model}}.tsv"
     threads: workflow.cores
     resources:
         gpu=1,
@@ -161,9 +161,9 @@ rule zafar_evaluate:
         seed=config["seed"],
         evaluation=config["evaluation"],
     log:
-        "logs/zafar/evaluate.log",
+        f"{LOGS}/zafar/evaluate.log",
     benchmark:
-        "benchmarks/zafar/evaluate.tsv"
+        f"{BENCHMARKS}/zafar/evaluate.tsv"
     threads: workflow.cores
     resources:
         gpu=1,
@@ -185,12 +185,12 @@ rule zafar_render:
         foundation=foundation_input,
     output:
         **{
-            f"{t}_{ext}": report(f"results/tables/zafar2023_{t}.{ext}", caption=f"../report/zafar_{t}.rst", category=ZAFAR_CATEGORY)
+            f"{t}_{ext}": report(f"{RESULTS}/tables/zafar2023_{t}.{ext}", caption=f"../report/zafar_{t}.rst", category=ZAFAR_CATEGORY)
             for t in ("methods", "prompts")
             for ext in ("csv", "md", "tex")
         },
         **{
-            f"{fig}_{ext}": report(f"results/figures/zafar2023_{fig}.{ext}", caption=f"../report/zafar_{fig}.rst", category=ZAFAR_CATEGORY)
+            f"{fig}_{ext}": report(f"{RESULTS}/figures/zafar2023_{fig}.{ext}", caption=f"../report/zafar_{fig}.rst", category=ZAFAR_CATEGORY)
             for fig in ("step_grid", "samples")
             for ext in ("png", "pdf")
         },
@@ -202,7 +202,7 @@ rule zafar_render:
         n_show=ZAFAR["n_show"],
         scale=config["scale"],
     log:
-        "logs/zafar/render.log",
+        f"{LOGS}/zafar/render.log",
     localrule: True
     conda:
         "../envs/cxrgen.yaml"

@@ -10,7 +10,7 @@ with script_context(snakemake) as log:
     costs = write_index(
         snakemake.output[0],
         snakemake.params.outputs,
-        "benchmarks",
+        snakemake.params.benchmarks,
         snakemake.params.scale,
         snakemake.params.config_files,
         gpu_jobs=set(snakemake.params.gpu_rules) if on_gpu else set(),

@@ -1,4 +1,4 @@
-"""Publishing results with DVC: `make publish` (dvc add + dvc push of results/*), then in a fresh clone
+"""Publishing results with DVC: `make publish` (dvc add + dvc push of results/<run>/*), then in a fresh clone
 `dvc pull` + `snakemake --touch` restores the finished state with nothing to rerun.
 
 Runs in a scratch git repo holding a copy of the workflow, with a local directory remote; and the same push and pull
@@ -23,8 +23,8 @@ VENV = Path(sys.prefix) if (Path(sys.prefix) / "bin" / "dvc").exists() else None
 WORKFLOW = ("Snakefile", "config.yaml", "rules", "scripts", "schemas", "configs", "report", "profiles", "envs",
             "Makefile", "requirements.lock", "pyproject.toml", ".gitignore", ".dvcignore")
 # a cheap but real slice of the smoke run: phantom data, its table, a sample, a summary, a (shortly) trained model
-TARGETS = ["results/data/smoke/summary/label_counts.csv", "results/data/smoke/samples/fewshot_chambon",
-           "results/models/foundation"]
+TARGETS = ["results/smoke/data/smoke/summary/label_counts.csv", "results/smoke/data/smoke/samples/fewshot_chambon",
+           "results/smoke/models/foundation"]
 TINY = "foundation:\n  overrides: {n_images: 16, vae_steps: 2, unet_steps: 2, preview_per_prompt: 0}\n"
 SMOKE = ["--configfile", "configs/smoke.yaml", "tiny.yaml", "--"]
 
@@ -46,9 +46,9 @@ def snakemake(cwd, *args):
 
 
 def tree_hash(root: Path) -> dict:
-    """Content of every file under results/ except the .dvc pointers."""
+    """Content of every file under ``root`` except the .dvc pointers."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and not (p.parent == root and p.suffix == ".dvc")}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.suffix != ".dvc"}
 
 
 @pytest.mark.slow
@@ -69,16 +69,18 @@ def test_publish_then_pull_and_touch_restores_without_rerun(tmp_path):
     run(["git", "commit", "-qm", "workflow"], src)
 
     snakemake(src, "--cores", "2", *SMOKE, *TARGETS)
+    assert sorted(p.name for p in (src / "results").iterdir()) == ["smoke"]  # the smoke run's folder only
     published = tree_hash(src / "results")
     t0 = time.monotonic()
-    run(["make", "-o", ".venv/.installed", "publish"], src)
-    entries = sorted(p.name for p in (src / "results").iterdir() if not p.name.endswith(".dvc") and p.name != ".gitignore")
-    assert {"data", "models", "smoke-data"} <= set(entries)
-    for name in entries:  # one pointer per entry of results/, ignored by git, the pointer is not
-        assert (src / "results" / f"{name}.dvc").is_file(), name
+    run(["make", "-o", ".venv/.installed", "publish", "CONFIG=configs/smoke.yaml"], src)
+    run_dir = src / "results" / "smoke"
+    entries = sorted(p.name for p in run_dir.iterdir() if not p.name.endswith(".dvc") and p.name != ".gitignore")
+    assert {"data", "models", "phantom"} <= set(entries)
+    for name in entries:  # one pointer per entry of results/smoke/, ignored by git, the pointer is not
+        assert (run_dir / f"{name}.dvc").is_file(), name
     status = run(["git", "status", "--porcelain", "--untracked-files=all"], src)
-    assert "results/models.dvc" in status  # the pointer is for git (the data stays ignored by /results/*)
-    assert "results/models/" not in status and "results/data/" not in status
+    assert "results/smoke/models.dvc" in status  # the pointer is for git (the data stays ignored by .gitignore)
+    assert "results/smoke/models/" not in status and "results/smoke/data/" not in status
     assert any((src / "dvc-remote").rglob("*")), "nothing pushed to the default remote"
     run(["git", "add", "results"], src)  # adds only the .dvc pointers
     run(["git", "commit", "-qm", "publish results"], src)
@@ -86,7 +88,7 @@ def test_publish_then_pull_and_touch_restores_without_rerun(tmp_path):
     # a fresh clone: code from git, artefacts from the remote (credentials/overrides go to .dvc/config.local)
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(src), str(clone)], tmp_path)
-    assert not (clone / "results" / "models").exists()
+    assert not (clone / "results" / "smoke" / "models").exists()
     run([str(VENV / "bin" / "dvc"), "remote", "modify", "--local", "local", "url", str(src / "dvc-remote")], clone)
     run([str(VENV / "bin" / "dvc"), "pull", "--quiet"], clone)
     assert tree_hash(clone / "results") == published
@@ -165,7 +167,8 @@ def test_push_to_an_ssh_remote_and_pull_in_a_fresh_clone(tmp_path, ssh_remote):
     for name in (".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore"):
         shutil.copy(REPO / name, lab / name)
     rng = random.Random(0)
-    for rel in ("results/models/a/weights.bin", "results/models/b/weights.bin", "results/tables/t.csv"):
+    for rel in ("results/default/models/a/weights.bin", "results/default/models/b/weights.bin",
+                "results/default/tables/t.csv"):
         (lab / rel).parent.mkdir(parents=True, exist_ok=True)
         (lab / rel).write_bytes(rng.randbytes(20_000))
     published = tree_hash(lab / "results")
@@ -173,7 +176,7 @@ def test_push_to_an_ssh_remote_and_pull_in_a_fresh_clone(tmp_path, ssh_remote):
     # docs/data.md: the shared remote in .dvc/config (committed, no credentials), the key in .dvc/config.local
     run([*dvc, "remote", "add", "-d", "shared", url], lab)
     run([*dvc, "remote", "modify", "--local", "shared", "keyfile", str(key)], lab)
-    run([*dvc, "add", "-q", "results/models", "results/tables"], lab)  # what `make publish` runs
+    run([*dvc, "add", "-q", "results/default/models", "results/default/tables"], lab)  # what `make publish` runs
     run([*dvc, "push", "-q"], lab)
     assert any((tmp_path / "remote").rglob("*")), "nothing arrived on the SSH remote"
     run(["git", "add", "-A"], lab)
@@ -182,7 +185,7 @@ def test_push_to_an_ssh_remote_and_pull_in_a_fresh_clone(tmp_path, ssh_remote):
 
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(lab), str(clone)], tmp_path)
-    assert not (clone / "results" / "models").exists()
+    assert not (clone / "results" / "default" / "models").exists()
     run([*dvc, "remote", "modify", "--local", "shared", "keyfile", str(key)], clone)
     run([*dvc, "pull", "-q"], clone)
     assert tree_hash(clone / "results") == published

@@ -145,7 +145,7 @@ def _planned_gpus(output: str) -> dict:
 
 
 def test_the_gpus_config_sets_a_training_rules_gpu_resource(tmp_path):
-    proc = _dry_run(tmp_path, "gpus: {cheff_sdm: 4}\n", "--resources", "gpu=4", "--", "results/models/cheff/sdm_report")
+    proc = _dry_run(tmp_path, "gpus: {cheff_sdm: 4}\n", "--resources", "gpu=4", "--", "results/default/models/cheff/sdm_report")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _planned_gpus(proc.stdout) == {"cheff_autoencoder": 1, "cheff_sdm": 4}, proc.stdout[-3000:]
 

@@ -98,16 +98,17 @@ def test_table_joins_benchmarks_flops_logs_and_weights(tmp_path):
     from safetensors.torch import save_file
 
     work = tmp_path / "zafar2023"
-    (work / "benchmarks" / "zafar").mkdir(parents=True)
+    bench = work / "benchmarks" / "rehearsal-zafar2023"  # the overlay's run (configs/rehearsal/zafar2023.yaml)
+    (bench / "zafar").mkdir(parents=True)
     (work / "flops").mkdir()
-    model = work / "results" / "models" / "zafar" / "lora"
+    model = work / "results" / "rehearsal-zafar2023" / "models" / "zafar" / "lora"
     model.mkdir(parents=True)
     pd.DataFrame({"s": [12.5], "h:m:s": ["0:00:12"], "max_rss": [1234.0]}).to_csv(
-        work / "benchmarks" / "zafar" / "train_lora.tsv", sep="\t", index=False)
-    pd.DataFrame({"s": [1.0], "max_rss": [50.0]}).to_csv(work / "benchmarks" / "zafar" / "render.tsv", sep="\t",
-                                                           index=False)
+        bench / "zafar" / "train_lora.tsv", sep="\t", index=False)
+    pd.DataFrame({"s": [1.0], "max_rss": [50.0]}).to_csv(bench / "zafar" / "render.tsv", sep="\t", index=False)
     (work / "flops" / "logs__zafar__train_lora.log.json").write_text(json.dumps(
-        {"log": "logs/zafar/train_lora.log", "output": ["results/models/zafar/lora"], "step_totals": [10, 30],
+        {"log": "logs/rehearsal-zafar2023/zafar/train_lora.log",
+         "output": ["results/rehearsal-zafar2023/models/zafar/lora"], "step_totals": [10, 30],
          "flops_per_step": 20, "total_flops": 99}))
     pd.DataFrame({"step": [1, 2], "loss": [1.0, 0.5], "seconds": [4.0, 5.5]}).to_csv(model / "training_log.csv",
                                                                                        index=False)

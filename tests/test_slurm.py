@@ -122,8 +122,8 @@ def _placement(log: Path) -> dict:
 # A slice of the smoke run with GPU rules (foundation, reference classifier and its evaluation), submitted CPU
 # rules (phantom data, table, samples) and a local rule (data summary): the whole smoke DAG has ~50 jobs, each
 # paying SLURM's start-up, which would take CI many minutes. CXRGEN_SLURM_FULL=1 runs all of it instead.
-SLICE = ["results/models/foundation", "results/reference_classifier/test_metrics.csv",
-         "results/data/smoke/summary/label_counts.csv"]
+SLICE = ["results/smoke/models/foundation", "results/smoke/reference_classifier/test_metrics.csv",
+         "results/smoke/data/smoke/summary/label_counts.csv"]
 TARGETS = [] if os.environ.get("CXRGEN_SLURM_FULL") == "1" else ["--", *SLICE]
 
 
@@ -133,7 +133,7 @@ def test_smoke_workflow_on_slurm_routes_gpu_rules_to_gpus(workdir, cluster):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     print(f"\nsmoke workflow on SLURM ({'all' if not TARGETS else 'slice'}): {seconds:.1f} s")
-    assert (workdir / "results" / "reference_classifier" / "test_metrics.csv").is_file()
+    assert (workdir / "results" / "smoke" / "reference_classifier" / "test_metrics.csv").is_file()
 
     jobs = _jobs(out)
     gpu_rules = {r for r, j in jobs.items() if j["gpu"]}
@@ -145,7 +145,7 @@ def test_smoke_workflow_on_slurm_routes_gpu_rules_to_gpus(workdir, cluster):
             assert job["partitions"] == ({"gpu"} if job["gpu"] else {"cpu"}), (rule, job)
 
     # inside the jobs: GPU rules got a SLURM job with a GPU allocated, CPU rules a job without one
-    logs = workdir / "logs"
+    logs = workdir / "logs" / "smoke"
     for log in (logs / "foundation.log", logs / "reference_classifier" / "train.log"):
         where = _placement(log)
         assert where.get("SLURM_JOB_ID") and where.get("SLURM_JOB_PARTITION") == "gpu", (log, where)
@@ -166,7 +166,7 @@ def test_smoke_workflow_on_slurm_routes_gpu_rules_to_gpus(workdir, cluster):
 
 def test_gpu_only_profile_keeps_cpu_rules_on_the_submit_host(workdir):
     # rerun one CPU rule and one (quick) GPU rule of the finished slice
-    targets = ["results/data/smoke/table.csv", "results/reference_classifier/test_metrics.csv"]
+    targets = ["results/smoke/data/smoke/table.csv", "results/smoke/reference_classifier/test_metrics.csv"]
     proc, seconds = _snakemake(workdir, "--workflow-profile", "profiles/slurm-gpu-only-ci", "--configfile",
                                "configs/smoke.yaml", "--forcerun", "dataset_table", "evaluate_reference_classifier",
                                "--", *targets)
@@ -177,8 +177,8 @@ def test_gpu_only_profile_keeps_cpu_rules_on_the_submit_host(workdir):
     assert jobs["dataset_table"]["local"] and not jobs["dataset_table"]["partitions"], jobs
     gpu_job = jobs["evaluate_reference_classifier"]
     assert not gpu_job["local"] and gpu_job["partitions"] == {"gpu"}, jobs
-    assert _placement(workdir / "logs" / "data" / "smoke" / "dataset_table.log") == {}  # ran here, not in SLURM
-    where = _placement(workdir / "logs" / "reference_classifier" / "evaluate.log")
+    assert _placement(workdir / "logs" / "smoke" / "data" / "smoke" / "dataset_table.log") == {}  # ran here, not in SLURM
+    where = _placement(workdir / "logs" / "smoke" / "reference_classifier" / "evaluate.log")
     assert where.get("SLURM_JOB_PARTITION") == "gpu" and where.get("CUDA_VISIBLE_DEVICES") in ("0", "1"), where
 
 
@@ -191,13 +191,13 @@ def _smoke_with(workdir, name: str, overlay: str, target: str):
 
 def test_a_failing_slurm_job_fails_the_run_and_names_its_log(workdir):
     proc, _ = _smoke_with(workdir, "bad.yaml", "foundation:\n  overrides: {no_such_setting: 1}\n",
-                          "results/models/foundation")
+                          "results/smoke/models/foundation")
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-4000:]
     assert re.search(r"Error in rule foundation", out), out[-4000:]
-    assert "logs/foundation.log" in out, out[-4000:]
+    assert "logs/smoke/foundation.log" in out, out[-4000:]
     assert re.search(r"\.snakemake/slurm_logs/rule_foundation/\S*\d+\.log", out), out[-4000:]
-    assert "no_such_setting" in (workdir / "logs" / "foundation.log").read_text()
+    assert "no_such_setting" in (workdir / "logs" / "smoke" / "foundation.log").read_text()
 
 
 
@@ -205,13 +205,13 @@ def test_a_two_gpu_cheff_stage_is_one_slurm_job_of_two_processes(workdir):
     # gpus.cheff_autoencoder: 2 -> resources gpu=2 -> sbatch/srun --gpus=2 (two fake GPUs) -> accelerate launch runs
     # two ranks (CPU processes over gloo: the fake GPUs are no devices)
     proc, seconds = _smoke_with(workdir, "two_gpus.yaml", "gpus: {cheff_autoencoder: 2}\n"
-                                "cheff: {preset: smoke, autoencoder: {steps: 2}}\n", "results/models/cheff/autoencoder")
+                                "cheff: {preset: smoke, autoencoder: {steps: 2}}\n", "results/smoke/models/cheff/autoencoder")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     print(f"\n2-GPU cheff_autoencoder on SLURM (with its data jobs): {seconds:.1f} s")
     assert re.search(r"rule cheff_autoencoder:(?:\n.*)*?\n\s+resources: .*\bgpu=2\b", out), out[-6000:]
     assert _jobs(out)["cheff_autoencoder"]["partitions"] == {"gpu"}
-    log = workdir / "logs" / "cheff" / "autoencoder.log"
+    log = workdir / "logs" / "smoke" / "cheff" / "autoencoder.log"
     text = log.read_text()
     where = _placement(log)
     assert where.get("SLURM_JOB_PARTITION") == "gpu" and where.get("CUDA_VISIBLE_DEVICES") == "0,1", where
@@ -220,4 +220,4 @@ def test_a_two_gpu_cheff_stage_is_one_slurm_job_of_two_processes(workdir):
     job = subprocess.run(["scontrol", "show", "job", where["SLURM_JOB_ID"]], capture_output=True, text=True,
                          env=_env()).stdout
     assert re.search(r"gres[/:]gpu(?::fake)?[=:]2\b", job), job  # TresPerJob=gres:gpu:2 or TRES ...gres/gpu=2
-    assert (workdir / "results" / "models" / "cheff" / "autoencoder").is_dir()
+    assert (workdir / "results" / "smoke" / "models" / "cheff" / "autoencoder").is_dir()

@@ -116,6 +116,28 @@ def test_bad_adaptation_setting_stops_the_dry_run(workdir):
     assert "zafar.methods[l].settings (method 'lora')" in out and "rnk" in out and "'rank'" in out
 
 
+def planned_paths(proc) -> set[str]:
+    """Every output, log and benchmark path of a ``snakemake -n`` plan."""
+    lines = re.findall(r"^    (?:output|log|benchmark): (.+)$", proc.stdout + proc.stderr, re.M)
+    return {path.strip() for line in lines for path in line.split(",")}
+
+
+def test_runs_of_different_configs_write_disjoint_paths_under_their_run_folders(workdir):
+    default = planned_paths(run_snakemake("-n", cwd=workdir))
+    smoke = planned_paths(run_snakemake("-n", "--configfile", "configs/smoke.yaml", cwd=workdir))
+    assert len(default) > 100 and len(smoke) > 100
+    assert not default & smoke, sorted(default & smoke)[:10]
+    # the default's phantom dataset is versioned input data (data.dvc); smoke generates its own inside its run
+    assert {p for p in default if not p.startswith(("results/default/", "logs/default/", "benchmarks/default/"))} == {"data/mimic-cxr-jpg"}
+    assert all(p.startswith(("results/smoke/", "logs/smoke/", "benchmarks/smoke/")) for p in smoke), smoke
+
+
+def test_an_unsafe_run_name_is_rejected(workdir):
+    for bad in ("../elsewhere", "a/b", ".hidden", ""):
+        out = failed_dry_run(workdir, "run.yaml", f"run: '{bad}'\n")
+        assert "run" in out and "does not match" in out, out[-2000:]
+
+
 def test_default_dry_run_plans_every_stage(workdir):
     proc = run_snakemake("-n", cwd=workdir)
     planned = proc.stdout + proc.stderr
@@ -148,12 +170,12 @@ def _hash_tree(root: Path) -> str:
 @pytest.mark.slow
 def test_smoke_run_completes_and_is_deterministic(workdir):
     run_snakemake(*SMOKE, cwd=workdir)
-    data = workdir / "results" / "data" / "smoke"
+    results = workdir / "results" / "smoke"  # the smoke config's run folder
+    data = results / "data" / "smoke"
     assert (data / "table.csv").is_file()
     for sample in ("frontal", "fewshot_chambon", "fewshot_dewilde", "cheff", "train", "validate", "test"):
         assert (data / "samples" / sample / "manifest.csv").is_file()
     assert (data / "summary" / "phantom_grid.png").is_file()
-    results = workdir / "results"
     for table in ("chambon2022_table1", "chambon2022_vae_summary", "chambon2022_table2_smoke", "chambon2022_table3_smoke"):
         md = (results / "tables" / f"{table}.md").read_text()
         assert "(paper)" in md and "(this run)" in md and "miniature" in md
@@ -248,4 +270,4 @@ def test_smoke_run_completes_and_is_deterministic(workdir):
     assert not (results / "tables" / "privacy_memorization.md").exists()
     run_snakemake(*SMOKE, cwd=workdir)
     for tree, digest in first.items():
-        assert _hash_tree(results / tree) == digest, f"results/{tree} differs between two runs from scratch"
+        assert _hash_tree(results / tree) == digest, f"results/smoke/{tree} differs between two runs from scratch"

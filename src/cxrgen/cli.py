@@ -1,10 +1,10 @@
 """``cxrgen``: the package's functions from a shell, without Snakemake.
 
-    cxrgen sample --adapter results/models/adapted/ti_object -p "a photo of a lung xray" -n 4 --out samples/
-    cxrgen sample --foundation results/models/foundation -p "0.3*healthy lung xray AND 0.7*pleural effusion" ...
+    cxrgen sample --adapter results/default/models/adapted/ti_object -p "a photo of a lung xray" -n 4 --out samples/
+    cxrgen sample --foundation results/default/models/foundation -p "0.3*healthy lung xray AND 0.7*pleural effusion" ...
     cxrgen fid real_images/ synthetic_images/ --extractor inception        (and `cxrgen kid`)
     cxrgen chexpert-at-k reports.csv --encoder minilm
-    cxrgen info results/models/cheff/cascade
+    cxrgen info results/default/models/cheff/cascade
 
 Each command is a thin layer over the package (``cxrgen.adapt.pipeline``, ``cxrgen.sampling.composable``,
 ``cxrgen.sampling.synthetic_sets.generate_set``, ``cxrgen.metrics``, ``cxrgen.text``, ``cxrgen.models.artefacts``).
@@ -90,7 +90,7 @@ def _extractor(args):
         return get_extractor(args.extractor)
     if not args.classifier:
         raise InputError("--extractor reference needs --classifier (a reference classifier folder or "
-                         "xrv:<weights>); expected e.g. --classifier results/models/reference_classifier")
+                         "xrv:<weights>); expected e.g. --classifier results/default/models/reference_classifier")
     from cxrgen.classify.reference import load_reference_classifier
     from cxrgen.metrics.features import make_fid_extractor
 

@@ -3,7 +3,7 @@
 For each paper, ``configs/<paper>.yaml`` then ``configs/rehearsal/<paper>.yaml`` (which keeps the architectures and
 cuts steps, images, sample counts and resolution) are merged over ``config.yaml`` and the paper's outputs are made by
 Snakemake in a scratch working directory ``<root>/<paper>/`` (so nothing under the repository's ``results/`` is
-touched). Stable Diffusion foundations are built once under ``<root>/models/<architecture>/`` from the published
+touched), under the overlay's own run name (``results/rehearsal-<paper>/``, :mod:`cxrgen.runs`). Stable Diffusion foundations are built once under ``<root>/models/<architecture>/`` from the published
 configs with random weights (:mod:`cxrgen.models.architectures`). Every job's FLOPs per optimizer step are measured
 while it runs (:mod:`cxrgen.flop_meter`). Afterwards one table lists every job: wall time and peak RSS (Snakemake's
 ``benchmarks/``), optimizer steps, seconds per step (the trainer's ``training_log.csv``), measured FLOPs per step and
@@ -30,6 +30,7 @@ import pandas as pd
 from cxrgen.errors import InputError
 from cxrgen.flop_meter import ENV_VAR
 from cxrgen.io import write_csv_atomic, write_text_atomic
+from cxrgen.runs import output_roots, run_name
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,14 @@ NATIVE_SIZE = 64
 @dataclass(frozen=True)
 class PaperRehearsal:
     architecture: str | None  # the Stable Diffusion foundation to build (None: the paper trains its own models)
-    targets: tuple[str, ...]  # what Snakemake makes: the paper's tables and figures (rule names or files)
+    targets: tuple[str, ...]  # what Snakemake makes: the paper's tables and figures (rule names or files; {results}:
+    # the run's results folder)
 
 
 #: the rehearsal overlay's dataset is the phantom ("phantom"); text-encoder tables are named after it
 PAPERS = {
     "chambon2022": PaperRehearsal("sd-v1", (
-        "evaluate_reference_classifier", "render_vae_study", "results/tables/chambon2022_table2_phantom.md",
+        "evaluate_reference_classifier", "render_vae_study", "{results}/tables/chambon2022_table2_phantom.md",
         "render_synthesis", "render_memorization")),
     "zafar2023": PaperRehearsal("sd-v1", ("zafar_render",)),
     "dewilde2023": PaperRehearsal("sd-2-base", ("render_dewilde",)),
@@ -71,7 +73,8 @@ def snakemake_command(paper: str, workdir: Path, cores: int = 2, extra: tuple[st
     """The Snakemake call that makes the paper's outputs (or ``targets``) in ``workdir`` (targets first: --configfile
     takes a list)."""
     snakemake = Path(sys.executable).with_name("snakemake")
-    return [str(snakemake) if snakemake.exists() else "snakemake", *(targets or PAPERS[paper].targets), "--snakefile",
+    targets = [t.format(results=paper_roots(paper)["results"]) for t in targets or PAPERS[paper].targets]
+    return [str(snakemake) if snakemake.exists() else "snakemake", *targets, "--snakefile",
             str(REPO_ROOT / "Snakefile"), "--directory", str(workdir), "--cores", str(cores), *extra,
             "--configfile", *map(str, config_files(paper))]
 
@@ -164,18 +167,24 @@ def _seconds_per_step(paths, steps: int) -> float | None:
     return None
 
 
+def paper_roots(paper: str) -> dict[str, str]:
+    """The rehearsal's output roots in its working directory (``results/<run>``, ``logs/<run>``, ``benchmarks/<run>``)."""
+    return output_roots(run_name(config_files(paper)))
+
+
 def collect(paper: str, workdir: Path) -> pd.DataFrame:
-    """One row per job that ran (benchmarks/ x flops/), stage named by its log path."""
+    """One row per job that ran (benchmarks/<run>/ x flops/), stage named by its log path."""
+    roots = paper_roots(paper)
     rows = []
     flops = {}
     for f in sorted((workdir / "flops").glob("*.json")):
         rec = json.loads(f.read_text())
         if rec.get("log"):
             flops[str(Path(rec["log"]).with_suffix(""))] = rec
-    for bench in sorted((workdir / "benchmarks").rglob("*.tsv")):
-        stem = str(bench.relative_to(workdir / "benchmarks").with_suffix(""))
+    for bench in sorted((workdir / roots["benchmarks"]).rglob("*.tsv")):
+        stem = str(bench.relative_to(workdir / roots["benchmarks"]).with_suffix(""))
         b = pd.read_csv(bench, sep="\t").iloc[-1]
-        rec = flops.get(f"logs/{stem}", {})
+        rec = flops.get(f"{roots['logs']}/{stem}", {})
         outputs = [workdir / o for o in rec.get("output", [])]
         steps = len(rec.get("step_totals", []))
         rows.append({"paper": paper, "stage": stem, "wall_s": float(b["s"]), "peak_rss_mb": float(b["max_rss"]),
@@ -235,7 +244,7 @@ def main(argv=None) -> int:
             wall[paper] = seconds
             write_text_atomic(wall_file, json.dumps(wall, indent=2))
     wall = json.loads(wall_file.read_text()) if wall_file.is_file() else {}
-    done = [p for p in PAPERS if (root / p / "benchmarks").is_dir()]
+    done = [p for p in PAPERS if (root / p / paper_roots(p)["benchmarks"]).is_dir()]
     table = pd.concat([pd.concat([foundation_rows(p, root), collect(p, root / p)]) for p in done], ignore_index=True)
     print(write_table(table, {p: wall[p] for p in done if p in wall}, root))
     return 0

@@ -48,7 +48,7 @@ def _fmt(value, digits=3) -> str:
 
 
 def render_index(items: list[dict], costs: pd.DataFrame, scale: str, config_files: list[str], accounting: dict | None = None) -> str:
-    """Markdown for ``results/README.md``. ``items``: dicts with path, rule, description."""
+    """Markdown for ``results/<run>/README.md``. ``items``: dicts with path, rule, description."""
     acc = {**DEFAULT_ACCOUNTING, **(accounting or {})}
     lines = [
         "# Results index",
