@@ -148,8 +148,8 @@ def test_default_dry_run_plans_every_stage(workdir):
     job = re.compile(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    output: (\S+)", flags=re.M)
     jobs = {output.rstrip(","): rule for rule, output in job.findall(planned)}  # first output -> rule
     config = yaml.safe_load((workdir / "config.yaml").read_text())
-    for section, folder, image_rule in (("adaptation", "results/models/adapted", "adapt_few_shot"),
-                                        ("zafar", "results/models/zafar", "zafar_train")):
+    for section, folder, image_rule in (("adaptation", "results/default/models/adapted", "adapt_few_shot"),
+                                        ("zafar", "results/default/models/zafar", "zafar_train")):
         for entry in config[section]["methods"]:
             if entry["method"] == "none":
                 continue
