@@ -56,7 +56,6 @@ rule dewilde2023:
     localrule: True
 
 
-
 # profiles/slurm-gpu-only: rules without a GPU run on the submit host, only GPU-tagged ones go to the cluster
 if config.get("cpu_rules_local", False):
     workflow.localrules(*cpu_rules())

@@ -47,12 +47,32 @@ CHEFF_COMPARED_ZAFAR = ZAFAR_SETS if "zafar2023" in STUDIES else []
 # the workflow's own dataset, the few-shot fine-tuning samples, Zafar's training samples (of the compared sets)
 CHEFF_COMPARISON_LEAKAGE = [
     {**check, "trains_dir": f"{CHEFF_MACHEX}/table.csv", "trains_rows": ["in_machex", "workflow_dataset"]}
-    for check in manifest_checks((leakage.MACHEX_TRAIN, config["synthesis"]["real_sample"], "Cheff comparison: real set vs the cascade's training images"))
+    for check in manifest_checks(
+        (
+            leakage.MACHEX_TRAIN,
+            config["synthesis"]["real_sample"],
+            "Cheff comparison: real set vs the cascade's training images",
+        )
+    )
 ] + manifest_checks(
-    *[(adaptation_sample(n), config["synthesis"]["real_sample"], f"Cheff comparison: real set vs {n}'s fine-tuning images")
-      for n in TRAINED if ADAPTED[n]["method"] in FEW_SHOT_METHODS and n in CHEFF_COMPARED_SD],
-    *[(m.get("sample", ZAFAR["train_sample"]), config["synthesis"]["real_sample"], f"Cheff comparison: real set vs Zafar {n}'s training images")
-      for n, m in ZAFAR_METHODS.items() if n in CHEFF_COMPARED_ZAFAR],
+    *[
+        (
+            adaptation_sample(n),
+            config["synthesis"]["real_sample"],
+            f"Cheff comparison: real set vs {n}'s fine-tuning images",
+        )
+        for n in TRAINED
+        if ADAPTED[n]["method"] in FEW_SHOT_METHODS and n in CHEFF_COMPARED_SD
+    ],
+    *[
+        (
+            m.get("sample", ZAFAR["train_sample"]),
+            config["synthesis"]["real_sample"],
+            f"Cheff comparison: real set vs Zafar {n}'s training images",
+        )
+        for n, m in ZAFAR_METHODS.items()
+        if n in CHEFF_COMPARED_ZAFAR
+    ],
 )
 TABLE_EXTS = ("csv", "md", "tex")
 FIGURE_EXTS = ("png", "pdf")
@@ -63,11 +83,11 @@ rule cheff_machex:
     input:
         CHEFF_MACHEX_INPUTS,
     output:
+        **cheff_report(f"{RESULTS}/tables/weber2023_table1", TABLE_EXTS, "cheff_table1"),
         table=f"{CHEFF_MACHEX}/table.csv",
         train=f"{CHEFF_MACHEX}/train.csv",
         test=f"{CHEFF_MACHEX}/test.csv",
         images=directory(f"{CHEFF_MACHEX}/images"),
-        **cheff_report(f"{RESULTS}/tables/weber2023_table1", TABLE_EXTS, "cheff_table1"),
     params:
         cheff=CHEFF,
         data=config["data"],
@@ -224,10 +244,10 @@ rule cheff_reconstruction:
         sr_base=rules.cheff_sr_base.output[0],
         sr_fine=rules.cheff_sr_fine.output[0],
     output:
-        per_image=f"{CHEFF_DIR}/reconstruction/per_image.csv",
-        table2=f"{CHEFF_DIR}/reconstruction/table2.csv",
         **cheff_report(f"{RESULTS}/tables/weber2023_table2", TABLE_EXTS, "cheff_table2"),
         **cheff_report(f"{RESULTS}/figures/weber2023_fig3", FIGURE_EXTS, "cheff_fig3"),
+        per_image=f"{CHEFF_DIR}/reconstruction/per_image.csv",
+        table2=f"{CHEFF_DIR}/reconstruction/table2.csv",
     params:
         cheff=CHEFF,
         scale=config["scale"],
@@ -258,11 +278,11 @@ rule cheff_synthesis:
         sr=rules.cheff_sr_fine.output[0],
         classifier=CHEFF_CLASSIFIER_INPUT,
     output:
-        fid_kid=f"{CHEFF_DIR}/synthesis/fid_kid.csv",
-        samples=f"{CHEFF_DIR}/synthesis/samples.npz",
         **cheff_report(f"{RESULTS}/tables/weber2023_fid_kid", TABLE_EXTS, "cheff_fid_kid"),
         **cheff_report(f"{RESULTS}/figures/weber2023_samples", FIGURE_EXTS, "cheff_samples"),
         **cheff_report(f"{RESULTS}/figures/weber2023_report_samples", FIGURE_EXTS, "cheff_report_samples"),
+        fid_kid=f"{CHEFF_DIR}/synthesis/fid_kid.csv",
+        samples=f"{CHEFF_DIR}/synthesis/samples.npz",
     params:
         cheff=CHEFF,
         classifier=REFERENCE_CLASSIFIER,
@@ -296,8 +316,8 @@ rule cheff_synthesis_comparison:
         machex=rules.cheff_machex.output.table,
         leakage=manifest_check_inputs(CHEFF_COMPARISON_LEAKAGE),
     output:
-        csv=f"{CHEFF_DIR}/synthesis/comparison.csv",
         **cheff_report(f"{RESULTS}/tables/weber2023_synthesis_comparison", TABLE_EXTS, "cheff_synthesis_comparison"),
+        csv=f"{CHEFF_DIR}/synthesis/comparison.csv",
     params:
         cheff=CHEFF,
         sd_names=CHEFF_COMPARED_SD,
@@ -330,9 +350,9 @@ rule cheff_inpainting:
         autoencoder=rules.cheff_autoencoder.output[0],
         sdm=f"{CHEFF_MODELS}/sdm_unconditional",
     output:
-        preservation=f"{CHEFF_DIR}/inpainting/preservation.csv",
         **cheff_report(f"{RESULTS}/figures/weber2023_inpainting", FIGURE_EXTS, "cheff_inpainting"),
         **cheff_report(f"{RESULTS}/figures/weber2023_outpainting", FIGURE_EXTS, "cheff_outpainting"),
+        preservation=f"{CHEFF_DIR}/inpainting/preservation.csv",
     params:
         cheff=CHEFF,
         seed=config["seed"],
@@ -358,10 +378,10 @@ rule cheff_beta_check:
         autoencoder=rules.cheff_autoencoder.output[0],
         sdm=f"{CHEFF_MODELS}/sdm_unconditional",
     output:
-        csv=f"{CHEFF_DIR}/beta_check/beta_check.csv",
-        per_image=f"{CHEFF_DIR}/beta_check/per_image.csv",
         **cheff_report(f"{RESULTS}/tables/weber2023_beta_check", TABLE_EXTS, "cheff_beta_check"),
         **cheff_report(f"{RESULTS}/figures/weber2023_fig13", FIGURE_EXTS, "cheff_fig13"),
+        csv=f"{CHEFF_DIR}/beta_check/beta_check.csv",
+        per_image=f"{CHEFF_DIR}/beta_check/per_image.csv",
     params:
         cheff=CHEFF,
         scale=config["scale"],
@@ -384,22 +404,73 @@ rule cheff_beta_check:
 # (path, rule, description) of the Cheff tables and figures: rules/common.smk's reported_outputs() adds them, so
 # rule all and the results index pick them up
 CHEFF_REPORTED = [
-    (f"{RESULTS}/tables/weber2023_table1.md", "cheff_machex", "MaCheX components: patients, train/test, frontal images in MaCheX (Weber Table 1)"),
-    (f"{RESULTS}/tables/weber2023_table2.md", "cheff_reconstruction", "Cheff reconstruction workflows: MSE, PSNR, SSIM (Weber Table 2)"),
-    (f"{RESULTS}/figures/weber2023_fig3.png", "cheff_reconstruction", "originals vs reconstructions through AE and SR (Weber Fig. 3)"),
-    (f"{RESULTS}/tables/weber2023_fid_kid.md", "cheff_synthesis", "FID/KID of unconditional cascade samples (Weber sec. 5)"),
-    (f"{RESULTS}/figures/weber2023_samples.png", "cheff_synthesis", "unconditional cascade samples: D(z) and SR(D(z)) (Weber Fig. 4e)"),
-    (f"{RESULTS}/figures/weber2023_report_samples.png", "cheff_synthesis", "report-conditioned cascade samples (Weber Fig. 8)"),
-    (f"{RESULTS}/figures/weber2023_inpainting.png", "cheff_inpainting", "inpainting with the unconditional SDM (Weber Fig. 5)"),
-    (f"{RESULTS}/figures/weber2023_outpainting.png", "cheff_inpainting", "outpainting completions of one provided area (Weber Fig. 7)"),
-    (f"{RESULTS}/tables/weber2023_beta_check.md", "cheff_beta_check", "terminal signal and corr(z_T, z_0) for max beta 0.0195 vs 0.0295 (Weber 7.6)"),
+    (
+        f"{RESULTS}/tables/weber2023_table1.md",
+        "cheff_machex",
+        "MaCheX components: patients, train/test, frontal images in MaCheX (Weber Table 1)",
+    ),
+    (
+        f"{RESULTS}/tables/weber2023_table2.md",
+        "cheff_reconstruction",
+        "Cheff reconstruction workflows: MSE, PSNR, SSIM (Weber Table 2)",
+    ),
+    (
+        f"{RESULTS}/figures/weber2023_fig3.png",
+        "cheff_reconstruction",
+        "originals vs reconstructions through AE and SR (Weber Fig. 3)",
+    ),
+    (
+        f"{RESULTS}/tables/weber2023_fid_kid.md",
+        "cheff_synthesis",
+        "FID/KID of unconditional cascade samples (Weber sec. 5)",
+    ),
+    (
+        f"{RESULTS}/figures/weber2023_samples.png",
+        "cheff_synthesis",
+        "unconditional cascade samples: D(z) and SR(D(z)) (Weber Fig. 4e)",
+    ),
+    (
+        f"{RESULTS}/figures/weber2023_report_samples.png",
+        "cheff_synthesis",
+        "report-conditioned cascade samples (Weber Fig. 8)",
+    ),
+    (
+        f"{RESULTS}/figures/weber2023_inpainting.png",
+        "cheff_inpainting",
+        "inpainting with the unconditional SDM (Weber Fig. 5)",
+    ),
+    (
+        f"{RESULTS}/figures/weber2023_outpainting.png",
+        "cheff_inpainting",
+        "outpainting completions of one provided area (Weber Fig. 7)",
+    ),
+    (
+        f"{RESULTS}/tables/weber2023_beta_check.md",
+        "cheff_beta_check",
+        "terminal signal and corr(z_T, z_0) for max beta 0.0195 vs 0.0295 (Weber 7.6)",
+    ),
     (f"{RESULTS}/figures/weber2023_fig13.png", "cheff_beta_check", "decoded z_T for both max betas (Weber Fig. 13)"),
-    *[(f"{CHEFF_MODELS}/cascade_{v}", "cheff_cascade", f"the {v} Cheff cascade as one diffusers pipeline folder "
-       "(CheffPipeline.from_pretrained; `cxrgen info` says how to load it)") for v in CHEFF_SDM_VARIANTS],
+    *[
+        (
+            f"{CHEFF_MODELS}/cascade_{v}",
+            "cheff_cascade",
+            f"the {v} Cheff cascade as one diffusers pipeline folder "
+            "(CheffPipeline.from_pretrained; `cxrgen info` says how to load it)",
+        )
+        for v in CHEFF_SDM_VARIANTS
+    ],
 ]
 cheff_reported_outputs = lambda: list(CHEFF_REPORTED)
 # the cross-study comparison: in rule all when Weber and a study with Stable Diffusion sets are selected (not part of
 # `snakemake weber2023`, which makes the paper's own tables and figures)
-cheff_comparison_reported_outputs = lambda: [
-    (f"{RESULTS}/tables/weber2023_synthesis_comparison.md", "cheff_synthesis_comparison", "FID/KID of Cheff and every adapted Stable Diffusion model of the selected studies on one real set (Weber sec. 5, miniature)"),
-] if "weber2023" in STUDIES and (CHEFF_COMPARED_SD or CHEFF_COMPARED_ZAFAR) else []
+cheff_comparison_reported_outputs = lambda: (
+    [
+        (
+            f"{RESULTS}/tables/weber2023_synthesis_comparison.md",
+            "cheff_synthesis_comparison",
+            "FID/KID of Cheff and every adapted Stable Diffusion model of the selected studies on one real set (Weber sec. 5, miniature)",
+        ),
+    ]
+    if "weber2023" in STUDIES and (CHEFF_COMPARED_SD or CHEFF_COMPARED_ZAFAR)
+    else []
+)

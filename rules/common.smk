@@ -26,7 +26,11 @@ TEXT_DIR = f"{RESULTS}/text_encoders"
 # the foundation pipeline folder: built here, or a registry name / local folder given in the config
 FOUNDATION = f"{MODELS_DIR}/foundation" if config["foundation"]["model"] == "build" else config["foundation"]["model"]
 TEXT_CORPORA = [DATASET if c == "dataset" else c for c in config["text_encoders"]["corpora"]]
-for _section, _key in [("vae_study", "sample"), ("synthesis", "real_sample"), *(("reference_classifier", k) for k in ("train_sample", "val_sample", "test_sample"))]:
+for _section, _key in [
+    ("vae_study", "sample"),
+    ("synthesis", "real_sample"),
+    *(("reference_classifier", k) for k in ("train_sample", "val_sample", "test_sample")),
+]:
     if config[_section][_key] not in config["samples"]:
         raise WorkflowError(
             f"config {_section}.{_key}={config[_section][_key]!r} is not a configured sample; expected one of {SAMPLES}"
@@ -35,7 +39,9 @@ for _section, _key in [("vae_study", "sample"), ("synthesis", "real_sample"), *(
 ADAPTED = {m["name"]: m for m in config["adaptation"]["methods"]}
 if len(ADAPTED) != len(config["adaptation"]["methods"]):
     _names = [m["name"] for m in config["adaptation"]["methods"]]
-    raise WorkflowError(f"config adaptation.methods: duplicate names {sorted({n for n in _names if _names.count(n) > 1})}; expected each name once")
+    raise WorkflowError(
+        f"config adaptation.methods: duplicate names {sorted({n for n in _names if _names.count(n) > 1})}; expected each name once"
+    )
 TRAINED = [name for name, m in ADAPTED.items() if m["method"] != "none"]
 # leakage (cxrgen.data.leakage): every evaluation sample on splits none of its training samples use, unless allowed
 try:
@@ -62,7 +68,9 @@ def adaptation_sample(name):
 
 for _name, _m in ADAPTED.items():
     if _m["method"] in FEW_SHOT_METHODS and adaptation_sample(_name) not in config["samples"]:
-        raise WorkflowError(f"config adaptation.methods[{_name}].sample={adaptation_sample(_name)!r} is not a configured sample; expected one of {SAMPLES}")
+        raise WorkflowError(
+            f"config adaptation.methods[{_name}].sample={adaptation_sample(_name)!r} is not a configured sample; expected one of {SAMPLES}"
+        )
 ADAPT_DIR = f"{MODELS_DIR}/adapted"
 SYNTH_DIR = f"{RESULTS}/synthesis"
 CLASSIFIER_DIR = f"{RESULTS}/reference_classifier"
@@ -77,8 +85,14 @@ REFERENCE_CLASSIFIER = (
 def manifest_checks(*pairs):
     """Run-time patient check of (trains, evaluates, purpose) sample pairs a rule reads (cxrgen.data.leakage.check_sample_dirs)."""
     return [
-        {"trains": t, "trains_dir": f"{DATA_DIR}/samples/{t}", "evaluates": e, "evaluates_dir": f"{DATA_DIR}/samples/{e}",
-         "purpose": purpose, "allowed_reason": ALLOWED_OVERLAPS.get(frozenset((t, e)))}
+        {
+            "trains": t,
+            "trains_dir": f"{DATA_DIR}/samples/{t}",
+            "evaluates": e,
+            "evaluates_dir": f"{DATA_DIR}/samples/{e}",
+            "purpose": purpose,
+            "allowed_reason": ALLOWED_OVERLAPS.get(frozenset((t, e))),
+        }
         for t, e, purpose in pairs
     ]
 
@@ -158,23 +172,67 @@ def needs_reference_classifier():
 def chambon_reported_outputs():
     """(path, rule, description) of the Chambon et al. tables and figures (VAE, text encoders, synthesis, privacy)."""
     items = [
-        (f"{RESULTS}/tables/chambon2022_table1.md", "render_vae_study", "VAE reconstruction: classifier on originals vs reconstructions (Chambon Table 1)"),
-        (f"{RESULTS}/tables/chambon2022_vae_summary.md", "render_vae_study", "VAE reconstruction: RMSE, PSNR, SSIM, FID, cosine similarity (Chambon 3.2)"),
-        (f"{RESULTS}/figures/chambon2022_fig3.png", "render_vae_study", "original vs reconstruction examples (Chambon Fig. 3)"),
+        (
+            f"{RESULTS}/tables/chambon2022_table1.md",
+            "render_vae_study",
+            "VAE reconstruction: classifier on originals vs reconstructions (Chambon Table 1)",
+        ),
+        (
+            f"{RESULTS}/tables/chambon2022_vae_summary.md",
+            "render_vae_study",
+            "VAE reconstruction: RMSE, PSNR, SSIM, FID, cosine similarity (Chambon 3.2)",
+        ),
+        (
+            f"{RESULTS}/figures/chambon2022_fig3.png",
+            "render_vae_study",
+            "original vs reconstruction examples (Chambon Fig. 3)",
+        ),
     ]
     for corpus in TEXT_CORPORA:
         for n, what in ((2, "macro CheXpert@k per encoder and method"), (3, "CheXpert@k per abnormality")):
             items.append(
-                (f"{RESULTS}/tables/chambon2022_table{n}_{corpus}.md", "render_text_encoder_study", f"{what} on {corpus} (Chambon Table {n})")
+                (
+                    f"{RESULTS}/tables/chambon2022_table{n}_{corpus}.md",
+                    "render_text_encoder_study",
+                    f"{what} on {corpus} (Chambon Table {n})",
+                )
             )
     items += [
-        (f"{RESULTS}/tables/chambon2022_table4.md", "render_synthesis", "FID per adaptation method and prompt (Chambon Table 4)"),
-        (f"{RESULTS}/tables/chambon2022_table5.md", "render_synthesis", "reference classifier on synthetic images (Chambon Table 5)"),
-        (f"{RESULTS}/tables/chambon2022_prompt_dependence.md", "render_synthesis", "does the prompt change the image: effusion minus normal prompt on the same noise, per adapted model"),
-        (f"{RESULTS}/figures/chambon2022_samples.png", "render_synthesis", "synthetic images per method and prompt (Chambon Figs. 1, 4)"),
-        (f"{RESULTS}/figures/chambon2022_fig5.png", "render_synthesis", "training images beside synthetic ones (Chambon Fig. 5)"),
-        (f"{RESULTS}/tables/privacy_memorization.md", "render_memorization", "nearest fine-tuning image of synthetic images (privacy)"),
-        (f"{RESULTS}/figures/privacy_closest_pairs.png", "render_memorization", "synthetic images closest to a fine-tuning image"),
+        (
+            f"{RESULTS}/tables/chambon2022_table4.md",
+            "render_synthesis",
+            "FID per adaptation method and prompt (Chambon Table 4)",
+        ),
+        (
+            f"{RESULTS}/tables/chambon2022_table5.md",
+            "render_synthesis",
+            "reference classifier on synthetic images (Chambon Table 5)",
+        ),
+        (
+            f"{RESULTS}/tables/chambon2022_prompt_dependence.md",
+            "render_synthesis",
+            "does the prompt change the image: effusion minus normal prompt on the same noise, per adapted model",
+        ),
+        (
+            f"{RESULTS}/figures/chambon2022_samples.png",
+            "render_synthesis",
+            "synthetic images per method and prompt (Chambon Figs. 1, 4)",
+        ),
+        (
+            f"{RESULTS}/figures/chambon2022_fig5.png",
+            "render_synthesis",
+            "training images beside synthetic ones (Chambon Fig. 5)",
+        ),
+        (
+            f"{RESULTS}/tables/privacy_memorization.md",
+            "render_memorization",
+            "nearest fine-tuning image of synthetic images (privacy)",
+        ),
+        (
+            f"{RESULTS}/figures/privacy_closest_pairs.png",
+            "render_memorization",
+            "synthetic images closest to a fine-tuning image",
+        ),
     ]
     return items
 
@@ -202,12 +260,24 @@ def reported_outputs():
         (f"{DATA_DIR}/summary/phantom_grid.png", "data_summary", "example images per finding"),
     ]
     if needs_reference_classifier():
-        items.append((f"{CLASSIFIER_DIR}/test_metrics.csv", "evaluate_reference_classifier", "reference classifier on the test sample"))
+        items.append(
+            (
+                f"{CLASSIFIER_DIR}/test_metrics.csv",
+                "evaluate_reference_classifier",
+                "reference classifier on the test sample",
+            )
+        )
     for paper in PAPERS:
         if paper in STUDIES:
             items += paper_reported_outputs(paper)
     items += cheff_comparison_reported_outputs()
-    items.append((f"{RESULTS}/tables/findings.md", "findings", "the papers' directional claims: this run's effect, interval and verdict (issue 17)"))
+    items.append(
+        (
+            f"{RESULTS}/tables/findings.md",
+            "findings",
+            "the papers' directional claims: this run's effect, interval and verdict (issue 17)",
+        )
+    )
     if config["foundation"]["model"] == "build" and needs_foundation():
         items.append((f"{FOUNDATION}/preview.png", "foundation", "samples of the miniature foundation model"))
     return [{"path": path, "rule": rule, "description": what} for path, rule, what in items]

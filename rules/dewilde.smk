@@ -56,7 +56,11 @@ rule dewilde_sweep_point:
         steps=r"\d+",
         cfg=r"[0-9.]+",
     params:
-        points=lambda w: [p for p in DW_POINTS if dw_point_dir(p) == f"{DW_DIR}/sweep/{w.cls}_v{w.vectors}_n{w.cases}/steps{w.steps}_cfg{w.cfg}"],
+        points=lambda w: [
+            p
+            for p in DW_POINTS
+            if dw_point_dir(p) == f"{DW_DIR}/sweep/{w.cls}_v{w.vectors}_n{w.cases}/steps{w.steps}_cfg{w.cfg}"
+        ],
         sweep=DW["sweep"],
         leakage=DW_SWEEP_LEAKAGE,
         inference=DW["inference"],
@@ -181,7 +185,9 @@ rule dewilde_classifier:
     params:
         dewilde=DW,
         leakage=DW_CLASSIFIER_LEAKAGE,
-        synthetic={n: {c: f"{DW_DIR}/synthetic/{dw_slug(c)}_v{DW['vectors']}_n{n}" for c in DW_PAIR} for n in DW_SYN_CASES},
+        synthetic={
+            n: {c: f"{DW_DIR}/synthetic/{dw_slug(c)}_v{DW['vectors']}_n{n}" for c in DW_PAIR} for n in DW_SYN_CASES
+        },
     log:
         f"{LOGS}/dewilde/classifier_seed{{seed}}.log",
     benchmark:
@@ -211,7 +217,11 @@ rule render_dewilde:
     output:
         **dw_table_outputs(),
         **{
-            f"{fig}_{ext}": report(f"{RESULTS}/figures/dewilde2023_{fig}.{ext}", caption=f"../report/dewilde_{fig}.rst", category=DW_CATEGORY)
+            f"{fig}_{ext}": report(
+                f"{RESULTS}/figures/dewilde2023_{fig}.{ext}",
+                caption=f"../report/dewilde_{fig}.rst",
+                category=DW_CATEGORY,
+            )
             for fig in DW_FIGURES
             for ext in ("png", "pdf")
         },

@@ -12,28 +12,40 @@ def dw_slug(label):
 
 
 DW_SLUGS = {dw_slug(c): c for c in DW["classes"]}
-for _key, _labels in [("healthy", [DW["healthy"]]), ("sweep.class", [DW["sweep"]["class"]]),
-                      ("composability.findings", DW["composability"]["findings"]),
-                      ("inpainting.findings", DW["inpainting"]["findings"]), ("classifier.finding", [DW["classifier"]["finding"]])]:
+for _key, _labels in [
+    ("healthy", [DW["healthy"]]),
+    ("sweep.class", [DW["sweep"]["class"]]),
+    ("composability.findings", DW["composability"]["findings"]),
+    ("inpainting.findings", DW["inpainting"]["findings"]),
+    ("classifier.finding", [DW["classifier"]["finding"]]),
+]:
     for _l in _labels:
         if _l not in DW["classes"]:
-            raise WorkflowError(f"config dewilde.{_key}: {_l!r} is not in dewilde.classes {DW['classes']}; expected a class with an embedding")
+            raise WorkflowError(
+                f"config dewilde.{_key}: {_l!r} is not in dewilde.classes {DW['classes']}; expected a class with an embedding"
+            )
 for _spec in DW["composability"]["multi"]:  # a token without a learned embedding would be read as plain text
     _unknown = sorted(set(re.findall(r"<[^<>]+>", _spec["prompt"])) - {f"<{_s}>" for _s in DW_SLUGS})
     if _unknown:
-        raise WorkflowError(f"config dewilde.composability.multi prompt {_spec['prompt']!r} names {_unknown}, which "
-                            f"dewilde.classes {DW['classes']} learn no embedding for; expected tokens among "
-                            f"{sorted(f'<{_s}>' for _s in DW_SLUGS)}")
+        raise WorkflowError(
+            f"config dewilde.composability.multi prompt {_spec['prompt']!r} names {_unknown}, which "
+            f"dewilde.classes {DW['classes']} learn no embedding for; expected tokens among "
+            f"{sorted(f'<{_s}>' for _s in DW_SLUGS)}"
+        )
 for _key in ("sample", "sweep.real_sample", "classifier.val_sample", "classifier.test_sample"):
     _section, _, _name = _key.rpartition(".")
     _value = (DW[_section] if _section else DW)[_name]
     if _value not in config["samples"]:
         raise WorkflowError(f"config dewilde.{_key}={_value!r} is not a configured sample; expected one of {SAMPLES}")
 if not set(DW["classes"]) <= set(config["samples"][DW["sample"]].get("classes", [])):
-    raise WorkflowError(f"config dewilde.classes {DW['classes']} are not all classes of sample {DW['sample']!r} ({config['samples'][DW['sample']].get('classes')})")
+    raise WorkflowError(
+        f"config dewilde.classes {DW['classes']} are not all classes of sample {DW['sample']!r} ({config['samples'][DW['sample']].get('classes')})"
+    )
 _max_vectors = config["foundation"]["overrides"].get("max_length", 32) - 2
 if max([DW["vectors"], *DW["sweep"]["vectors"]]) > _max_vectors and config["foundation"]["model"] == "build":
-    raise WorkflowError(f"config dewilde vectors up to {max([DW['vectors'], *DW['sweep']['vectors']])}; the miniature tokenizer holds {_max_vectors} tokens besides BOS/EOS")
+    raise WorkflowError(
+        f"config dewilde vectors up to {max([DW['vectors'], *DW['sweep']['vectors']])}; the miniature tokenizer holds {_max_vectors} tokens besides BOS/EOS"
+    )
 
 
 def dw_embedding(label, vectors=None, cases=None):
@@ -45,7 +57,13 @@ def dw_embedding(label, vectors=None, cases=None):
 def dw_points():
     """Sweep points (de Wilde 4.1): steps at the default CFG, CFG at the default steps, vectors, cases."""
     inf, sw = DW["inference"], DW["sweep"]
-    base = {"class": sw["class"], "steps": inf["steps"], "cfg_scale": float(inf["guidance"]), "embedding_size": DW["vectors"], "training_cases": DW["cases"]}
+    base = {
+        "class": sw["class"],
+        "steps": inf["steps"],
+        "cfg_scale": float(inf["guidance"]),
+        "embedding_size": DW["vectors"],
+        "training_cases": DW["cases"],
+    }
     pts = [{**base, "table": "table1", "sweep": "steps", "steps": s} for s in sw["steps"]]
     pts += [{**base, "table": "table1", "sweep": "cfg scale", "cfg_scale": float(g)} for g in sw["guidance"]]
     pts += [{**base, "table": "table2", "sweep": "embedding size", "embedding_size": v} for v in sw["vectors"]]
@@ -59,9 +77,14 @@ def dw_point_dir(p):
 
 DW_POINTS = dw_points()
 # run-time patient checks (cxrgen.data.leakage): the embeddings' training images vs the sets they are scored on
-DW_SWEEP_LEAKAGE = manifest_checks((DW["sample"], DW["sweep"]["real_sample"], "de Wilde Tables 1-3 FID: real set vs the embeddings' training images"))
+DW_SWEEP_LEAKAGE = manifest_checks(
+    (DW["sample"], DW["sweep"]["real_sample"], "de Wilde Tables 1-3 FID: real set vs the embeddings' training images")
+)
 DW_CLASSIFIER_LEAKAGE = manifest_checks(
-    *[(DW["sample"], DW["classifier"][k], f"de Wilde Table 4: ResNet-18 {k} vs its real training images") for k in ("val_sample", "test_sample")]
+    *[
+        (DW["sample"], DW["classifier"][k], f"de Wilde Table 4: ResNet-18 {k} vs its real training images")
+        for k in ("val_sample", "test_sample")
+    ]
 )
 DW_SYN_CASES = sorted({DW["cases"], DW["classifier"]["few_cases"]})
 DW_PAIR = [DW_HEALTHY, DW["classifier"]["finding"]]
@@ -69,7 +92,11 @@ DW_PAIR = [DW_HEALTHY, DW["classifier"]["finding"]]
 
 def dw_table_outputs():
     return {
-        f"table{n}_{ext}": report(f"{RESULTS}/tables/dewilde2023_table{n}.{ext}", caption=f"../report/dewilde_table{n}.rst", category=DW_CATEGORY)
+        f"table{n}_{ext}": report(
+            f"{RESULTS}/tables/dewilde2023_table{n}.{ext}",
+            caption=f"../report/dewilde_table{n}.rst",
+            category=DW_CATEGORY,
+        )
         for n in (1, 2, 3, 4)
         for ext in ("csv", "md", "tex")
     }

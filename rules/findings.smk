@@ -11,7 +11,9 @@ rule findings:
         **findings_files(),
     output:
         **{
-            ext: report(f"{RESULTS}/tables/findings.{ext}", caption="../report/findings.rst", category=FINDINGS_CATEGORY)
+            ext: report(
+                f"{RESULTS}/tables/findings.{ext}", caption="../report/findings.rst", category=FINDINGS_CATEGORY
+            )
             for ext in ("csv", "md", "tex")
         },
     params:

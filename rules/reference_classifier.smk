@@ -6,7 +6,11 @@ RC = config["reference_classifier"]
 RC_LEAKAGE = (
     manifest_checks(
         (RC["train_sample"], RC["test_sample"], "reference classifier: test metrics vs its training images"),
-        (RC["val_sample"], RC["test_sample"], "reference classifier: test metrics vs the images its thresholds were chosen on"),
+        (
+            RC["val_sample"],
+            RC["test_sample"],
+            "reference classifier: test metrics vs the images its thresholds were chosen on",
+        ),
     )
     if RC["model"] == "train"
     else []

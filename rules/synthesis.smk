@@ -4,11 +4,22 @@
 SYNTH_CATEGORY = "Synthesis (Chambon Tables 4, 5; Figs. 1, 4, 5)"
 # run-time patient checks (cxrgen.data.leakage): the real set vs every fine-tuning sample it is compared with
 SYNTH_LEAKAGE = manifest_checks(
-    *[(adaptation_sample(n), config["synthesis"]["real_sample"], f"Chambon Table 4 FID: real set vs {n}'s fine-tuning images")
-      for n in TRAINED if ADAPTED[n]["method"] in FEW_SHOT_METHODS]
+    *[
+        (
+            adaptation_sample(n),
+            config["synthesis"]["real_sample"],
+            f"Chambon Table 4 FID: real set vs {n}'s fine-tuning images",
+        )
+        for n in TRAINED
+        if ADAPTED[n]["method"] in FEW_SHOT_METHODS
+    ]
 )
 MEMORIZATION_LEAKAGE = manifest_checks(
-    (config["adaptation"]["sample"], config["synthesis"]["real_sample"], "memorization: calibration images vs the fine-tuning images")
+    (
+        config["adaptation"]["sample"],
+        config["synthesis"]["real_sample"],
+        "memorization: calibration images vs the fine-tuning images",
+    )
 )
 
 
@@ -84,16 +95,28 @@ rule render_synthesis:
         train=f"{DATA_DIR}/samples/{fig5_sample()}",
     output:
         **{
-            f"table{n}_{ext}": report(f"{RESULTS}/tables/chambon2022_table{n}.{ext}", caption=f"../report/synthesis_table{n}.rst", category=SYNTH_CATEGORY)
+            f"table{n}_{ext}": report(
+                f"{RESULTS}/tables/chambon2022_table{n}.{ext}",
+                caption=f"../report/synthesis_table{n}.rst",
+                category=SYNTH_CATEGORY,
+            )
             for n in (4, 5)
             for ext in ("csv", "md", "tex")
         },
         **{
-            f"prompt_dependence_{ext}": report(f"{RESULTS}/tables/chambon2022_prompt_dependence.{ext}", caption="../report/synthesis_prompt_dependence.rst", category=SYNTH_CATEGORY)
+            f"prompt_dependence_{ext}": report(
+                f"{RESULTS}/tables/chambon2022_prompt_dependence.{ext}",
+                caption="../report/synthesis_prompt_dependence.rst",
+                category=SYNTH_CATEGORY,
+            )
             for ext in ("csv", "md", "tex")
         },
         **{
-            f"{fig}_{ext}": report(f"{RESULTS}/figures/chambon2022_{fig}.{ext}", caption=f"../report/synthesis_{fig}.rst", category=SYNTH_CATEGORY)
+            f"{fig}_{ext}": report(
+                f"{RESULTS}/figures/chambon2022_{fig}.{ext}",
+                caption=f"../report/synthesis_{fig}.rst",
+                category=SYNTH_CATEGORY,
+            )
             for fig in ("samples", "fig5")
             for ext in ("png", "pdf")
         },
@@ -153,11 +176,19 @@ rule render_memorization:
         train=rules.memorization.input.train,
     output:
         **{
-            f"table_{ext}": report(f"{RESULTS}/tables/privacy_memorization.{ext}", caption="../report/memorization.rst", category="Privacy (memorization)")
+            f"table_{ext}": report(
+                f"{RESULTS}/tables/privacy_memorization.{ext}",
+                caption="../report/memorization.rst",
+                category="Privacy (memorization)",
+            )
             for ext in ("csv", "md", "tex")
         },
         **{
-            f"figure_{ext}": report(f"{RESULTS}/figures/privacy_closest_pairs.{ext}", caption="../report/memorization_pairs.rst", category="Privacy (memorization)")
+            f"figure_{ext}": report(
+                f"{RESULTS}/figures/privacy_closest_pairs.{ext}",
+                caption="../report/memorization_pairs.rst",
+                category="Privacy (memorization)",
+            )
             for ext in ("png", "pdf")
         },
     params:

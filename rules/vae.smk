@@ -6,8 +6,16 @@ VAE_PAPER_TABLE = "table6" if "chexpert" in DATASET.lower() else "table1"  # Tab
 # run-time patient checks (cxrgen.data.leakage): the scored sample vs a classifier trained here (train, validation)
 VAE_LEAKAGE = (
     manifest_checks(
-        (RC["train_sample"], config["vae_study"]["sample"], "Chambon Table 1: scored images vs the classifier's training images"),
-        (RC["val_sample"], config["vae_study"]["sample"], "Chambon Table 1: scored images vs the images the classifier's thresholds were chosen on"),
+        (
+            RC["train_sample"],
+            config["vae_study"]["sample"],
+            "Chambon Table 1: scored images vs the classifier's training images",
+        ),
+        (
+            RC["val_sample"],
+            config["vae_study"]["sample"],
+            "Chambon Table 1: scored images vs the images the classifier's thresholds were chosen on",
+        ),
     )
     if RC["model"] == "train"
     else []

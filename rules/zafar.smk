@@ -5,29 +5,54 @@
 ZAFAR = config["zafar"]
 ZAFAR_METHODS = {m["name"]: m for m in ZAFAR["methods"]}
 if len(ZAFAR_METHODS) != len(ZAFAR["methods"]) or "foundation" in ZAFAR_METHODS:
-    raise WorkflowError(f"config zafar.methods: names must be unique and not 'foundation'; got {[m['name'] for m in ZAFAR['methods']]}")
+    raise WorkflowError(
+        f"config zafar.methods: names must be unique and not 'foundation'; got {[m['name'] for m in ZAFAR['methods']]}"
+    )
 for _key in ("train_sample", "real_sample", "val_sample"):
     if ZAFAR[_key] not in config["samples"]:
-        raise WorkflowError(f"config zafar.{_key}={ZAFAR[_key]!r} is not a configured sample; expected one of {SAMPLES}")
+        raise WorkflowError(
+            f"config zafar.{_key}={ZAFAR[_key]!r} is not a configured sample; expected one of {SAMPLES}"
+        )
 for _name, _m in ZAFAR_METHODS.items():
     if _m.get("sample", ZAFAR["train_sample"]) not in config["samples"]:
-        raise WorkflowError(f"config zafar.methods[{_name}].sample={_m['sample']!r} is not a configured sample; expected one of {SAMPLES}")
+        raise WorkflowError(
+            f"config zafar.methods[{_name}].sample={_m['sample']!r} is not a configured sample; expected one of {SAMPLES}"
+        )
 ZAFAR_MODELS_DIR = f"{MODELS_DIR}/zafar"
 ZAFAR_DIR = f"{RESULTS}/zafar"
 ZAFAR_SETS = ["foundation", *ZAFAR_METHODS]
 ZAFAR_CATEGORY = "Zafar 2023 (full fine-tuning vs DreamBooth + LoRA)"
 # run-time patient check (cxrgen.data.leakage): the FID real set vs every method's training sample
 ZAFAR_LEAKAGE = manifest_checks(
-    *[(m.get("sample", ZAFAR["train_sample"]), ZAFAR["real_sample"], f"Zafar FID: real set vs {n}'s training images") for n, m in ZAFAR_METHODS.items()]
+    *[
+        (m.get("sample", ZAFAR["train_sample"]), ZAFAR["real_sample"], f"Zafar FID: real set vs {n}'s training images")
+        for n, m in ZAFAR_METHODS.items()
+    ]
 )
 
 
 # the run's Zafar tables and figures for results/<run>/README.md (rules/common.smk: reported_outputs)
 zafar_reported_outputs = lambda: [
-    (f"{RESULTS}/tables/zafar2023_methods.md", "zafar_render", "full FT vs DreamBooth+LoRA: FID, attribute AUC, retained knowledge, params, artefact size (Zafar)"),
-    (f"{RESULTS}/tables/zafar2023_prompts.md", "zafar_render", "structured prompt levels and their token counts (Zafar IV.C)"),
-    (f"{RESULTS}/figures/zafar2023_step_grid.png", "zafar_render", "samples at increasing training steps (Zafar Figs. 4-7)"),
-    (f"{RESULTS}/figures/zafar2023_samples.png", "zafar_render", "attribute and out-of-domain prompts per model (Zafar Fig. 8)"),
+    (
+        f"{RESULTS}/tables/zafar2023_methods.md",
+        "zafar_render",
+        "full FT vs DreamBooth+LoRA: FID, attribute AUC, retained knowledge, params, artefact size (Zafar)",
+    ),
+    (
+        f"{RESULTS}/tables/zafar2023_prompts.md",
+        "zafar_render",
+        "structured prompt levels and their token counts (Zafar IV.C)",
+    ),
+    (
+        f"{RESULTS}/figures/zafar2023_step_grid.png",
+        "zafar_render",
+        "samples at increasing training steps (Zafar Figs. 4-7)",
+    ),
+    (
+        f"{RESULTS}/figures/zafar2023_samples.png",
+        "zafar_render",
+        "attribute and out-of-domain prompts per model (Zafar Fig. 8)",
+    ),
 ]
 
 
@@ -185,12 +210,18 @@ rule zafar_render:
         foundation=foundation_input,
     output:
         **{
-            f"{t}_{ext}": report(f"{RESULTS}/tables/zafar2023_{t}.{ext}", caption=f"../report/zafar_{t}.rst", category=ZAFAR_CATEGORY)
+            f"{t}_{ext}": report(
+                f"{RESULTS}/tables/zafar2023_{t}.{ext}", caption=f"../report/zafar_{t}.rst", category=ZAFAR_CATEGORY
+            )
             for t in ("methods", "prompts")
             for ext in ("csv", "md", "tex")
         },
         **{
-            f"{fig}_{ext}": report(f"{RESULTS}/figures/zafar2023_{fig}.{ext}", caption=f"../report/zafar_{fig}.rst", category=ZAFAR_CATEGORY)
+            f"{fig}_{ext}": report(
+                f"{RESULTS}/figures/zafar2023_{fig}.{ext}",
+                caption=f"../report/zafar_{fig}.rst",
+                category=ZAFAR_CATEGORY,
+            )
             for fig in ("step_grid", "samples")
             for ext in ("png", "pdf")
         },
