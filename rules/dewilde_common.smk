@@ -1,5 +1,7 @@
 # Helpers of rules/dewilde.smk (de Wilde et al. 2023): config checks, embedding and sweep-point paths.
 
+from cxrgen.adapt.config import TextualInversionConfig
+
 DW = config["dewilde"]
 DW_DIR = f"{RESULTS}/dewilde"
 DW_CATEGORY = "Textual inversion on a budget (de Wilde et al.)"
@@ -32,6 +34,19 @@ for _spec in DW["composability"]["multi"]:  # a token without a learned embeddin
             f"dewilde.classes {DW['classes']} learn no embedding for; expected tokens among "
             f"{sorted(f'<{_s}>' for _s in DW_SLUGS)}"
         )
+# the embeddings' trainer settings parse now (the overrides are those of cxrgen.studies.dewilde.embedding_settings),
+# so a typo stops `snakemake -n` instead of the first embedding job
+try:
+    TextualInversionConfig.from_dict(
+        {
+            **DW["textual_inversion"],
+            "token": f"<{dw_slug(DW_HEALTHY)}>",
+            "classes": [DW_HEALTHY],
+            "seed": config["seed"],
+        }
+    )
+except InputError as _exc:
+    raise WorkflowError(f"config dewilde.textual_inversion: {_exc}")
 for _key in ("sample", "sweep.real_sample", "classifier.val_sample", "classifier.test_sample"):
     _section, _, _name = _key.rpartition(".")
     _value = (DW[_section] if _section else DW)[_name]

@@ -114,6 +114,8 @@ def test_bad_adaptation_setting_stops_the_dry_run(workdir):
     assert "expected some of" in out and "'prior_preservation'" in out
     out = failed_dry_run(workdir, "typo_zafar.yaml", "zafar:\n  methods:\n    - {name: l, method: lora, settings: {rnk: 4}}\n")
     assert "zafar.methods[l].settings (method 'lora')" in out and "rnk" in out and "'rank'" in out
+    out = failed_dry_run(workdir, "typo_dewilde.yaml", "dewilde:\n  textual_inversion: {stpes: 3}\n")
+    assert "config dewilde.textual_inversion" in out and "stpes" in out and "'steps'" in out
 
 
 def planned_paths(proc) -> set[str]:
