@@ -6,14 +6,16 @@ same global batch.
 A *case* is Python source defining ``train(out: Path, steps: int, stop_after: int | None, *args) -> list[float]``:
 train ``steps`` optimizer steps into ``out`` (ending early after ``stop_after`` with its checkpoint left, as a
 preempted job would) and return the per-step logged losses of the whole run so far (resumed steps included).
-:func:`check_two_processes_match_one` runs
+:func:`run_two_process_checks` runs every case in three phases,
 
 1. 1 process, ``steps`` steps                        -> the reference losses,
 2. 2 processes, same steps, ``stop_after=steps-1``   -> a checkpoint written by a distributed run,
 3. 1 process again on that output                    -> resumes it and finishes,
 
-and asserts the losses of 2.+3. equal the reference within ``rtol`` (float summation order differs: gradients
-are all-reduced, per-process means averaged). Adding a trainer = one entry in :data:`CASES` plus a test line.
+each phase one launch for all cases (each case in its own namespace: the launches, not the trainers, cost most of
+the time), and :func:`check_two_processes_match_one` asserts the losses of 2.+3. equal the reference within ``rtol``
+(float summation order differs: gradients are all-reduced, per-process means averaged). Adding a trainer = one
+entry in :data:`CASES`, one in the test's list of runs and a test line.
 
 Why ``--multi_gpu`` with ``ACCELERATE_USE_CPU``: in accelerate 1.x ``launch --cpu --num_processes 2`` starts a
 single process unless mpirun is configured; ``--multi_gpu`` starts ``torch.distributed.run`` and the
@@ -35,19 +37,27 @@ import pytest
 import torch
 
 RUNNER = r'''
-import json, sys
+import json, sys, traceback
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
 
-{case}
-
-out, steps, stop, result = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]) or None, Path(sys.argv[4])
-losses = train(out, steps, stop, *sys.argv[5:])
+cases, jobs = json.loads(Path(sys.argv[1]).read_text()), json.loads(Path(sys.argv[2]).read_text())
+results = {}
+import cxrgen.engine
+for job in jobs:  # one failing case is reported, the others still run
+    cxrgen.engine._stop_after_for_tests = None  # a case's early stop (stop_after_save) never reaches the next case
+    namespace = {"__name__": "case_" + job["case"], "Path": Path, "torch": torch, "json": json}
+    try:
+        exec(compile(cases[job["case"]], job["case"], "exec"), namespace)
+        losses = namespace["train"](Path(job["out"]), job["steps"], job["stop_after"], *job["args"])
+        results[job["tag"]] = {"losses": [float(x) for x in losses]}
+    except Exception:
+        results[job["tag"]] = {"error": traceback.format_exc()}
 import torch.distributed as dist
-if not dist.is_initialized() or dist.get_rank() == 0:
-    result.write_text(json.dumps({{"losses": [float(x) for x in losses],
-                                   "world": dist.get_world_size() if dist.is_initialized() else 1}}))
+world = dist.get_world_size() if dist.is_initialized() else 1
+if world == 1 or dist.get_rank() == 0:
+    Path(sys.argv[3]).write_text(json.dumps({"world": world, "results": results}))
 '''
 
 # Each case: tiny model, a few steps; global batch divisible by 2 processes.
@@ -116,25 +126,22 @@ def train(out, steps, stop_after):
 # the split of the global batch, gradient averaging and the resume.
 _TRAINER_CASE_TOOLS = r"""
 import cxrgen.engine as engine_module
-
-
-class Stop(Exception):
-    pass
-
-
+# cases share a process: the patch is installed once and reads the running case's limit
+Stop = engine_module.__dict__.setdefault("_StopForTests", type("Stop", (Exception,), {}))
 def stop_after_save(stop_after):
+    engine_module._stop_after_for_tests = stop_after
+    if getattr(engine_module.Engine.save, "stops_for_tests", False):
+        return
     real = engine_module.Engine.save
-
     def save(self, *args, **kwargs):
         path = real(self, *args, **kwargs)
         step = kwargs.get("step", args[5] if len(args) > 5 else 0)
-        if stop_after and step >= stop_after:
+        limit = engine_module._stop_after_for_tests
+        if limit and step >= limit:
             raise Stop
         return path
-
+    save.stops_for_tests = True
     engine_module.Engine.save = save
-
-
 def per_image_norm(build):
     def built(*args, **kwargs):
         model = build(*args, **kwargs)
@@ -247,38 +254,60 @@ def _env() -> dict:
             "ACCELERATE_USE_CPU": "true", "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
 
 
-def run_case(case: str, tmp_path: Path, out: Path, steps: int, stop_after: int | None, processes: int,
-             args: list[str], tag: str) -> dict:
-    """Run ``CASES[case]`` in ``processes`` processes; return ``{"losses": [...], "world": n}``."""
-    script = tmp_path / f"{case}_runner.py"
-    script.write_text(RUNNER.format(case=CASES[case]))
-    result = tmp_path / f"{tag}.json"
-    argv = [str(script), str(out), str(steps), str(stop_after or 0), str(result), *map(str, args)]
+def run_cases(tmp_path: Path, jobs: list[dict], processes: int, tag: str) -> dict:
+    """Run ``jobs`` (``{"case", "tag", "out", "steps", "stop_after", "args"}``) one after another in one launch of
+    ``processes`` processes; return ``{job tag: {"losses": [...]} or {"error": traceback}, "world": n}``."""
+    cases, job_file, result = tmp_path / "cases.json", tmp_path / f"{tag}_jobs.json", tmp_path / f"{tag}.json"
+    cases.write_text(json.dumps(CASES))
+    job_file.write_text(json.dumps([{**job, "out": str(job["out"]), "args": [str(a) for a in job.get("args", ())]}
+                                    for job in jobs]))
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER)
+    argv = [str(script), str(cases), str(job_file), str(result)]
     if processes == 1:
         cmd = [sys.executable, *argv]
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()), *argv]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=900)
     assert proc.returncode == 0, f"{tag}: {' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return json.loads(result.read_text())
+    out = json.loads(result.read_text())
+    return {**out["results"], "world": out["world"]}
 
 
-def check_two_processes_match_one(case: str, tmp_path: Path, args: list = (), steps: int = 3,
-                                  rtol: float = 1e-3) -> tuple[list[float], list[float]]:
-    """The 1-process reference vs. a 2-process run stopped one step early and resumed in 1 process."""
-    ref = run_case(case, tmp_path, tmp_path / "single", steps, None, 1, list(args), "single")
-    assert len(ref["losses"]) == steps and ref["world"] == 1
-    two = run_case(case, tmp_path, tmp_path / "ddp", steps, steps - 1, 2, list(args), "ddp")
-    assert two["world"] == 2, "the 2-process run did not start 2 processes"
-    assert len(two["losses"]) == steps - 1
-    resumed = run_case(case, tmp_path, tmp_path / "ddp", steps, None, 1, list(args), "resumed")
-    assert len(resumed["losses"]) == steps
-    assert resumed["losses"][: steps - 1] == two["losses"], "the resumed run did not continue the 2-process log"
-    np.testing.assert_allclose(resumed["losses"], ref["losses"], rtol=rtol,
-                               err_msg=f"{case}: 2 processes + resume vs 1 process")
-    return ref["losses"], resumed["losses"]
+def run_two_process_checks(tmp_path: Path, runs: list[dict]) -> dict:
+    """The three phases for every run (``{"case", "steps", "args", "resume"}``; ``resume: False`` = no checkpoint to
+    resume: phase 2 runs all steps and phase 3 is skipped). Returns ``{case: {"single", "ddp", "resumed"}}``, each
+    ``{"losses": [...], "world": n}`` or ``{"error": ...}``."""
+    def job(run, phase, stop_after):
+        return {"case": run["case"], "tag": run["case"], "out": tmp_path / run["case"] / phase,
+                "steps": run["steps"], "stop_after": stop_after, "args": run.get("args", ())}
+
+    single = run_cases(tmp_path, [job(r, "single", None) for r in runs], 1, "single")
+    ddp = run_cases(tmp_path, [job(r, "ddp", r["steps"] - 1 if r.get("resume", True) else None) for r in runs], 2,
+                    "ddp")
+    resumed = run_cases(tmp_path, [job(r, "ddp", None) for r in runs if r.get("resume", True)], 1, "resumed")
+    phases = {"single": single, "ddp": ddp, "resumed": resumed}
+    return {r["case"]: {name: {**result.get(r["case"], {"error": "not run"}), "world": result["world"]}
+                        for name, result in phases.items()} for r in runs}
+
+
+def case_losses(result: dict, phase: str) -> list[float]:
+    """The losses of one phase of a case, failing the test with the case's traceback if it raised."""
+    assert "error" not in result[phase], f"{phase} run raised:\n{result[phase]['error']}"
+    return result[phase]["losses"]
+
+
+def check_two_processes_match_one(result: dict, case: str, steps: int, rtol: float = 1e-3) -> None:
+    """The 1-process reference vs. the 2-process run stopped one step early and resumed in 1 process."""
+    ref, two, resumed = (case_losses(result, phase) for phase in ("single", "ddp", "resumed"))
+    assert len(ref) == steps and result["single"]["world"] == 1
+    assert result["ddp"]["world"] == 2, "the 2-process run did not start 2 processes"
+    assert len(two) == steps - 1
+    assert len(resumed) == steps
+    assert resumed[: steps - 1] == two, "the resumed run did not continue the 2-process log"
+    np.testing.assert_allclose(resumed, ref, rtol=rtol, err_msg=f"{case}: 2 processes + resume vs 1 process")
 
 
 # ------------------------------------------------------------------------------------------------ device placement
