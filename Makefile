@@ -49,12 +49,17 @@ REHEARSE_FLAGS ?=
 rehearse: $(STAMP)
 	$(BIN)/python -m cxrgen.rehearsal $(REHEARSE_FLAGS)
 
+# pytest-xdist: TEST_WORKERS processes share the tests (the SLURM tests stay on one: --dist loadgroup). Many tests
+# wait on subprocesses (Snakemake, SLURM polling, 2-process launches), so 2 workers keep 2 cores busy
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
 test: $(STAMP) lint dryrun
-	$(BIN)/python -m pytest -q --durations=15
+	$(PYTEST) --durations=15
 
 # the unit tests: everything but the tests marked slow (workflow runs, SLURM, DVC, multi-process DDP, preemption)
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" --durations=10
+	$(PYTEST) -m "not slow" --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

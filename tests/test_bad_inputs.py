@@ -772,6 +772,7 @@ def test_config_leaves_found():
 
 @settings(max_examples=50, deadline=None)
 @given(data=st.data())
+@pytest.mark.slow
 def test_config_value_of_wrong_type_or_range_names_the_key(data):
     path, schema = data.draw(st.sampled_from(LEAVES), label="key")
     value = data.draw(st.sampled_from(_bad_values(schema)), label="value")

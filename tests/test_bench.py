@@ -70,6 +70,7 @@ def test_steady_rate_uses_the_median_step_after_warmup():
     assert common.mean_rate(stamps, warmup=1) == pytest.approx(4 / 10.0)
 
 
+@pytest.mark.slow
 def test_snakemake_dry_run_from_scratch():
     rows = snakemake_overhead.run(None, repeats=1, log=lambda *a: None)
     planned = [r for r in rows if r.ours is not None]
@@ -78,6 +79,7 @@ def test_snakemake_dry_run_from_scratch():
     assert rows[-1].ours is None and "skipped" in rows[-1].note
 
 
+@pytest.mark.slow
 def test_gpu_estimate_counts_flops_on_the_meta_device():
     f = gpu_estimate.Flops()
     fwd = f.unet("sd-v1", 512)

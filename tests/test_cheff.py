@@ -114,6 +114,7 @@ def test_autoencoder_round_trip_and_training_lowers_loss(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ resume
+@pytest.mark.slow
 def test_resume_from_checkpoint_gives_identical_state(tmp_path):
     # a resumed job is a fresh process; run the check in one: in the full suite, state left in this process by
     # earlier tests made the resumed weights differ (cause not found yet, see the stop-16 note)
@@ -198,6 +199,7 @@ def test_config_presets():
 
 
 # ------------------------------------------------------------------------------------------------ cascade artefact
+@pytest.mark.slow
 def test_cascade_round_trips_as_a_diffusion_pipeline_with_model_cards(tmp_path):
     from diffusers import DiffusionPipeline
 

@@ -165,6 +165,7 @@ def test_sr_samples_what_it_diffuses(tmp_path, residual, prediction_type):
     assert err.mean() < 0.5 and err.max() <= 2
 
 
+@pytest.mark.slow
 def test_stages_end_to_end_at_toy_size(tmp_path, monkeypatch):
     """machex -> autoencoder -> SDMs -> SR base/fine -> Table 2, inpainting and the beta check, via the stage functions."""
     from cxrgen.studies import cheff as cheff_study

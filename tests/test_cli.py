@@ -30,6 +30,7 @@ def _run(*args):
                           env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_console_script_is_declared_and_runs():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"cxrgen": "cxrgen.cli:main"}

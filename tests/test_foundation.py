@@ -31,6 +31,7 @@ def smoke_build(tmp_path_factory):
     return out, summary
 
 
+@pytest.mark.slow
 def test_build_writes_standard_pipeline_folder(smoke_build):
     folder, summary = smoke_build
     for sub in ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler",

@@ -174,6 +174,7 @@ def test_machex_from_the_workflow_dataset_holds_out_its_test_split(monkeypatch):
     assert resolved[0]["workflow_splits"] == SPLITS and "workflow_splits" not in resolved[1]
 
 
+@pytest.mark.slow
 def test_dry_run_refuses_a_leaking_config_and_accepts_an_allowed_one(workdir):  # noqa: F811
     out = failed_dry_run(workdir, "leak.yaml", "dewilde:\n  sweep:\n    real_sample: train\n")
     assert "leakage" in out and "'fewshot_dewilde'" in out and "dewilde.sweep.real_sample" in out and "phantom:train" in out

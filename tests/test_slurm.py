@@ -24,7 +24,8 @@ SLURM_BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol
 WORKFLOW = ("Snakefile", "config.yaml", "rules", "scripts", "schemas", "configs", "report", "profiles", "envs")
 SBIN = "/usr/sbin:/sbin"
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+# one localhost cluster: every SLURM test on the same pytest-xdist worker (make test runs --dist loadgroup)
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 
 def _env():
