@@ -26,8 +26,9 @@ from cxrgen.data.prompts import CHAMBON_PROMPTS
 from cxrgen.diffusion import diffusion_loss
 from cxrgen.errors import InputError
 from cxrgen.models.registry import load_pipeline
+from threads import TEST_THREADS
 
-TINY = dict(resolution=32, batch_size=2, checkpoint_every=2, num_threads=2)
+TINY = dict(resolution=32, batch_size=2, checkpoint_every=2, num_threads=TEST_THREADS)
 
 
 @pytest.fixture(scope="module")

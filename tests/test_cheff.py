@@ -14,8 +14,9 @@ from cxrgen.cheff.diffusion import SDM, SDMConfig, train_sdm
 from cxrgen.cheff.inpainting import inpaint, latent_mask, preservation, rect_mask
 from cxrgen.cheff.super_resolution import SRConfig, build_sr_unet, sr_input, upsample_condition
 from cxrgen.errors import InputError
+from threads import TEST_THREADS
 
-torch.set_num_threads(2)
+torch.set_num_threads(TEST_THREADS)
 
 
 def _images(n=16, size=16, seed=0):

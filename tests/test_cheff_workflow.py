@@ -12,8 +12,9 @@ import yaml
 from cxrgen.cheff.config import CheffConfig, MaCheXConfig
 from cxrgen.cheff.super_resolution import SRConfig, SuperResolution, random_crop, train_sr, upsample_condition
 from cxrgen.errors import InputError
+from threads import TEST_THREADS
 
-torch.set_num_threads(2)
+torch.set_num_threads(TEST_THREADS)
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -13,6 +13,7 @@ from cxrgen.errors import InputError
 from cxrgen.models.foundation import FoundationConfig, build_foundation
 from cxrgen.sampling.composable import Term, composable_generate, format_prompt, load_embeddings_pipeline, parse_prompt
 from cxrgen.sampling.inpainting import box_mask, inpaint, latent_mask
+from threads import TEST_THREADS
 
 SIZE = 32
 
@@ -72,7 +73,7 @@ def test_format_prompt_round_trips():
 def setup(tmp_path_factory):
     from safetensors.torch import save_file
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(TEST_THREADS)
     root = tmp_path_factory.mktemp("composable")
     fnd = root / "foundation"
     cfg = FoundationConfig.preset("smoke", image_size=SIZE, n_images=32, vae_steps=2, unet_steps=2, vae_crop=0,

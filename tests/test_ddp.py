@@ -9,6 +9,9 @@ import pytest
 
 from engine_harness import case_losses, check_on_engine_device, check_two_processes_match_one, run_two_process_checks
 
+# the module fixture below runs every case once: its tests stay on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("two_processes")
+
 STEPS = {"unet_finetune": 3, "cheff_sdm": 3, "foundation": 3, "reference_classifier": 2, "textual_projection": 3,
          "resnet_study": 3, "zafar_classifier": 3}
 

@@ -30,6 +30,7 @@ from cxrgen.studies.dewilde import (
     table4_beside_paper,
     train_embedding,
 )
+from threads import TEST_THREADS
 
 SIZE = 32
 
@@ -62,7 +63,7 @@ def _sample(root, n_per_class=4, size=SIZE):
 
 @pytest.fixture(scope="module")
 def foundation(tmp_path_factory):
-    torch.set_num_threads(2)
+    torch.set_num_threads(TEST_THREADS)
     out = tmp_path_factory.mktemp("dewilde") / "foundation"
     cfg = FoundationConfig.preset("smoke", image_size=SIZE, n_images=32, vae_steps=2, unet_steps=2, vae_crop=0,
                                   checkpoint_every=1000, preview_per_prompt=0)

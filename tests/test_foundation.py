@@ -19,13 +19,14 @@ from cxrgen.models.foundation import (
 )
 from cxrgen.models.registry import MODEL_REGISTRY, load_pipeline, resolve_model
 from cxrgen.models.tokenizer import train_clip_tokenizer
+from threads import TEST_THREADS
 
 FINDINGS = ("effusion", "pneumonia", "cardiomegaly", "edema", "atelectasis", "nodule", "finding", "opacity")
 
 
 @pytest.fixture(scope="module")
 def smoke_build(tmp_path_factory):
-    torch.set_num_threads(2)
+    torch.set_num_threads(TEST_THREADS)
     out = tmp_path_factory.mktemp("foundation") / "model"
     summary = build_foundation(FoundationConfig.preset("smoke"), out, progress=False)
     return out, summary

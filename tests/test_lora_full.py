@@ -25,8 +25,9 @@ from cxrgen.data.prompts import zafar_prompt
 from cxrgen.data.schema import CHEXPERT_LABELS
 from cxrgen.errors import InputError
 from cxrgen.models.registry import load_pipeline
+from threads import TEST_THREADS
 
-TINY = dict(resolution=32, batch_size=2, checkpoint_every=2, num_threads=2, sample_inference_steps=2)
+TINY = dict(resolution=32, batch_size=2, checkpoint_every=2, num_threads=TEST_THREADS, sample_inference_steps=2)
 PROMPTS = ["chest x-ray, male PA, normal"] * 3 + ["chest x-ray, female AP, pleural effusion"] * 3
 
 

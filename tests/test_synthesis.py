@@ -30,6 +30,7 @@ from cxrgen.studies.synthesis import (
     render_synthesis,
     run_synthesis_evaluation,
 )
+from threads import TEST_THREADS
 
 SIZE, STEPS, TOKEN = 32, 2, "<lung-xray>"
 GEN = dict(steps=STEPS, guidance=3.0, height=SIZE, progress=False)
@@ -37,7 +38,7 @@ GEN = dict(steps=STEPS, guidance=3.0, height=SIZE, progress=False)
 
 @pytest.fixture(scope="module")
 def foundation(tmp_path_factory):
-    torch.set_num_threads(2)
+    torch.set_num_threads(TEST_THREADS)
     out = tmp_path_factory.mktemp("synthesis") / "foundation"
     cfg = FoundationConfig.preset("smoke", image_size=SIZE, n_images=32, vae_steps=2, unet_steps=2, vae_crop=0,
                                   checkpoint_every=1000, preview_per_prompt=0)

@@ -22,6 +22,7 @@ from cxrgen.adapt.textual_projection import (
 from cxrgen.errors import InputError
 from cxrgen.models.foundation import FoundationConfig, build_foundation
 from cxrgen.models.registry import load_pipeline
+from threads import TEST_THREADS
 
 PROMPTS = ["a photo of a lung xray", "a photo in the style of a red circle", "a photo of a blue square", ""]
 TINY = {"steps": 3, "batch_size": 3, "eval_prompts": 3, "eval_every": 1, "checkpoint_every": 1, "warmup_steps": 1}
@@ -29,7 +30,7 @@ TINY = {"steps": 3, "batch_size": 3, "eval_prompts": 3, "eval_every": 1, "checkp
 
 @pytest.fixture(scope="module")
 def foundation(tmp_path_factory):
-    torch.set_num_threads(2)
+    torch.set_num_threads(TEST_THREADS)
     out = tmp_path_factory.mktemp("tp_foundation") / "model"
     # the projection only needs a Stable-Diffusion-layout pipeline: keep the foundation's training minimal
     cfg = FoundationConfig.preset("smoke", n_images=48, vae_steps=2, unet_steps=2, preview_prompts=())

@@ -25,6 +25,7 @@ from cxrgen.classify import head_classifiers as heads
 from cxrgen.models.corpus import parse_corpus_prompt
 from cxrgen.sampling.synthetic_sets import load_zafar_set
 from cxrgen.studies import zafar
+from threads import TEST_THREADS
 
 PADCHEST = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"
 
@@ -214,7 +215,7 @@ class _TinyNet(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    torch.set_num_threads(2)
+    torch.set_num_threads(TEST_THREADS)
     root = tmp_path_factory.mktemp("zafar")
     foundation = root / "foundation"
     build_foundation(FoundationConfig.preset("smoke", n_images=48, vae_steps=4, unet_steps=4, preview_per_prompt=0),
@@ -224,7 +225,7 @@ def world(tmp_path_factory):
     from cxrgen.data.sampling import load_images
 
     images, manifest = load_images(train)
-    tiny = dict(resolution=SIZE, batch_size=2, num_threads=2, sample_inference_steps=2, sample_steps=(0, 2),
+    tiny = dict(resolution=SIZE, batch_size=2, num_threads=TEST_THREADS, sample_inference_steps=2, sample_steps=(0, 2),
                 sample_n=1, prompt_level="compact", sample_prompts=("chest x-ray, male PA, normal",
                                                                     "a photo of a red circle"))
     prompts = [zafar_prompt(r, "compact") for _, r in manifest.iterrows()]
