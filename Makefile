@@ -44,7 +44,7 @@ smoke: $(STAMP)
 # The four paper configs end to end with their real architectures at full size (random weights built from the
 # published configs), 2 optimizer steps per trainer, on the CPU: configs/rehearsal/<paper>.yaml over
 # configs/<paper>.yaml, each in rehearsal/<paper>/; per-stage table in rehearsal/table.{csv,md}. One full-size job at
-# a time (peak ~16 GB); not part of `make test`. One paper: make rehearse REHEARSE_FLAGS="--paper zafar2023"
+# a time (peak ~21 GB: Cheff's report SDM); not part of `make test`. One paper: make rehearse REHEARSE_FLAGS="--paper zafar2023"
 REHEARSE_FLAGS ?=
 rehearse: $(STAMP)
 	$(BIN)/python -m cxrgen.rehearsal $(REHEARSE_FLAGS)
