@@ -57,7 +57,8 @@ PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 test: $(STAMP) lint dryrun
 	$(PYTEST) --durations=15
 
-# the unit tests: everything but the tests marked slow (workflow runs, SLURM, DVC, multi-process DDP, preemption)
+# the unit tests: everything but the tests marked slow (pyproject.toml: workflow runs, SLURM, DVC, multi-process DDP,
+# preemption, and tests that start a process or train a model end to end)
 test-fast: $(STAMP)
 	$(PYTEST) -m "not slow" --durations=10
 
