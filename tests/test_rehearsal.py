@@ -94,6 +94,26 @@ def test_step_flops_file_is_written_when_the_block_fails(tmp_path):
     assert json.loads((tmp_path / "f.json").read_text())["failed"] is True
 
 
+def test_step_flops_record_peak_gpu_memory_only_on_cuda(tmp_path, monkeypatch):
+    net = torch.nn.Linear(4, 3)
+    with measure_step_flops(tmp_path / "cpu.json"):
+        net(torch.randn(2, 4))
+    assert "peak_gpu_mb" not in json.loads((tmp_path / "cpu.json").read_text())
+    # a stand-in CUDA runtime: the meter resets the peak when the block starts and reads it when it ends
+    peak = {"allocated": 5 * 2**30, "reserved": 0}
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: calls.append(("reset", device)))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: peak["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device: peak["reserved"])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Stand-in GPU")
+    with measure_step_flops(tmp_path / "gpu.json"):
+        assert calls == [("reset", 0)]
+        peak.update(allocated=3 * 2**30, reserved=4 * 2**30)  # what the block allocated after the reset
+    rec = json.loads((tmp_path / "gpu.json").read_text())
+    assert (rec["peak_gpu_mb"], rec["peak_gpu_reserved_mb"], rec["gpu"]) == (3072, 4096, "Stand-in GPU")
+
+
 def test_table_joins_benchmarks_flops_logs_and_weights(tmp_path):
     from safetensors.torch import save_file
 
@@ -109,17 +129,18 @@ def test_table_joins_benchmarks_flops_logs_and_weights(tmp_path):
     (work / "flops" / "logs__zafar__train_lora.log.json").write_text(json.dumps(
         {"log": "logs/rehearsal-zafar2023/zafar/train_lora.log",
          "output": ["results/rehearsal-zafar2023/models/zafar/lora"], "step_totals": [10, 30],
-         "flops_per_step": 20, "total_flops": 99}))
+         "flops_per_step": 20, "total_flops": 99, "peak_gpu_mb": 2048.4}))
     pd.DataFrame({"step": [1, 2], "loss": [1.0, 0.5], "seconds": [4.0, 5.5]}).to_csv(model / "training_log.csv",
                                                                                        index=False)
     save_file({"a": torch.zeros(3, 4), "b": torch.zeros(5)}, str(model / "w.safetensors"))
     table = rehearsal.collect("zafar2023", work).set_index("stage")
     row = table.loc["zafar/train_lora"]
     assert (row.wall_s, row.peak_rss_mb, row.optimizer_steps, row.s_per_step) == (12.5, 1234.0, 2, 1.5)
-    assert (row.flops_per_step, row.total_flops, row.parameters) == (20, 99, 17)
-    assert table.loc["zafar/render"].optimizer_steps == 0 and pd.isna(table.loc["zafar/render"].flops_per_step)
+    assert (row.flops_per_step, row.total_flops, row.parameters, row.peak_gpu_mb) == (20, 99, 17, 2048.4)
+    render = table.loc["zafar/render"]
+    assert render.optimizer_steps == 0 and pd.isna(render.flops_per_step) and pd.isna(render.peak_gpu_mb)
     text = rehearsal.write_table(table.reset_index()[rehearsal.COLUMNS], {"zafar2023": 20.0}, tmp_path)
-    assert "| zafar2023 | zafar/train_lora | 12.5 | 1234 | 2 | 1.50 |" in text
+    assert "| zafar2023 | zafar/train_lora | 12.5 | 1234 | 2 | 1.50 |" in text and "| 17 | 2048 |" in text
     assert pd.read_csv(tmp_path / "table.csv").shape == (2, len(rehearsal.COLUMNS))
 
 

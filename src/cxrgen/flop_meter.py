@@ -9,6 +9,10 @@ convolutions and attention, not normalisations, activations or the optimizer's e
 In a job of N processes (:mod:`cxrgen.launch`) every process counts its own share and only rank 0 writes: the
 engine splits each global batch evenly, so a step's FLOPs are rank 0's times N (``flops_per_step``,
 ``total_flops``; rank 0's own in ``rank0_flops_per_step`` / ``rank0_total_flops``, with ``processes``).
+
+On a CUDA machine the record also holds the block's peak GPU memory (``peak_gpu_mb``: rank 0's device,
+``torch.cuda.max_memory_allocated`` after its peak statistics were reset when the block began; ``peak_gpu_reserved_mb``:
+what the caching allocator held) and the device's name; on the CPU these are absent.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ def measure_step_flops(path: str | os.PathLike, info: dict | None = None):
     from cxrgen.launch import current_rank
 
     rank = current_rank()
+    gpu = _gpu_memory_meter() if rank.rank == 0 else dict  # other ranks: no context on device 0
 
     counter = FlopCounterMode(display=False)
     step_totals: list[int] = []
@@ -52,7 +57,26 @@ def measure_step_flops(path: str | os.PathLike, info: dict | None = None):
         total = int(counter.get_total_flops())
         record = {**(info or {}), "total_flops": total * rank.world, "step_totals": step_totals,
                   "flops_per_step": None if per_step is None else per_step * rank.world, "failed": failed}
+        record.update(gpu())
         if rank.world > 1:
             record.update(processes=rank.world, rank0_flops_per_step=per_step, rank0_total_flops=total)
         if rank.rank == 0:
             write_text_atomic(Path(path), json.dumps(record, indent=2))
+
+
+def _gpu_memory_meter(cuda=None):
+    """Reset the CUDA device's (rank 0's: the first visible) peak memory statistics; returns a function that reads them as a dict
+    (``peak_gpu_mb``, ``peak_gpu_reserved_mb``, ``gpu``), or one that returns ``{}`` without CUDA."""
+    import torch
+
+    cuda = cuda or torch.cuda
+    if not cuda.is_available():
+        return dict
+    device = 0
+    cuda.reset_peak_memory_stats(device)
+
+    def read() -> dict:
+        return {"peak_gpu_mb": cuda.max_memory_allocated(device) / 2**20,
+                "peak_gpu_reserved_mb": cuda.max_memory_reserved(device) / 2**20, "gpu": cuda.get_device_name(device)}
+
+    return read

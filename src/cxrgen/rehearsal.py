@@ -7,7 +7,8 @@ touched), under the overlay's own run name (``results/rehearsal-<paper>/``, :mod
 configs with random weights (:mod:`cxrgen.models.architectures`). Every job's FLOPs per optimizer step are measured
 while it runs (:mod:`cxrgen.flop_meter`). Afterwards one table lists every job: wall time and peak RSS (Snakemake's
 ``benchmarks/``), optimizer steps, seconds per step (the trainer's ``training_log.csv``), measured FLOPs per step and
-in total, and the parameters of the weights it wrote; the foundations' components get a row each.
+in total, the parameters of the weights it wrote and, on a CUDA machine, the job's peak GPU memory (the meter's
+``peak_gpu_mb``; blank on the CPU); the foundations' components get a row each.
 
 Run: ``python -m cxrgen.rehearsal [--paper chambon2022 ...] [--root rehearsal] [--cores 2]``; writes
 ``<root>/table.csv`` and ``<root>/table.md``. Its numbers test that the paper path works as code; none is a result.
@@ -57,7 +58,7 @@ PAPERS = {
         "cheff_machex", "cheff_reconstruction", "cheff_synthesis", "cheff_inpainting", "cheff_beta_check")),
 }
 COLUMNS = ["paper", "stage", "wall_s", "peak_rss_mb", "optimizer_steps", "s_per_step", "flops_per_step",
-           "total_flops", "parameters"]
+           "total_flops", "parameters", "peak_gpu_mb"]
 
 
 def config_files(paper: str) -> list[Path]:
@@ -190,7 +191,7 @@ def collect(paper: str, workdir: Path) -> pd.DataFrame:
         rows.append({"paper": paper, "stage": stem, "wall_s": float(b["s"]), "peak_rss_mb": float(b["max_rss"]),
                      "optimizer_steps": steps, "s_per_step": _seconds_per_step(outputs, steps) if steps else None,
                      "flops_per_step": rec.get("flops_per_step"), "total_flops": rec.get("total_flops"),
-                     "parameters": _weights_parameters(outputs)})
+                     "parameters": _weights_parameters(outputs), "peak_gpu_mb": rec.get("peak_gpu_mb")})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -207,7 +208,8 @@ def write_table(table: pd.DataFrame, wall: dict[str, float], root: Path) -> str:
     """``<root>/table.csv`` and ``<root>/table.md``; returns the Markdown."""
     write_csv_atomic(table, root / "table.csv")
     fmt = table.copy()
-    fmt["peak_rss_mb"] = fmt["peak_rss_mb"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
+    for col in ("peak_rss_mb", "peak_gpu_mb"):
+        fmt[col] = fmt[col].map(lambda v: "" if pd.isna(v) else f"{float(v):.0f}")
     fmt["wall_s"] = fmt["wall_s"].map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
     fmt["s_per_step"] = fmt["s_per_step"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
     for col in ("flops_per_step", "total_flops"):
