@@ -205,3 +205,40 @@ def test_table4_summary_beside_paper():
     assert strict.loc["real only", "note (this run)"] == "too few test cases for a CI: 15 positives and 15 negatives < 20"
     few = out.set_index("configuration").loc["synthetic (large, few-case embedding)"]
     assert few["synthetic_cases (paper)"] == 2000 and few["synthetic_cases (this run)"] == 200
+
+
+def test_resnet_study_reads_its_splits_from_disk_with_the_same_result(tmp_path, monkeypatch):
+    """A split given as FolderImages is read as the study uses it (subsets stay on disk) and trains exactly as
+    the same images given as arrays."""
+    from PIL import Image
+
+    from cxrgen.data import sampling
+    from cxrgen.studies.dewilde import dewilde_crop, real_class_images
+
+    def folder(name, images, man):
+        (tmp_path / name).mkdir()
+        files = [f"{i}.png" for i in range(len(images))]
+        for f, im in zip(files, images):
+            Image.fromarray(im).save(tmp_path / name / f)
+        man.assign(file=files).to_csv(tmp_path / name / "manifest.csv", index=False)
+        return sampling.FolderImages(tmp_path / name)
+
+    arrays = {"train": _split("a", range(8), n=8), "val": _split("b", range(6)), "test": _split("c", range(6))}
+    arrays["train"][0][:, :2] = 0  # a border the de Wilde crop removes
+    on_disk = {k: (folder(k, *v).map(lambda im: dewilde_crop(im[None])[0]), v[1]) for k, v in arrays.items()}
+    reads = []
+    original = sampling.load_grayscale
+    monkeypatch.setattr(sampling, "load_grayscale", lambda path: reads.append(path) or original(path))
+    from_disk = study_splits(*on_disk.values(), "Pleural Effusion")
+    assert reads == []
+    in_memory = study_splits(*((dewilde_crop(x), m) for x, m in arrays.values()), "Pleural Effusion")
+    cfg = ResNetStudyConfig.from_dict({"steps": 2, "batch_size": 4, "eval_every": 1, "image_size": 16})
+    results = []
+    for splits in (from_disk, in_memory):
+        (xt, yt, _), (xv, yv, _), (xs, ys, _) = splits["train"], splits["val"], splits["test"]
+        results.append(train_and_evaluate(np.asarray(xt), yt, xv, yv, xs, ys, cfg, seed=0))
+    assert results[0]["losses"] == results[1]["losses"] and results[0]["test_auc"] == results[1]["test_auc"]
+    # the sweep's real images: only the chosen ones are read
+    reads.clear()
+    chosen = real_class_images(tmp_path / "test", "Pleural Effusion", 2, seed=0)
+    assert chosen.shape == (2, 16, 16) and len(reads) == 2

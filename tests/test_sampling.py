@@ -151,3 +151,37 @@ def test_data_summary_counts_and_grid(tmp_path):
     assert pd.read_csv(tmp_path / "counts.csv").shape[0] == 3
     # rows: No Finding and Pleural Effusion as sole finding (the third kind has Cardiomegaly too)
     assert Image.open(tmp_path / "grid.png").size[0] > 100 and (tmp_path / "grid.pdf").is_file()
+
+
+def _folder(tmp_path, images, **columns):
+    """A materialised folder (PNG files + manifest.csv) holding ``images``."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    files = [f"{i}.png" for i in range(len(images))]
+    for f, im in zip(files, images):
+        Image.fromarray(im).save(tmp_path / f)
+    pd.DataFrame({"file": files, **columns}).to_csv(tmp_path / "manifest.csv", index=False)
+    return tmp_path
+
+
+def test_folder_images_read_only_what_is_used(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (6, 8, 8), dtype=np.uint8)
+    folder = _folder(tmp_path / "s", arr, image_id=[f"i{i}" for i in range(6)])
+    reads = []
+    original = sampling.load_grayscale
+    monkeypatch.setattr(sampling, "load_grayscale", lambda path: reads.append(path.name) or original(path))
+    images = sampling.FolderImages(folder)
+    assert len(images) == 6 and reads == []
+    assert images.shape == (6, 8, 8) and images.dtype == np.uint8 and images.ndim == 3
+    assert np.array_equal(images[-1], arr[5]) and np.array_equal(images[1:3], arr[1:3])
+    assert np.array_equal(images[np.array([True, False] * 3)], arr[::2])
+    reads.clear()
+    subset = np.take(images, [4, 1], axis=0)  # a view: nothing read yet
+    assert reads == [] and list(subset.manifest["image_id"]) == ["i4", "i1"]
+    flipped = subset.map(lambda im: im[:, ::-1])
+    assert np.array_equal(np.asarray(flipped), arr[[4, 1]][:, :, ::-1]) and sorted(reads) == ["1.png", "4.png"]
+    assert np.array_equal(np.asarray(images), sampling.load_images(folder)[0])
+    with pytest.raises(IndexError):
+        images[6]
+    with pytest.raises(IndexError):
+        np.take(images, [7], axis=0)

@@ -395,10 +395,10 @@ def zafar_sample_training_set(foundation, sample_dir, cfg: ZafarTrainConfig) -> 
     """:func:`zafar_training_set` of a materialised sample folder with the prompts fitted to the foundation's
     tokenizer; returns (images, prompts, adapter.json extras: the sample and the share of prompts that dropped
     findings to fit the context)."""
-    from cxrgen.data.sampling import load_images
+    from cxrgen.data.sampling import FolderImages
 
-    images, manifest = load_images(sample_dir)
-    images, manifest, prompts = zafar_training_set(images, manifest, cfg, where=str(sample_dir),
+    images = FolderImages(sample_dir)  # a whole split at paper scale: only the rows the trainer keeps are read
+    images, manifest, prompts = zafar_training_set(images, images.manifest, cfg, where=str(sample_dir),
                                                    tokenizer=load_tokenizer(foundation))
     dropped = manifest["findings_dropped"].to_numpy()
     return images, prompts, {"sample": str(sample_dir), "findings_dropped_share": float(np.mean(dropped > 0)),

@@ -28,7 +28,7 @@ from cxrgen.cheff.autoencoder import decode, encode, reconstruct
 from cxrgen.cheff.super_resolution import downsample
 from cxrgen.data.preprocess import resize_images
 from cxrgen.errors import InputError
-from cxrgen.metrics.features import get_extractor
+from cxrgen.metrics.features import get_extractor, streamed_features
 from cxrgen.metrics.fid import fid_kid_with_ci
 from cxrgen.metrics.image_quality import reconstruction_metrics
 from cxrgen.plotting import image_grid
@@ -96,20 +96,6 @@ def table2(per_image: pd.DataFrame) -> pd.DataFrame:
 
 #: the fid_kid table's baseline row: the cascade with the SDM's architecture untrained (not in the paper)
 UNTRAINED_SDM_ROW = "Cheff, untrained SDM (baseline)"
-
-
-def streamed_features(extractor, images, chunk_batches: int = 8):
-    """``extractor(images)`` for uint8 (N,H,W) images given as an array or as a dataset read item by item (e.g.
-    :func:`cxrgen.studies.cheff.load_split`): a dataset is stacked a chunk of whole extractor batches at a time, so
-    memory stays bounded and the features equal those of the stacked array (the same batches reach the network)."""
-    if isinstance(images, np.ndarray):
-        return extractor(images)
-    step = getattr(extractor, "batch_size", 32) * int(chunk_batches)
-    chunks = [extractor(np.stack([images[i] for i in range(start, min(start + step, len(images)))]))
-              for start in range(0, len(images), step)]
-    if not chunks:
-        raise InputError("an empty image set; expected at least one image to extract features from")
-    return torch.cat(chunks)
 
 
 def synthesis_metrics(real, fake, extractor, kid_subset: int = 100, seed: int = 0,

@@ -204,6 +204,15 @@ def _shared_predict(engine: Engine, model: torch.nn.Module, images: np.ndarray, 
                           batch_size).numpy()
 
 
+def _uint8_images(name: str, images):
+    """``images`` as given when array-like (a ``FolderImages`` stays on disk), else as an array; uint8 (N, H, W)."""
+    if not hasattr(images, "dtype"):
+        images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise InputError(f"{name} images of dtype {images.dtype} and shape {images.shape}; expected uint8 (N, H, W)")
+    return images
+
+
 def train_and_evaluate(train_images, train_labels, val_images, val_labels, test_images, test_labels,
                        cfg: ResNetStudyConfig, seed: int, runtime: RuntimeConfig | None = None) -> dict:
     """Train one ResNet-18; return the best-validation checkpoint's test AUC, its bookkeeping and the per-step
@@ -211,7 +220,7 @@ def train_and_evaluate(train_images, train_labels, val_images, val_labels, test_
 
     Runs through the engine (:mod:`cxrgen.engine`, ``runtime``); ``cfg.batch_size`` is the global batch. The
     images (uint8, the small sets of one Table 4 configuration) are converted to inputs batch by batch as they are
-    read; training batches are drawn with replacement and augmented in the DataLoader (``num_workers`` 0: the
+    read (validation and test may be :class:`cxrgen.data.sampling.FolderImages`, read batch by batch); training batches are drawn with replacement and augmented in the DataLoader (``num_workers`` 0: the
     draws share one generator)."""
     cfg.validate()
     if cfg.num_threads:
@@ -221,18 +230,15 @@ def train_and_evaluate(train_images, train_labels, val_images, val_labels, test_
         raise InputError("ResNet-18 study: empty training set")
     runtime = replace(runtime or RuntimeConfig(), num_workers=0)
     engine = Engine(runtime)
-    for name, images in (("training", train_images), ("validation", val_images), ("test", test_images)):
-        arr = np.asarray(images)
-        if arr.dtype != np.uint8 or arr.ndim != 3:
-            raise InputError(f"{name} images of dtype {arr.dtype} and shape {arr.shape}; expected uint8 (N, H, W)")
-    x_va, y_va = np.asarray(val_images), np.asarray(val_labels, dtype=int)
-    x_te, y_te = np.asarray(test_images), np.asarray(test_labels, dtype=int)
+    train_images = _uint8_images("training", train_images)
+    x_va, y_va = _uint8_images("validation", val_images), np.asarray(val_labels, dtype=int)
+    x_te, y_te = _uint8_images("test", test_images), np.asarray(test_labels, dtype=int)
     torch.manual_seed(int(seed))
     gen = torch.Generator().manual_seed(int(seed))
     model = build_resnet18(cfg.weights)
     opt = torch.optim.Adam(model.parameters(), lr=float(cfg.lr))
     micro = engine.micro_batch(cfg.batch_size)
-    data = _StudyItems(np.asarray(train_images), y_tr, cfg.image_size)
+    data = _StudyItems(train_images, y_tr, cfg.image_size)
     loader = engine.prepare(engine.drawn_loader(
         data, micro, cfg.steps * engine.gradient_accumulation_steps, gen,
         _AugmentingCollate(gen, cfg.augment, engine.num_processes, engine.local_rows)))
@@ -305,20 +311,21 @@ def study_splits(train: tuple[np.ndarray, pd.DataFrame], val: tuple[np.ndarray, 
                  test: tuple[np.ndarray, pd.DataFrame], finding: str, negative: str = "No Finding") -> dict:
     """Binary train / validation / test sets; validation and test patients seen in training are dropped (the
     embeddings' training images are the real training set, drawn from all splits), then disjointness is checked.
+    Images are uint8 (N, H, W) arrays or :class:`cxrgen.data.sampling.FolderImages` (subsets stay on disk).
 
     Returns ``{"train"|"val"|"test": (images, targets, manifest), "dropped": {"val": k, "test": k}}``.
     """
     out, dropped = {}, {}
     tr_idx, tr_y = binary_subset(train[1], finding, negative)
     tr_man = train[1].iloc[tr_idx].reset_index(drop=True)
-    out["train"] = (train[0][tr_idx], tr_y, tr_man)
+    out["train"] = (np.take(train[0], tr_idx, axis=0), tr_y, tr_man)
     seen = set(tr_man["patient_id"].astype(str))
     for name, (images, manifest) in (("val", val), ("test", test)):
         idx, y = binary_subset(manifest, finding, negative)
         man = manifest.iloc[idx].reset_index(drop=True)
         keep = ~man["patient_id"].astype(str).isin(seen).to_numpy()
         dropped[name] = int((~keep).sum())
-        out[name] = (images[idx][keep], y[keep], man[keep].reset_index(drop=True))
+        out[name] = (np.take(images, idx[keep], axis=0), y[keep], man[keep].reset_index(drop=True))
     check_patient_disjoint({k: v[2] for k, v in out.items()})
     for name, (_, y, _) in out.items():
         if len(np.unique(y)) < 2:

@@ -177,11 +177,64 @@ def read_manifest(folder: str | Path) -> pd.DataFrame:
 
 
 def load_images(folder: str | Path) -> tuple[np.ndarray, pd.DataFrame]:
-    """Read a materialised folder back: (N,H,W) uint8 array and its manifest."""
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    images = np.stack([load_grayscale(folder / f) for f in manifest["file"]]) if len(manifest) else np.zeros((0, 0, 0), np.uint8)
-    return images, manifest
+    """Read a materialised folder back: (N,H,W) uint8 array and its manifest (:class:`FolderImages` reads only
+    what it is asked for)."""
+    images = FolderImages(folder)
+    return np.asarray(images), images.manifest
+
+
+class FolderImages:
+    """The uint8 (N, H, W) images of a materialised folder, read from disk when indexed, so a split of any size costs
+    only its manifest in memory: ``images[i]`` is one image (H, W); ``images[a:b]``, ``images[index_array]`` and
+    ``np.asarray(images)`` stack what they select; ``np.take(images, idx, axis=0)`` (a subset) and
+    ``images.map(fn)`` (a per-image function such as a crop, applied as images are read) stay on disk. ``manifest``
+    holds the rows in item order."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 3
+
+    def __init__(self, folder: str | Path, manifest: pd.DataFrame | None = None, transform=None):
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder) if manifest is None else manifest.reset_index(drop=True)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *(self[0].shape if len(self) else (0, 0)))
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (len(self) if key < 0 else 0)
+            if not 0 <= i < len(self):
+                raise IndexError(f"image {key} of {len(self)} in {self.folder}")
+            image = load_grayscale(self.folder / self.manifest["file"].iat[i])
+            if not image.flags.writeable:  # torch.from_numpy warns on read-only arrays
+                image = image.copy()
+            return image if self.transform is None else self.transform(image)
+        return self._stack(np.arange(len(self))[key])
+
+    def _stack(self, indices) -> np.ndarray:
+        images = [self[int(i)] for i in indices]
+        return np.stack(images) if images else np.zeros((0, 0, 0), np.uint8)
+
+    def take(self, indices, axis=0, out=None, mode="raise") -> FolderImages:
+        """The images at ``indices`` (what ``np.take(images, indices, axis=0)`` calls), still on disk."""
+        if axis != 0 or out is not None or mode != "raise":
+            raise ValueError("FolderImages.take supports axis=0 only, without out or mode")
+        rows = np.arange(len(self))[np.asarray(indices, dtype=np.intp)]  # IndexError when out of range
+        return FolderImages(self.folder, self.manifest.iloc[rows], self.transform)
+
+    def map(self, fn) -> FolderImages:
+        """The same images with ``fn`` applied to each (after any function mapped before)."""
+        inner = self.transform
+        return FolderImages(self.folder, self.manifest, fn if inner is None else lambda image: fn(inner(image)))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        array = self._stack(range(len(self)))
+        return array if dtype is None else array.astype(dtype)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -211,20 +264,17 @@ class SampleFolderDataset:
     image). ``manifest`` holds the rows in item order."""
 
     def __init__(self, folder: str | Path, transform=None):
-        self.folder = Path(folder)
-        self.manifest = read_manifest(self.folder)
+        self.images = FolderImages(folder)
+        self.folder, self.manifest = self.images.folder, self.images.manifest
         if len(self.manifest) == 0:
             raise InputError(f"{self.folder / 'manifest.csv'} has no rows; expected a materialised sample with images")
-        self.files = [self.folder / f for f in self.manifest["file"]]
         self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.images)
 
     def __getitem__(self, i: int):
-        image = load_grayscale(self.files[i])
-        if not image.flags.writeable:  # as np.stack in load_images gives; torch.from_numpy warns on read-only arrays
-            image = image.copy()
+        image = self.images[i]
         return image if self.transform is None else self.transform(image, i)
 
 

@@ -370,6 +370,20 @@ def get_extractor(name, /, **kw) -> FeatureExtractor:
     return _REGISTRY[name](**kw)
 
 
+def streamed_features(extractor, images, chunk_batches: int = 8):
+    """``extractor(images)`` for uint8 (N,H,W) images given as an array or as a dataset read item by item (e.g.
+    :func:`cxrgen.studies.cheff.load_split`, :class:`cxrgen.data.sampling.FolderImages`): a dataset is stacked a chunk of whole extractor batches at a time, so
+    memory stays bounded and the features equal those of the stacked array (the same batches reach the network)."""
+    if isinstance(images, np.ndarray):
+        return extractor(images)
+    step = getattr(extractor, "batch_size", 32) * int(chunk_batches)
+    chunks = [extractor(np.stack([images[i] for i in range(start, min(start + step, len(images)))]))
+              for start in range(0, len(images), step)]
+    if not chunks:
+        raise InputError("an empty image set; expected at least one image to extract features from")
+    return torch.cat(chunks)
+
+
 def make_fid_extractor(name, classifier=None, **kw) -> FeatureExtractor:
     """A feature extractor for FID: ``"reference"`` = the reference classifier's penultimate features
     (:class:`ReferenceExtractor` around ``classifier.features``, input scaled like the classifier, resized to its

@@ -36,7 +36,7 @@ from cxrgen.adapt.textual_inversion import TextualInversionConfig, train_textual
 from cxrgen.classify.reference import load_reference_classifier
 from cxrgen.classify.resnet_study import ResNetStudyConfig, run_study_seed, study_splits, table4_configurations
 from cxrgen.data.preprocess import crop_nonzero_pad, load_grayscale, resize_square
-from cxrgen.data.sampling import load_images, sole_finding
+from cxrgen.data.sampling import FolderImages, load_images, sole_finding
 from cxrgen.engine import RuntimeConfig
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path, write_csv_atomic
@@ -112,14 +112,26 @@ def train_embedding(foundation, sample_dir, label: str, vectors: int, cases: int
 
 
 # ------------------------------------------------------------------------------------------------ real images
+def dewilde_crop_image(image: np.ndarray) -> np.ndarray:
+    """De Wilde 3.3.2 preprocessing (crop to non-zero, longest edge resized, zero-padded) at the image's size."""
+    return crop_nonzero_pad(image, image.shape[0])
+
+
 def dewilde_crop(images: np.ndarray) -> np.ndarray:
-    """De Wilde 3.3.2 preprocessing (crop to non-zero, longest edge resized, zero-padded) at the images' size."""
-    return np.stack([crop_nonzero_pad(im, im.shape[0]) for im in images]) if len(images) else images
+    """:func:`dewilde_crop_image` of each image of a uint8 (N, H, W) array."""
+    return np.stack([dewilde_crop_image(im) for im in images]) if len(images) else images
+
+
+def dewilde_folder(folder) -> FolderImages:
+    """A materialised folder's images with de Wilde's preprocessing, read from disk as they are used."""
+    return FolderImages(folder).map(dewilde_crop_image)
 
 
 def real_class_images(real_dir, label: str, n: int, seed: int) -> np.ndarray:
-    """Up to ``n`` real images whose sole finding is ``label`` (seeded choice, de Wilde preprocessing)."""
-    images, manifest = load_images(real_dir)
+    """Up to ``n`` real images whose sole finding is ``label`` (seeded choice, de Wilde preprocessing); only the
+    chosen images are read."""
+    images = dewilde_folder(real_dir)
+    manifest = images.manifest
     if "class_label" in manifest.columns:
         mask = (manifest["class_label"].astype(str) == label).to_numpy()
     else:
@@ -129,7 +141,7 @@ def real_class_images(real_dir, label: str, n: int, seed: int) -> np.ndarray:
         raise InputError(f"{real_dir}: {len(idx)} real images with sole finding {label!r}; FID needs >= 2")
     if len(idx) > n:
         idx = np.sort(np.random.default_rng(seed).choice(idx, int(n), replace=False))
-    return dewilde_crop(images[idx])
+    return np.asarray(np.take(images, idx, axis=0))
 
 
 def _features(images, classifier, extractor: str):
@@ -368,11 +380,11 @@ def run_classifier_seed(train_dir, val_dir, test_dir, synthetic_dirs: Mapping[in
                         settings: Mapping, real_per_class: int, synthetic_per_class: Sequence[int],
                         default_cases: int, few_cases: int, seed: int, out_csv, negative: str = HEALTHY) -> pd.DataFrame:
     """All Table 4 configurations with one seed. ``synthetic_dirs``: embedding cases -> {class label -> set dir}."""
-    def crop(pair):
-        return dewilde_crop(pair[0]), pair[1]
+    def read(folder):  # from disk as the study uses them: a configuration's training images, batches of val / test
+        images = dewilde_folder(folder)
+        return images, images.manifest
 
-    splits = study_splits(crop(load_images(train_dir)), crop(load_images(val_dir)), crop(load_images(test_dir)),
-                          finding, negative)
+    splits = study_splits(read(train_dir), read(val_dir), read(test_dir), finding, negative)
     synthetic = {}
     for cases, by_class in synthetic_dirs.items():
         xs, ys = [], []
@@ -593,6 +605,6 @@ def render_dewilde(sweep_csvs: Sequence, sweep_sets: Sequence, composability_dir
 
 
 __all__ = ["class_slug", "class_token", "class_of_slug", "embedding_name", "embedding_settings", "train_embedding",
-           "dewilde_crop", "real_class_images", "run_sweep_point", "interpolation_prompt", "run_composability",
+           "dewilde_crop", "dewilde_crop_image", "dewilde_folder", "real_class_images", "run_sweep_point", "interpolation_prompt", "run_composability",
            "run_inpainting", "summarise_inpainting", "generate_class_set", "run_classifier_seed", "summarise_table4",
            "table4_beside_paper", "render_dewilde"]

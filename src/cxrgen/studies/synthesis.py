@@ -27,11 +27,11 @@ import pandas as pd
 
 from cxrgen.adapt.methods import get_method
 from cxrgen.classify.reference import evaluate_classifier, load_reference_classifier
-from cxrgen.data.sampling import load_images
+from cxrgen.data.sampling import FolderImages, load_images
 from cxrgen.errors import InputError
 from cxrgen.io import write_csv_atomic
 from cxrgen.metrics.classification import MIN_CLASS_COUNT
-from cxrgen.metrics.features import make_fid_extractor
+from cxrgen.metrics.features import make_fid_extractor, streamed_features
 from cxrgen.metrics.fid import FID_KID_COLUMNS, fid_kid_with_ci
 from cxrgen.metrics.prompt_dependence import LOWERS, NO_CHANGE, RAISES, pixel_differences, prompt_dependence_table
 from cxrgen.plotting import image_grid
@@ -99,7 +99,8 @@ def fid_table(
     """Chambon Table 4 as a long frame: one row per (method, prompt) with the FID and KID against the matching real
     images, their bootstrap CIs (``fid_n_boot`` resamples) and set sizes (:func:`cxrgen.metrics.fid.fid_kid_with_ci`).
 
-    ``sets`` maps this run's method name to a synthetic-set folder or an ``(images, manifest)`` pair.
+    ``sets`` maps this run's method name to a synthetic-set folder or an ``(images, manifest)`` pair;
+    ``real_images``: an array or :class:`cxrgen.data.sampling.FolderImages` (features extracted chunk by chunk).
     ``extractor``: ``"reference"`` (the reference classifier's penultimate features; needs ``classifier``),
     ``"inception"``, ``"xrv"`` or a :class:`~cxrgen.metrics.features.FeatureExtractor`. Real features are computed
     once. A pair with fewer than 2 images on a side gets NaN and a ``note``.
@@ -107,7 +108,7 @@ def fid_table(
     if len(real_images) != len(real_manifest):
         raise InputError(f"{len(real_images)} real images but {len(real_manifest)} manifest rows; expected one row each")
     ext = make_fid_extractor(extractor, classifier)
-    f_real = ext(np.asarray(real_images)).double().numpy()
+    f_real = streamed_features(ext, real_images).double().numpy()
     rows = []
     for method, value in progress_bar(sets.items(), desc="FID per method", disable=not progress):
         images, manifest = _as_set(value, method)
@@ -209,7 +210,8 @@ def run_synthesis_evaluation(
     if not set_dirs:
         raise InputError("set_dirs is empty; expected at least one method -> synthetic-set folder")
     classifier = load_reference_classifier(classifier_spec)
-    real_images, real_manifest = load_images(real_dir)
+    real_images = FolderImages(real_dir)  # read chunk by chunk for the FID features
+    real_manifest = real_images.manifest
     sets = {m: _as_set(v, m) for m, v in set_dirs.items()}
     result = {
         "table4": fid_table(sets, real_images, real_manifest, extractor, classifier, progress=progress,

@@ -40,12 +40,12 @@ from cxrgen.adapt.methods import ADAPTER_FILE, TRAIN_CONFIG_FILE
 from cxrgen.classify.head_classifiers import ATTRIBUTE_HEADS, auc_known, load_head_classifier
 from cxrgen.classify.reference import load_reference_classifier
 from cxrgen.data.prompts import ZAFAR_STYLES, zafar_findings, zafar_prompt
-from cxrgen.data.sampling import load_images
+from cxrgen.data.sampling import FolderImages, read_manifest
 from cxrgen.data.schema import CHEXPERT_LABELS
 from cxrgen.errors import InputError
 from cxrgen.io import atomic_path, write_csv_atomic
 from cxrgen.metrics.classification import bootstrap_ci
-from cxrgen.metrics.features import make_fid_extractor
+from cxrgen.metrics.features import make_fid_extractor, streamed_features
 from cxrgen.metrics.fid import FID_KID_COLUMNS, fid_kid_with_ci
 from cxrgen.models.corpus import parse_corpus_prompt
 from cxrgen.plotting import image_grid
@@ -255,9 +255,8 @@ def evaluate_zafar(set_dirs: Mapping[str, object], adapter_dirs: Mapping[str, ob
     ref = load_reference_classifier(reference_spec)
     attr_clf = load_head_classifier(attribute_dir)
     corpus_clf = load_head_classifier(corpus_dir)
-    real_images, real_manifest = load_images(real_dir)
     ext = make_fid_extractor("reference", ref)
-    f_real = ext(np.asarray(real_images)).double().numpy()
+    f_real = streamed_features(ext, FolderImages(real_dir)).double().numpy()  # read chunk by chunk
     ctrl_rows, forget_rows, method_rows, ood_rows = [], [], [], []
     for model, folder in set_dirs.items():
         imgs, man = load_zafar_set(folder)
@@ -440,7 +439,7 @@ def render_zafar(eval_dir, set_dirs: Mapping[str, object], adapter_dirs: Mapping
                  "the adaptation adds to the foundation (LoRA file vs fine-tuned U-Net + text encoder). The paper "
                  "reports no numbers for any of these; its columns give only the run design."),
         scale=scale, paper_table=paper_table_label(meta), float_format=".3f")
-    _, train_manifest = load_images(train_dir)
+    train_manifest = read_manifest(train_dir)
     tokenizer = None
     if foundation is not None:
         tokenizer = load_tokenizer(foundation)
