@@ -177,7 +177,7 @@ rule dewilde_classifier:
         train=f"{DATA_DIR}/samples/{DW['sample']}",
         val=f"{DATA_DIR}/samples/{DW['classifier']['val_sample']}",
         test=f"{DATA_DIR}/samples/{DW['classifier']['test_sample']}",
-        synthetic=[f"{DW_DIR}/synthetic/{dw_slug(c)}_v{DW['vectors']}_n{n}" for n in DW_SYN_CASES for c in DW_PAIR],
+        synthetic=[f"{DW_DIR}/synthetic/{class_slug(c)}_v{DW['vectors']}_n{n}" for n in DW_SYN_CASES for c in DW_PAIR],
     output:
         f"{DW_DIR}/classifier/seed{{seed}}.csv",
     wildcard_constraints:
@@ -186,7 +186,7 @@ rule dewilde_classifier:
         dewilde=DW,
         leakage=DW_CLASSIFIER_LEAKAGE,
         synthetic={
-            n: {c: f"{DW_DIR}/synthetic/{dw_slug(c)}_v{DW['vectors']}_n{n}" for c in DW_PAIR} for n in DW_SYN_CASES
+            n: {c: f"{DW_DIR}/synthetic/{class_slug(c)}_v{DW['vectors']}_n{n}" for c in DW_PAIR} for n in DW_SYN_CASES
         },
     log:
         f"{LOGS}/dewilde/classifier_seed{{seed}}.log",

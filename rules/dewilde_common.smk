@@ -1,6 +1,7 @@
 # Helpers of rules/dewilde.smk (de Wilde et al. 2023): config checks, embedding and sweep-point paths.
 
 from cxrgen.adapt.config import TextualInversionConfig
+from cxrgen.studies.dewilde_names import class_slug, embedding_settings
 
 DW = config["dewilde"]
 DW_DIR = f"{RESULTS}/dewilde"
@@ -8,12 +9,7 @@ DW_CATEGORY = "Textual inversion on a budget (de Wilde et al.)"
 DW_HEALTHY = DW["healthy"]
 
 
-def dw_slug(label):
-    """No Finding -> healthy (the paper's <healthy>), others lower-case-dashed (cxrgen.studies.dewilde.class_slug)."""
-    return "healthy" if label == "No Finding" else re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-
-
-DW_SLUGS = {dw_slug(c): c for c in DW["classes"]}
+DW_SLUGS = {class_slug(c): c for c in DW["classes"]}
 for _key, _labels in [
     ("healthy", [DW["healthy"]]),
     ("sweep.class", [DW["sweep"]["class"]]),
@@ -34,14 +30,12 @@ for _spec in DW["composability"]["multi"]:  # a token without a learned embeddin
             f"dewilde.classes {DW['classes']} learn no embedding for; expected tokens among "
             f"{sorted(f'<{_s}>' for _s in DW_SLUGS)}"
         )
-# the embeddings' trainer settings parse now (the overrides are those of cxrgen.studies.dewilde.embedding_settings),
-# so a typo stops `snakemake -n` instead of the first embedding job
+# the embeddings' trainer settings parse now, as the embedding jobs will parse them, so a typo stops `snakemake -n`
+# instead of the first embedding job
 try:
     TextualInversionConfig.from_dict(
         {
-            **DW["textual_inversion"],
-            "token": f"<{dw_slug(DW_HEALTHY)}>",
-            "classes": [DW_HEALTHY],
+            **embedding_settings(DW["textual_inversion"], DW_HEALTHY, DW["vectors"], DW["cases"]),
             "seed": config["seed"],
         }
     )
@@ -66,7 +60,7 @@ if max([DW["vectors"], *DW["sweep"]["vectors"]]) > _max_vectors and config["foun
 def dw_embedding(label, vectors=None, cases=None):
     v = DW["vectors"] if vectors is None else vectors
     n = DW["cases"] if cases is None else cases
-    return f"{DW_DIR}/embeddings/{dw_slug(label)}_v{v}_n{n}"
+    return f"{DW_DIR}/embeddings/{class_slug(label)}_v{v}_n{n}"
 
 
 def dw_points():
@@ -87,7 +81,7 @@ def dw_points():
 
 
 def dw_point_dir(p):
-    return f"{DW_DIR}/sweep/{dw_slug(p['class'])}_v{p['embedding_size']}_n{p['training_cases']}/steps{p['steps']}_cfg{p['cfg_scale']:g}"
+    return f"{DW_DIR}/sweep/{class_slug(p['class'])}_v{p['embedding_size']}_n{p['training_cases']}/steps{p['steps']}_cfg{p['cfg_scale']:g}"
 
 
 DW_POINTS = dw_points()

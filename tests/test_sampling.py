@@ -7,7 +7,7 @@ from PIL import Image
 
 from cxrgen.data import sampling
 from cxrgen.data.preprocess import crop_nonzero_pad, load_grayscale, preprocess, resize_shortest_center_crop
-from cxrgen.data.prompts import dewilde_token, zafar_prompt
+from cxrgen.data.prompts import zafar_prompt
 from cxrgen.data.schema import CHEXPERT_LABELS, COLUMNS, apply_label_policy, validate_table
 from cxrgen.errors import InputError
 
@@ -135,7 +135,6 @@ def test_zafar_prompt_levels_and_missing_fields():
     assert zafar_prompt(padchest).endswith("diagnosis calcified granuloma, loc right upper lobe, normal")
     with pytest.raises(InputError, match="prompt level"):
         zafar_prompt(row, "expert")
-    assert dewilde_token("Pleural Effusion") == "<pleural-effusion>"
 
 
 def test_data_summary_counts_and_grid(tmp_path):

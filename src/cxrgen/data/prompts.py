@@ -162,10 +162,3 @@ def chambon_prompt(row: pd.Series) -> str:
     if row.get("Pleural Effusion") == 1.0:
         return CHAMBON_PROMPTS["effusion"]
     return CHAMBON_PROMPTS["normal"]
-
-
-def dewilde_token(label: str) -> str:
-    """The textual-inversion placeholder for a class, e.g. ``<pleural-effusion>``."""
-    if label not in CHEXPERT_LABELS:
-        raise InputError(f"unknown label name {label!r}; expected one of {list(CHEXPERT_LABELS)}")
-    return "<" + label.lower().replace(" ", "-") + ">"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -49,44 +48,13 @@ from cxrgen.render.tables import OURS, PAPER, fid_kid_caption, side_by_side, wri
 from cxrgen.sampling.composable import composable_generate, format_prompt, load_embeddings_pipeline, parse_prompt
 from cxrgen.sampling.inpainting import box_mask, inpaint, latent_mask, pixel_mask_of
 from cxrgen.sampling.synthetic_sets import generate_set, load_set
+from cxrgen.studies.dewilde_names import HEALTHY, class_slug, class_token, embedding_settings
 
 log = logging.getLogger(__name__)
 
-HEALTHY = "No Finding"
 EMBEDS_LIMIT_BYTES = 1_000_000
 SWEEP_COLUMNS = ["table", "sweep", "class", "steps", "cfg_scale", "embedding_size", "training_cases",
                  *FID_KID_COLUMNS, "extractor"]
-
-
-# ------------------------------------------------------------------------------------------------ names
-def class_slug(label: str) -> str:
-    """``No Finding`` -> ``healthy`` (the paper's name), others lower-case with dashes (``pleural-effusion``)."""
-    if not isinstance(label, str) or not label.strip():
-        raise InputError(f"class label {label!r}; expected a CheXpert label such as 'Cardiomegaly'")
-    return "healthy" if label == HEALTHY else re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-
-
-def class_token(label: str) -> str:
-    """The placeholder token of a class: ``<healthy>``, ``<cardiomegaly>``, ``<pleural-effusion>``, ..."""
-    return f"<{class_slug(label)}>"
-
-
-def class_of_slug(slug: str, classes: Sequence[str]) -> str:
-    for c in classes:
-        if class_slug(c) == slug:
-            return c
-    raise InputError(f"class {slug!r}; expected one of {[class_slug(c) for c in classes]}")
-
-
-def embedding_name(label: str, vectors: int, cases: int) -> str:
-    return f"{class_slug(label)}_v{int(vectors)}_n{int(cases)}"
-
-
-def embedding_settings(settings: Mapping, label: str, vectors: int, cases: int) -> dict:
-    """Textual-inversion trainer settings of one embedding (the token alone as the training prompt)."""
-    out = dict(settings)
-    out.update(token=class_token(label), num_vectors=int(vectors), classes=[label], max_images=int(cases))
-    return out
 
 
 def train_embedding(foundation, sample_dir, label: str, vectors: int, cases: int, settings: Mapping, out_dir,
@@ -604,7 +572,7 @@ def render_dewilde(sweep_csvs: Sequence, sweep_sets: Sequence, composability_dir
     return paths
 
 
-__all__ = ["class_slug", "class_token", "class_of_slug", "embedding_name", "embedding_settings", "train_embedding",
+__all__ = ["train_embedding",
            "dewilde_crop", "dewilde_crop_image", "dewilde_folder", "real_class_images", "run_sweep_point", "interpolation_prompt", "run_composability",
            "run_inpainting", "summarise_inpainting", "generate_class_set", "run_classifier_seed", "summarise_table4",
            "table4_beside_paper", "render_dewilde"]
