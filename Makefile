@@ -87,8 +87,8 @@ report: $(STAMP)
 PUBLISH ?= $(sort $(filter-out %.dvc,$(wildcard results/$(RUN)/*)))
 publish: $(STAMP)
 	@test -n "$(strip $(PUBLISH))" || { echo "make publish: nothing under results/$(RUN)/; run the workflow first" >&2; exit 1; }
-	$(BIN)/dvc add --quiet $(PUBLISH)
-	$(BIN)/dvc push --quiet $(addsuffix .dvc,$(PUBLISH))
+	$(BIN)/dvc add $(PUBLISH)
+	$(BIN)/dvc push $(addsuffix .dvc,$(PUBLISH))
 	@echo "published $(PUBLISH); commit the pointers: git add $(addsuffix .dvc,$(PUBLISH))"
 
 clean:

@@ -1,7 +1,7 @@
 # Helpers of rules/dewilde.smk (de Wilde et al. 2023): config checks, embedding and sweep-point paths.
 
-from cxrgen.adapt.config import TextualInversionConfig
-from cxrgen.studies.dewilde_names import class_slug, embedding_settings
+from cxrgen.adapt.config import TextualInversionConfig, class_embedding_settings
+from cxrgen.data.prompts import class_slug
 
 DW = config["dewilde"]
 DW_DIR = f"{RESULTS}/dewilde"
@@ -35,7 +35,7 @@ for _spec in DW["composability"]["multi"]:  # a token without a learned embeddin
 try:
     TextualInversionConfig.from_dict(
         {
-            **embedding_settings(DW["textual_inversion"], DW_HEALTHY, DW["vectors"], DW["cases"]),
+            **class_embedding_settings(DW["textual_inversion"], DW_HEALTHY, DW["vectors"], DW["cases"]),
             "seed": config["seed"],
         }
     )

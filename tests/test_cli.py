@@ -118,6 +118,9 @@ def test_fid_and_kid_print_fid_kid_with_ci(tmp_path, monkeypatch, capsys):
     line = capsys.readouterr().out
     assert line.startswith(f"KID {want['kid']:.4g} +- ") and f"95% CI {want['kid_ci_low']:.4g}-" in line
     assert "n_real=12, n_fake=12, extractor=toy (dim 16), n_boot=20" in line
+    assert "biased" not in line  # KID's estimate is unbiased at any n; FID's is not with 12 images in 16 dimensions
+    assert main(["-q", "fid", str(real), str(fake), "--extractor", "toy", "--n-boot", "20"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("biased: fewer images than feature dimensions")
     assert main(["fid", str(real), str(tmp_path / "none"), "--extractor", "toy"]) == 2
     err = capsys.readouterr().err
     assert "image folder" in err and "does not exist" in err
@@ -150,6 +153,10 @@ def test_chexpert_at_k_on_a_reports_csv(tmp_path, capsys):
     assert main(["chexpert-at-k", str(tmp_path / "nope.csv")]) == 2
     assert main(["chexpert-at-k", str(csv), "--encoder", "no-such-encoder", "--n-boot", "0"]) == 2
     assert "no-such-encoder" in capsys.readouterr().err
+    pd.DataFrame(rows).drop(columns=["Cardiomegaly"]).to_csv(tmp_path / "partial.csv", index=False)
+    assert main(["chexpert-at-k", str(tmp_path / "partial.csv"), "--n-boot", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "partial.csv" in err and "Cardiomegaly" in err
 
 
 def test_info_names_the_artefact_and_how_to_load_it(foundation, tmp_path, capsys):

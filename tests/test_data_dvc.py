@@ -23,9 +23,11 @@ def test_generated_default_phantoms_match_data_dvc(tmp_path):
     root = tmp_path / config["data"]["root"]
     generate_mimic_cxr(root, n_patients=p["n_patients"], studies_per_patient=tuple(p["studies_per_patient"]),
                        image_size=p["image_size"], seed=config["seed"], progress=False)
+    (root / ".snakemake_timestamp").touch()  # as the workflow's phantom_dataset rule leaves it (directory() output)
     dvc = [sys.executable, "-m", "dvc"]
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([*dvc, "init", "-q"], cwd=tmp_path, check=True)
+    shutil.copy(REPO / ".dvcignore", tmp_path / ".dvcignore")
     subprocess.run([*dvc, "add", "-q", "data"], cwd=tmp_path, check=True)
     tracked = yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]
     fresh = yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]

@@ -28,7 +28,8 @@ from cxrgen.studies.dewilde import (
     table4_beside_paper,
     train_embedding,
 )
-from cxrgen.studies.dewilde_names import class_slug, class_token, embedding_settings
+from cxrgen.adapt.config import class_embedding_settings
+from cxrgen.data.prompts import class_slug, class_token
 from threads import TEST_THREADS
 
 SIZE = 32
@@ -40,18 +41,9 @@ def test_class_tokens_and_interpolation_prompt():
     assert interpolation_prompt("No Finding", "Cardiomegaly", 0.75) == "0.25*<healthy> AND 0.75*<cardiomegaly>"
     with pytest.raises(InputError, match="class label"):
         class_slug("")
-    settings = embedding_settings({"steps": 5, "token": "<x>"}, "Pleural Effusion", vectors=8, cases=10)
+    settings = class_embedding_settings({"steps": 5, "token": "<x>"}, "Pleural Effusion", vectors=8, cases=10)
     assert settings == {"steps": 5, "token": "<pleural-effusion>", "num_vectors": 8, "classes": ["Pleural Effusion"],
                         "max_images": 10}
-
-
-def test_dewilde_names_need_no_torch():
-    """The workflow imports them when it builds the DAG, which must not import torch."""
-    import subprocess
-    import sys
-
-    code = "import sys, cxrgen.studies.dewilde_names; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def _sample(root, n_per_class=4, size=SIZE):

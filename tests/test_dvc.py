@@ -82,6 +82,10 @@ def test_publish_then_pull_and_touch_restores_without_rerun(tmp_path):
     assert "results/smoke/models.dvc" in status  # the pointer is for git (the data stays ignored by .gitignore)
     assert "results/smoke/models/" not in status and "results/smoke/data/" not in status
     assert any((src / "dvc-remote").rglob("*")), "nothing pushed to the default remote"
+    # a publish that fails says why (DVC's own error, not only make's exit status)
+    bad = subprocess.run(["make", "-o", ".venv/.installed", "publish", "PUBLISH=results/default/models"], cwd=src,
+                         capture_output=True, text=True, env=_env())
+    assert bad.returncode != 0 and "results/default' does not exist" in bad.stderr, bad.stdout + bad.stderr
     run(["git", "add", "results"], src)  # adds only the .dvc pointers
     run(["git", "commit", "-qm", "publish results"], src)
 

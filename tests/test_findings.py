@@ -200,7 +200,10 @@ def test_table_is_deterministic_and_labelled(tmp_path):
 def paper_text(paper: str) -> str:
     """The paper's text named in findings.yaml (a path relative to the repository root)."""
     doc = yaml.safe_load((reference_root() / "findings.yaml").read_text())
-    return (Path(__file__).resolve().parents[1] / doc["source_texts"][paper]).read_text()
+    path = Path(__file__).resolve().parents[1] / doc["source_texts"][paper]
+    if not path.is_file():  # CI and the project's sessions have ../shared beside the checkout; other clones may not
+        pytest.skip(f"{path} absent: the papers' texts sit in ../shared/papers beside the checkout")
+    return path.read_text()
 
 
 def test_every_claim_is_cited_and_its_published_numbers_parse():

@@ -134,8 +134,10 @@ REPO = Path(__file__).resolve().parents[1]
 def _dry_run(tmp_path, overlay: str, *args):
     cfg = tmp_path / "gpus.yaml"
     cfg.write_text(overlay)
-    return subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(cfg), *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    # in an empty working directory: a finished or running `make reproduce` in the checkout changes the plan
+    return subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"),
+                           "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"), str(cfg), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
 def _planned_gpus(output: str) -> dict:

@@ -114,7 +114,8 @@ def cmd_distance(args) -> None:
     else:
         value = (f"KID {r['kid']:.4g} +- {r['kid_std']:.2g} ({pct}% CI {r['kid_ci_low']:.4g}-{r['kid_ci_high']:.4g}; "
                  f"subsets of {r['kid_subset_size']})")
-    note = "; biased: fewer images than feature dimensions" if r["fid_biased"] else ""
+    # KID's MMD^2 estimate is unbiased at any n; FID's is not below the feature dimension
+    note = "; biased: fewer images than feature dimensions" if r["fid_biased"] and args.command == "fid" else ""
     _out(f"{value}; n_real={r['n_real']}, n_fake={r['n_fake']}, extractor={r['extractor']} "
          f"(dim {r['dim']}), n_boot={r['n_boot']}{note}")
 
@@ -132,8 +133,11 @@ def cmd_chexpert_at_k(args) -> None:
     reports = pd.read_csv(path, keep_default_na=False, na_values=[""])
     spec = {"name": args.encoder, "path": args.encoder_path, "methods": args.method,
             "trust_remote_code": args.trust_remote_code}
-    res = run_text_encoder_study(reports, [spec], k=args.k, same_label=args.same_label, n_boot=args.n_boot,
-                                 seed=args.seed, similarity=args.similarity)
+    try:
+        res = run_text_encoder_study(reports, [spec], k=args.k, same_label=args.same_label, n_boot=args.n_boot,
+                                     seed=args.seed, similarity=args.similarity)
+    except InputError as exc:  # e.g. missing label columns: say which file
+        raise InputError(f"{path}: {exc}") from exc
     if args.out:
         from cxrgen.io import write_csv_atomic
 

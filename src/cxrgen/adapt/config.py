@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from collections.abc import Mapping
 
-from cxrgen.data.prompts import CHAMBON_PROMPTS, ZAFAR_STYLES
+from cxrgen.data.prompts import CHAMBON_PROMPTS, ZAFAR_STYLES, class_token
 from cxrgen.errors import InputError
 from cxrgen.runtime import MIXED_PRECISION, RuntimeConfig
 from cxrgen.text.names import METHODS as POOLING_METHODS
@@ -228,6 +228,13 @@ def check_prior_settings(cfg) -> None:
         raise InputError(f"{name}.prior_loss_weight={cfg.prior_loss_weight!r}; expected >= 0")
     if not isinstance(cfg.class_prompt, str) or not cfg.class_prompt.strip():
         raise InputError(f"{name}.class_prompt={cfg.class_prompt!r}; expected a prompt")
+
+
+def class_embedding_settings(settings: Mapping, label: str, vectors: int, cases: int) -> dict:
+    """Textual-inversion settings of one class embedding (de Wilde et al.): ``settings`` with the class token, its
+    vector count, the class as the only training class and ``cases`` training images."""
+    return {**settings, "token": class_token(label), "num_vectors": int(vectors), "classes": [label],
+            "max_images": int(cases)}
 
 
 @dataclass

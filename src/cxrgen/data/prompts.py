@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 
 import pandas as pd
 
@@ -162,3 +163,19 @@ def chambon_prompt(row: pd.Series) -> str:
     if row.get("Pleural Effusion") == 1.0:
         return CHAMBON_PROMPTS["effusion"]
     return CHAMBON_PROMPTS["normal"]
+
+
+#: de Wilde et al.'s name for the No Finding class (its token is ``<healthy>``)
+HEALTHY = "No Finding"
+
+
+def class_slug(label: str) -> str:
+    """``No Finding`` -> ``healthy`` (de Wilde's name), others lower-case with dashes (``pleural-effusion``)."""
+    if not isinstance(label, str) or not label.strip():
+        raise InputError(f"class label {label!r}; expected a CheXpert label such as 'Cardiomegaly'")
+    return "healthy" if label == HEALTHY else re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+
+
+def class_token(label: str) -> str:
+    """The textual-inversion placeholder of a class: ``<healthy>``, ``<cardiomegaly>``, ``<pleural-effusion>``, ..."""
+    return f"<{class_slug(label)}>"

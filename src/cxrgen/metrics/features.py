@@ -148,7 +148,7 @@ class InceptionExtractor(FeatureExtractor):
         where = inception_weights_path()
         hint = (
             f"download {INCEPTION_WEIGHTS_URL} and place it at {where} (the torch hub cache; set TORCH_HOME to move it, "
-            f"i.e. $TORCH_HOME/hub/checkpoints/) or pass weights_path=<file>"
+            f"i.e. $TORCH_HOME/hub/checkpoints/), or in Python pass weights_path=<file>"
         )
         if weights_path is not None:
             if not os.path.isfile(weights_path):

@@ -29,11 +29,13 @@ import torch
 from accelerate.state import PartialState
 from PIL import Image
 
+from cxrgen.adapt.config import class_embedding_settings
 from cxrgen.adapt.methods import EMBEDS_FILE
 from cxrgen.adapt.pipeline import load_adapted_pipeline, read_adapter
 from cxrgen.adapt.textual_inversion import TextualInversionConfig, train_textual_inversion
 from cxrgen.classify.reference import load_reference_classifier
 from cxrgen.classify.resnet_study import ResNetStudyConfig, run_study_seed, study_splits, table4_configurations
+from cxrgen.data.prompts import HEALTHY, class_slug, class_token
 from cxrgen.data.preprocess import crop_nonzero_pad, load_grayscale, resize_square
 from cxrgen.data.sampling import FolderImages, load_images, sole_finding
 from cxrgen.engine import RuntimeConfig
@@ -48,7 +50,6 @@ from cxrgen.render.tables import OURS, PAPER, fid_kid_caption, side_by_side, wri
 from cxrgen.sampling.composable import composable_generate, format_prompt, load_embeddings_pipeline, parse_prompt
 from cxrgen.sampling.inpainting import box_mask, inpaint, latent_mask, pixel_mask_of
 from cxrgen.sampling.synthetic_sets import generate_set, load_set
-from cxrgen.studies.dewilde_names import HEALTHY, class_slug, class_token, embedding_settings
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def train_embedding(foundation, sample_dir, label: str, vectors: int, cases: int
     keep = (manifest["class_label"].astype(str) == label).to_numpy()
     if not keep.any():
         raise InputError(f"class {label!r} not in {sample_dir} (it holds {sorted(set(manifest['class_label']))})")
-    cfg_dict = {**embedding_settings(settings, label, vectors, cases), "seed": int(seed)}
+    cfg_dict = {**class_embedding_settings(settings, label, vectors, cases), "seed": int(seed)}
     cfg = TextualInversionConfig.from_dict(cfg_dict)
     summary = train_textual_inversion(foundation, images[keep], ["{}"] * int(keep.sum()), cfg, out_dir,
                                       progress=progress)
