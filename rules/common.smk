@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the checkout's packag
 from cxrgen.adapt import methods as adapt_methods
 from cxrgen.data import leakage
 from cxrgen.errors import InputError
+from cxrgen.models.foundation_config import FoundationConfig
 from cxrgen.runs import PAPERS, output_roots
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -332,3 +333,13 @@ def final_outputs():
 
 def all_targets():
     return [*final_outputs(), f"{RESULTS}/README.md"]
+
+
+def foundation_settings():
+    """The miniature foundation's resolved settings (preset, overrides, seed): a changed preset default reruns the
+    foundation (a params change), and a bad key stops the dry run."""
+    f = config["foundation"]
+    try:
+        return FoundationConfig.preset(f["preset"], **{"seed": config["seed"], **f["overrides"]}).to_dict()
+    except (TypeError, ValueError) as exc:
+        raise WorkflowError(f"config foundation (preset {f['preset']!r}, overrides {f['overrides']}): {exc}")

@@ -8,10 +8,8 @@ if config["foundation"]["model"] == "build":
         output:
             directory(FOUNDATION),
         params:
-            preset=config["foundation"]["preset"],
-            overrides=config["foundation"]["overrides"],
+            settings=foundation_settings(),
             runtime=config["foundation"]["runtime"],
-            seed=config["seed"],
         log:
             f"{LOGS}/foundation.log",
         benchmark:

@@ -3,8 +3,7 @@ from cxrgen.models.foundation import FoundationConfig, build_foundation
 from cxrgen.workflow import script_context
 
 with script_context(snakemake) as log:
-    overrides = {"seed": snakemake.params.seed, **snakemake.params.overrides}
-    cfg = FoundationConfig.preset(snakemake.params.preset, **overrides)
+    cfg = FoundationConfig.from_dict(snakemake.params.settings)  # preset + overrides + seed, resolved in the rule
     runtime = RuntimeConfig.from_dict(snakemake.params.runtime, "foundation.runtime")
     summary = build_foundation(cfg, snakemake.output[0], progress=True, runtime=runtime)
     log.info("foundation built: %s", summary)

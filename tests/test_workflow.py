@@ -116,6 +116,8 @@ def test_bad_adaptation_setting_stops_the_dry_run(workdir):
     assert "zafar.methods[l].settings (method 'lora')" in out and "rnk" in out and "'rank'" in out
     out = failed_dry_run(workdir, "typo_dewilde.yaml", "dewilde:\n  textual_inversion: {stpes: 3}\n")
     assert "config dewilde.textual_inversion" in out and "stpes" in out and "'steps'" in out
+    out = failed_dry_run(workdir, "typo_foundation.yaml", "foundation:\n  overrides: {unet_stpes: 3}\n")
+    assert "config foundation (preset 'default'" in out and "unet_stpes" in out and "'unet_steps'" in out
 
 
 def planned_paths(proc) -> set[str]:
