@@ -191,14 +191,15 @@ def _smoke_with(workdir, name: str, overlay: str, target: str):
 
 
 def test_a_failing_slurm_job_fails_the_run_and_names_its_log(workdir):
-    proc, _ = _smoke_with(workdir, "bad.yaml", "foundation:\n  overrides: {no_such_setting: 1}\n",
+    # a setting that parses (an unknown key stops the DAG build) but makes the job itself fail
+    proc, _ = _smoke_with(workdir, "bad.yaml", "foundation:\n  overrides: {n_images: 0}\n",
                           "results/smoke/models/foundation")
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-4000:]
     assert re.search(r"Error in rule foundation", out), out[-4000:]
     assert "logs/smoke/foundation.log" in out, out[-4000:]
     assert re.search(r"\.snakemake/slurm_logs/rule_foundation/\S*\d+\.log", out), out[-4000:]
-    assert "no_such_setting" in (workdir / "logs" / "smoke" / "foundation.log").read_text()
+    assert "n must be positive" in (workdir / "logs" / "smoke" / "foundation.log").read_text()
 
 
 
