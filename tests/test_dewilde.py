@@ -213,22 +213,18 @@ def test_table4_summary_beside_paper():
 def test_resnet_study_reads_its_splits_from_disk_with_the_same_result(tmp_path, monkeypatch):
     """A split given as FolderImages is read as the study uses it (subsets stay on disk) and trains exactly as
     the same images given as arrays."""
-    from PIL import Image
+    from test_sampling import _folder
 
     from cxrgen.data import sampling
-    from cxrgen.studies.dewilde import dewilde_crop, real_class_images
+    from cxrgen.studies.dewilde import dewilde_crop_image, real_class_images
 
-    def folder(name, images, man):
-        (tmp_path / name).mkdir()
-        files = [f"{i}.png" for i in range(len(images))]
-        for f, im in zip(files, images):
-            Image.fromarray(im).save(tmp_path / name / f)
-        man.assign(file=files).to_csv(tmp_path / name / "manifest.csv", index=False)
-        return sampling.FolderImages(tmp_path / name)
+    def dewilde_crop(images):
+        return np.stack([dewilde_crop_image(im) for im in images])
 
     arrays = {"train": _split("a", range(8), n=8), "val": _split("b", range(6)), "test": _split("c", range(6))}
     arrays["train"][0][:, :2] = 0  # a border the de Wilde crop removes
-    on_disk = {k: (folder(k, *v).map(lambda im: dewilde_crop(im[None])[0]), v[1]) for k, v in arrays.items()}
+    on_disk = {k: (sampling.FolderImages(_folder(tmp_path / k, x, **m.to_dict("list"))).map(dewilde_crop_image), m)
+               for k, (x, m) in arrays.items()}
     reads = []
     original = sampling.load_grayscale
     monkeypatch.setattr(sampling, "load_grayscale", lambda path: reads.append(path) or original(path))

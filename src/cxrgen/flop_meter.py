@@ -64,12 +64,12 @@ def measure_step_flops(path: str | os.PathLike, info: dict | None = None):
             write_text_atomic(Path(path), json.dumps(record, indent=2))
 
 
-def _gpu_memory_meter(cuda=None):
-    """Reset the CUDA device's (rank 0's: the first visible) peak memory statistics; returns a function that reads them as a dict
-    (``peak_gpu_mb``, ``peak_gpu_reserved_mb``, ``gpu``), or one that returns ``{}`` without CUDA."""
+def _gpu_memory_meter():
+    """Reset the CUDA device's (rank 0's: the first visible) peak memory statistics; returns a function that reads
+    them as a dict (``peak_gpu_mb``, ``peak_gpu_reserved_mb``, ``gpu``), or one that returns ``{}`` without CUDA."""
     import torch
 
-    cuda = cuda or torch.cuda
+    cuda = torch.cuda
     if not cuda.is_available():
         return dict
     device = 0

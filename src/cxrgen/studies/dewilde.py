@@ -86,11 +86,6 @@ def dewilde_crop_image(image: np.ndarray) -> np.ndarray:
     return crop_nonzero_pad(image, image.shape[0])
 
 
-def dewilde_crop(images: np.ndarray) -> np.ndarray:
-    """:func:`dewilde_crop_image` of each image of a uint8 (N, H, W) array."""
-    return np.stack([dewilde_crop_image(im) for im in images]) if len(images) else images
-
-
 def dewilde_folder(folder) -> FolderImages:
     """A materialised folder's images with de Wilde's preprocessing, read from disk as they are used."""
     return FolderImages(folder).map(dewilde_crop_image)
@@ -573,7 +568,7 @@ def render_dewilde(sweep_csvs: Sequence, sweep_sets: Sequence, composability_dir
     return paths
 
 
-__all__ = ["train_embedding",
-           "dewilde_crop", "dewilde_crop_image", "dewilde_folder", "real_class_images", "run_sweep_point", "interpolation_prompt", "run_composability",
+__all__ = ["train_embedding", "dewilde_crop_image", "dewilde_folder", "real_class_images", "run_sweep_point",
+           "interpolation_prompt", "run_composability",
            "run_inpainting", "summarise_inpainting", "generate_class_set", "run_classifier_seed", "summarise_table4",
            "table4_beside_paper", "render_dewilde"]
