@@ -143,6 +143,19 @@ def test_cls_and_mean_match_direct_transformers(minilm):
         np.testing.assert_allclose(pooled, model(**batch).pooler_output.numpy(), atol=1e-5)
 
 
+def test_all_methods_come_from_one_forward_pass_per_batch(minilm, monkeypatch):
+    from cxrgen.text.encoders import METHODS, embed, embed_methods
+
+    one_by_one = {m: embed(TEXTS, minilm, m, batch_size=1, progress=False) for m in METHODS}
+    calls = []
+    forward = minilm.model.forward
+    monkeypatch.setattr(minilm.model, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    together = embed_methods(TEXTS, minilm, list(METHODS), batch_size=1, progress=False)
+    assert len(calls) == len(TEXTS)  # one forward per batch of one, shared by every pooling method
+    for m in METHODS:
+        np.testing.assert_allclose(together[m], one_by_one[m], atol=1e-6)
+
+
 def test_pooler_none_when_absent(minilm):
     from transformers import BertModel
 

@@ -25,7 +25,7 @@ from cxrgen.plotting import save_figure
 from cxrgen.render.reference import load_reference, paper_table_label
 from cxrgen.render.tables import OURS, PAPER, side_by_side, write_table
 from cxrgen.text.chexpert_at_k import bag_of_words_similarity, bootstrap_macro_ci, chexpert_at_k, primary_classes
-from cxrgen.text.encoders import METHOD_TITLES, METHODS, embed, load_encoder
+from cxrgen.text.encoders import METHOD_TITLES, METHODS, embed_methods, load_encoder
 
 log = logging.getLogger(__name__)
 BASE = "Base"
@@ -62,28 +62,40 @@ def _similarity(emb: np.ndarray, kind: str) -> np.ndarray:
 _LOADED_ENCODER: dict = {}  # (name, path, trust_remote_code) -> the one encoder kept in memory
 
 
-def cached_embeddings(texts, spec: dict, method: str, cache_dir, progress=False):
-    """Embeddings for (encoder, method, corpus) from ``cache_dir`` or computed and cached (None if unavailable)."""
+def cached_embeddings(texts, spec: dict, methods, cache_dir, progress=False) -> dict:
+    """{method: embeddings (None if unavailable)} for one encoder on a corpus, each read from ``cache_dir`` or, for
+    those not cached, computed in one pass over the corpus and cached."""
     name = spec["name"]
-    key = f"{name}__{method}__{corpus_hash(texts)}__{hashlib.sha256(str(spec.get('path')).encode()).hexdigest()[:8]}"
-    npy = Path(cache_dir) / f"{key}.npy" if cache_dir else None
-    none_marker = Path(cache_dir) / f"{key}.none" if cache_dir else None
-    if npy is not None and npy.is_file():
-        return np.load(npy)
-    if none_marker is not None and none_marker.is_file():
-        return None
+    corpus, model_path = corpus_hash(texts), hashlib.sha256(str(spec.get("path")).encode()).hexdigest()[:8]
+    out, missing = {}, []
+    for method in methods:
+        key = f"{name}__{method}__{corpus}__{model_path}"
+        npy = Path(cache_dir) / f"{key}.npy" if cache_dir else None
+        none_marker = Path(cache_dir) / f"{key}.none" if cache_dir else None
+        if npy is not None and npy.is_file():
+            out[method] = np.load(npy)
+        elif none_marker is not None and none_marker.is_file():
+            out[method] = None
+        else:
+            missing.append((method, npy, none_marker))
+    if not missing:
+        return out
     ident = (name, str(spec.get("path")), bool(spec.get("trust_remote_code", False)))
     if ident not in _LOADED_ENCODER:
         _LOADED_ENCODER.clear()  # keep one model in memory
         _LOADED_ENCODER[ident] = load_encoder(name, spec.get("path"), trust_remote_code=bool(spec.get("trust_remote_code", False)))
-    emb = embed(texts, _LOADED_ENCODER[ident], method, batch_size=int(spec.get("batch_size", 64)), progress=progress)
-    if npy is not None:
+    computed = embed_methods(texts, _LOADED_ENCODER[ident], [m for m, _, _ in missing],
+                             batch_size=int(spec.get("batch_size", 64)), progress=progress)
+    for method, npy, none_marker in missing:
+        emb = out[method] = computed[method]
+        if npy is None:
+            continue
         if emb is None:
             write_text_atomic(none_marker, "method unavailable for this model\n")
         else:
             with atomic_path(npy) as tmp:
                 np.save(tmp, emb)
-    return emb
+    return out
 
 
 def prepare_reports(reports_df: pd.DataFrame):
@@ -133,10 +145,12 @@ def run_text_encoder_study(
         methods = spec.get("methods") or list(METHODS)
         t0 = time.perf_counter()
         row = {}
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise InputError(f"{name}: unknown method(s) {unknown}; expected {list(METHODS)}")
+        embeddings = cached_embeddings(texts, spec, methods, cache_dir, progress=progress)
         for method in methods:
-            if method not in METHODS:
-                raise InputError(f"{name}: unknown method {method!r}; expected {list(METHODS)}")
-            emb = cached_embeddings(texts, spec, method, cache_dir, progress=progress)
+            emb = embeddings[method]
             if emb is None:
                 row.update({method: np.nan, f"{method}_ci_low": np.nan, f"{method}_ci_high": np.nan})
                 continue

@@ -165,12 +165,19 @@ def method_available(encoder: TextEncoder, method: str) -> bool:
     )
 
 
-def _extract(encoder: TextEncoder, method: str, batch) -> torch.Tensor:
+def _projected(encoder: TextEncoder, method: str) -> bool:
+    """Whether ``method`` is the model's own projection call rather than a pooling of one forward pass."""
+    return method == "model_specific" and hasattr(encoder.model, "get_projected_text_embeddings")
+
+
+def _extract(encoder: TextEncoder, method: str, batch, out=None) -> torch.Tensor:
+    """One method's embeddings of ``batch``; ``out``, the model's forward output on it, is shared between methods."""
     model = encoder.model
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    if method == "model_specific" and hasattr(model, "get_projected_text_embeddings"):
+    if _projected(encoder, method):
         return model.get_projected_text_embeddings(input_ids=ids, attention_mask=mask)
-    out = model(**batch)
+    if out is None:
+        out = model(**batch)
     hidden = out.last_hidden_state
     if method == "cls":
         return hidden[:, 0]
@@ -199,11 +206,21 @@ def embed(texts, encoder: TextEncoder, method: str, batch_size: int = 64, progre
     """(N, D) float32 embeddings of ``texts`` by ``method``, or None when the model lacks that method.
 
     Texts longer than the encoder's ``max_length`` tokens are truncated to it (counted in one logged warning)."""
-    if not method_available(encoder, method):
-        return None
+    return embed_methods(texts, encoder, [method], batch_size=batch_size, progress=progress)[method]
+
+
+def embed_methods(texts, encoder: TextEncoder, methods, batch_size: int = 64,
+                  progress: bool = True) -> dict[str, np.ndarray | None]:
+    """``embed`` for several methods at once: {method: (N, D) embeddings, or None where the model lacks it}.
+    The methods that pool hidden states share one forward pass per batch (a report corpus is read once, not once
+    per method)."""
+    result = {m: None for m in methods}
+    available = [m for m in methods if method_available(encoder, m)]
     all_texts = [str(t) for t in texts]
     if batch_size < 1:
         raise InputError(f"batch_size={batch_size}; expected >= 1")
+    if not available:
+        return result
     # Report impressions repeat a lot ("No acute cardiopulmonary abnormality."): embed each distinct text once,
     # in length order so batches carry little padding, then scatter back to the input order.
     texts, inverse = np.unique(np.array(all_texts, dtype=object), return_inverse=True)
@@ -214,26 +231,34 @@ def embed(texts, encoder: TextEncoder, method: str, batch_size: int = 64, progre
     count_truncated(encoder.tokenizer, texts, encoder.max_length, what=f"distinct {encoder.name} input text",
                     logger=log)
     device = next(encoder.model.parameters()).device
-    chunks = []
+    accepted = _accepted_inputs(encoder.model)
+    needs_forward = any(not _projected(encoder, m) for m in available)
+    chunks = {m: [] for m in available}
     starts = range(0, len(texts), batch_size)
     if progress:
-        starts = progress_bar(starts, desc=f"{encoder.name}:{method}", unit="batch")
+        starts = progress_bar(starts, desc=f"{encoder.name}:{'+'.join(available)}", unit="batch")
     with torch.no_grad():
         for s in starts:
             batch = encoder.tokenizer(
                 texts[s : s + batch_size], padding=True, truncation=True, max_length=encoder.max_length, return_tensors="pt"
             )
-            accepted = _accepted_inputs(encoder.model)
             batch = {k: v.to(device) for k, v in batch.items() if k in accepted}
-            emb = _extract(encoder, method, batch)
-            if emb is None:
-                return None
-            chunks.append(emb.float().cpu().numpy())
-    if not chunks:
-        return np.zeros((0, 0), dtype="float32")
-    unique_emb = np.empty_like(np.concatenate(chunks).astype("float32"))
-    unique_emb[order] = np.concatenate(chunks)
-    return unique_emb[inverse.reshape(-1)]
+            out = encoder.model(**batch) if needs_forward else None
+            for m in list(chunks):
+                emb = _extract(encoder, m, batch, out)
+                if emb is None:  # the model returned no such output after all
+                    del chunks[m]
+                    continue
+                chunks[m].append(emb.float().cpu().numpy())
+    for m, parts in chunks.items():
+        if not parts:
+            result[m] = np.zeros((0, 0), dtype="float32")
+            continue
+        stacked = np.concatenate(parts).astype("float32")
+        unique_emb = np.empty_like(stacked)
+        unique_emb[order] = stacked
+        result[m] = unique_emb[inverse.reshape(-1)]
+    return result
 
 
 def _accepted_inputs(model) -> set[str]:
