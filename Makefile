@@ -21,7 +21,7 @@ CONFIG ?=
 RUN = $(or $(shell $(BIN)/python -m cxrgen.runs $(CONFIG)),$(error cannot read the run name of config.yaml $(CONFIG)))
 CONFIG_FLAGS = $(if $(CONFIG),--configfile $(CONFIG))
 
-.PHONY: env reproduce smoke test test-fast lint format dryrun report publish clean rehearse
+.PHONY: env reproduce showcase smoke test test-fast lint format dryrun report publish clean rehearse
 
 env: $(STAMP)
 
@@ -33,9 +33,14 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
+# CONFIG=configs/<name>.yaml runs that config (merged over config.yaml) instead of the default
 reproduce: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_FLAGS)
-	$(BIN)/snakemake --report results/$(RUN)/report.html
+	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_FLAGS) $(CONFIG_FLAGS)
+	$(BIN)/snakemake --report results/$(RUN)/report.html $(CONFIG_FLAGS)
+
+# the default with the power and budgets its findings need (configs/showcase.yaml; README "Showcase")
+showcase:
+	$(MAKE) reproduce CONFIG=configs/showcase.yaml
 
 # every rule at toy size (results apart from the default's, under results/smoke/)
 smoke: $(STAMP)
@@ -74,6 +79,7 @@ format: $(STAMP)
 dryrun: $(STAMP)
 	$(BIN)/snakemake -n --quiet rules
 	$(BIN)/snakemake -n --quiet rules --configfile configs/smoke.yaml
+	$(BIN)/snakemake -n --quiet rules --configfile configs/showcase.yaml
 
 report: $(STAMP)
 	$(BIN)/snakemake --report results/$(RUN)/report.html $(CONFIG_FLAGS)
