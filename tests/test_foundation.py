@@ -102,6 +102,21 @@ def test_train_tokenizer_small_vocab():
     assert tok.decode(tok("Zebra 42!").input_ids, skip_special_tokens=True) == "zebra 4 2 !"
 
 
+def test_tokenizer_is_the_same_on_every_call_and_merges_by_frequency():
+    from collections import Counter
+
+    from cxrgen.models.corpus import corpus_text
+    from cxrgen.models.tokenizer import learn_bpe_merges
+
+    _, caps = make_corpus(96, 32, seed=0, xray_share=0.25)  # the smoke corpus's captions
+    # the library's BPE trainer gave 2 vocabularies in 20 calls on these (so two smoke runs built two foundations)
+    vocabs = {tuple(sorted(train_clip_tokenizer(corpus_text(caps), 600).get_vocab().items())) for _ in range(10)}
+    assert len(vocabs) == 1
+    # most frequent pair first; on a tie the pair of smaller symbol ids (bytes by rank, then '</w>' symbols)
+    merges = learn_bpe_merges(Counter({"ab": 3, "cd": 3, "bd": 1, "xy": 1}), 10)
+    assert merges == [("a", "b</w>"), ("c", "d</w>")]  # counts below 2 are never merged
+
+
 def test_corpus_captions_generic():
     images, caps = make_corpus(300, 32, seed=1, xray_share=0.1)
     assert images.shape == (300, 32, 32, 3) and images.dtype == np.uint8

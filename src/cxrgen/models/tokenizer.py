@@ -9,14 +9,13 @@ placeholder tokens ("<lung-xray>") can be added later with ``add_tokens``.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Iterable
 
 from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import BPE
-from tokenizers.trainers import BpeTrainer
 
 from cxrgen.errors import InputError
 
@@ -54,30 +53,55 @@ def train_clip_tokenizer(texts: Iterable[str], vocab_size: int = 1024, model_max
             pre_tokenizers.ByteLevel(add_prefix_space=False),
         ]
     )
-    trainer = BpeTrainer(
-        vocab_size=max(vocab_size, n_base + 1),
-        min_frequency=2,
-        show_progress=False,
-        initial_alphabet=alphabet,
-        end_of_word_suffix=EOW,
-        special_tokens=[],
-    )
-    raw.train_from_iterator(texts, trainer=trainer)
-    model = json.loads(raw.to_str())["model"]
-    trained_vocab = sorted(model["vocab"].items(), key=lambda kv: kv[1])
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    words = Counter(piece for text in texts
+                    for piece, _ in raw.pre_tokenizer.pre_tokenize_str(raw.normalizer.normalize_str(text)))
+    merges = learn_bpe_merges(words, max(vocab_size - n_base, 1), min_frequency=2)
 
     vocab: dict[str, int] = {}
     for tok in alphabet + [c + EOW for c in alphabet]:
         vocab.setdefault(tok, len(vocab))
     for a, b in merges:  # merge products, in merge order (CLIP's layout)
         vocab.setdefault(a + b, len(vocab))
-    for tok, _ in trained_vocab:
-        vocab.setdefault(tok, len(vocab))
     vocab.setdefault(BOS, len(vocab))
     vocab.setdefault(EOS, len(vocab))
     tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
     return tok
+
+
+def learn_bpe_merges(word_counts: Counter, n_merges: int, min_frequency: int = 2) -> list[tuple[str, str]]:
+    """BPE merges of pre-tokenized words (byte-level symbols, ``</w>`` on each word's last one): the most frequent
+    pair first; ties go to the pair of smaller symbol ids, as in ``tokenizers``' trainer, where a symbol's id is its
+    byte's rank, then for ``</w>`` symbols 256 + that rank, then for merge products their merge's order.
+
+    Written here rather than with ``tokenizers``' ``BpeTrainer`` because that trainer numbers the ``</w>`` symbols
+    in the order of a randomly seeded hash map: on the smoke corpus it gave two different vocabularies in 20 calls,
+    so two runs of the same config built different foundations."""
+    alphabet = _byte_alphabet()
+    ids = {c: i for i, c in enumerate(alphabet)}
+    ids.update({c + EOW: len(alphabet) + i for i, c in enumerate(alphabet)})
+    words = [[*w[:-1], w[-1] + EOW] for w in word_counts]
+    counts = list(word_counts.values())
+    merges: list[tuple[str, str]] = []
+    while len(merges) < n_merges:
+        pairs: Counter = Counter()
+        for symbols, n in zip(words, counts):
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += n
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], ids[p[0]], ids[p[1]]))
+        if pairs[best] < min_frequency:
+            break
+        merges.append(best)
+        a, b = best
+        ids.setdefault(a + b, len(ids))
+        for symbols in words:
+            i = 0
+            while i < len(symbols) - 1:
+                if symbols[i] == a and symbols[i + 1] == b:
+                    symbols[i : i + 2] = [a + b]
+                i += 1
+    return merges
 
 
 def count_truncated(tokenizer, texts: Iterable[str], max_length: int | None = None, what: str = "text",
