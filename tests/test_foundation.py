@@ -128,6 +128,30 @@ def test_corpus_captions_generic():
     assert caps == caps2 and np.array_equal(images, images2)
 
 
+def test_corpus_finding_share_captions_findings_on_negatives_and_leaves_the_rest():
+    from cxrgen.data.phantom import FINDINGS as PHANTOM_FINDINGS, generic_chest_studies
+    from cxrgen.models.corpus import _chest_source
+
+    base_images, base_caps = make_corpus(300, 32, seed=1, xray_share=0.2)
+    images, caps = make_corpus(300, 32, seed=1, xray_share=0.2, finding_share=0.5)
+    changed = [i for i, (a, b) in enumerate(zip(base_caps, caps)) if a != b]
+    same = np.setdiff1d(np.arange(300), changed)
+    assert 15 <= len(changed) <= 45 and all(caps[i].startswith("a negative of a lung xray with ") for i in changed)
+    assert np.array_equal(images[same], base_images[same])
+    assert any("pleural effusion" in caps[i] for i in changed) and any(caps[i].endswith("no findings") for i in changed)
+    # film negatives of the full-size image (a base image shrunk into a corner is drawn full size instead)
+    full = [i for i in changed if "small" not in base_caps[i]]
+    assert full and all(np.abs(images[i].astype(int) + base_images[i] - 255).max() <= 1 for i in full)
+    # each phrase names exactly the study's positive findings
+    _, phrases = _chest_source(30, 32, seed=3)
+    for study, phrase in zip(generic_chest_studies(30, seed=3), phrases):
+        named = set(phrase.split(" and ")) if phrase not in (None, "no findings") else set()
+        assert named == {f.lower() for f in PHANTOM_FINDINGS if study.labels[f] == 1.0}
+        assert (phrase == "no findings") == (study.labels["No Finding"] == 1.0)
+    with pytest.raises(InputError, match="finding_share"):
+        make_corpus(10, 32, finding_share=1.5)
+
+
 def test_registry_resolves(tmp_path):
     assert resolve_model("sd-v1-4") == "CompVis/stable-diffusion-v1-4"
     assert resolve_model("sd-v1-5") == MODEL_REGISTRY["sd-v1-5"]

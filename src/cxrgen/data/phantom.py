@@ -683,15 +683,20 @@ def render_phantom(study: PhantomStudy, size: int = 128) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def generate_generic_chest_images(n: int, size: int, seed: int, prevalences: Mapping[str, float] | None = None) -> np.ndarray:
-    """``n`` phantom chest radiographs with natural variation and random findings, shape (n, size, size) uint8."""
+def generic_chest_studies(n: int, seed: int, prevalences: Mapping[str, float] | None = None) -> list[PhantomStudy]:
+    """``n`` studies with natural variation and random findings (study i drawn from its own seed)."""
     n = int(n)
     if n < 0:
         raise InputError(f"n = {n}; expected a non-negative number of images")
-    out = np.empty((n, int(size), int(size)), dtype=np.uint8)
-    for i in range(n):
-        rng = np.random.default_rng([int(seed), 7, i])
-        out[i] = render_phantom(sample_study(rng, prevalences), size)
+    return [sample_study(np.random.default_rng([int(seed), 7, i]), prevalences) for i in range(n)]
+
+
+def generate_generic_chest_images(n: int, size: int, seed: int, prevalences: Mapping[str, float] | None = None) -> np.ndarray:
+    """``n`` phantom chest radiographs with natural variation and random findings, shape (n, size, size) uint8."""
+    studies = generic_chest_studies(n, seed, prevalences)
+    out = np.empty((len(studies), int(size), int(size)), dtype=np.uint8)
+    for i, study in enumerate(studies):
+        out[i] = render_phantom(study, size)
     return out
 
 

@@ -2,7 +2,15 @@
 
 Coloured shapes at sizes/positions on coloured backgrounds, a few simple scenes, and a small share
 of generic chest images (as LAION holds some X-rays) captioned only with generic visual attributes
-(brightness, size, position) -- never findings -- so that later adaptation has something to build on.
+(brightness, size, position), so that later adaptation has something to build on.
+
+Optionally (``finding_share``) a share of those chest images is captioned with its findings ("a negative of a
+lung xray with pleural effusion") and drawn as a film negative: the foundation then knows the findings' words, but
+only in a look unlike the dataset's, as Stable Diffusion knew "pleural effusion" from web images that look unlike a
+clinical radiograph (Chambon et al.: the original model's effusion AUC 0.5, textual inversion's 0.74, which borrows
+that knowledge and supplies the look). Measured on the default (docs/showcase.md): no textual-inversion lift, with
+or without the word "negative" in the caption; a negative also inverts the finding's own signature (an effusion's
+bright lung base turns dark), so it is off (0) in every shipped config.
 """
 
 from __future__ import annotations
@@ -44,10 +52,18 @@ POSITIONS = {
 SCENES = ("house", "sunset", "tree", "two shapes")
 
 
-def _chest_source(n: int, size: int, seed: int) -> np.ndarray:
-    from cxrgen.data.phantom import generate_generic_chest_images
+def _chest_source(n: int, size: int, seed: int) -> tuple[np.ndarray, list[str | None]]:
+    """Chest images (n, size, size) uint8 and, per image, the phrase naming its findings ("pleural effusion and
+    cardiomegaly", "no findings"; None when it has only uncertain ones)."""
+    from cxrgen.data.phantom import FINDINGS, generic_chest_studies, render_phantom
 
-    return np.asarray(generate_generic_chest_images(n, size, seed), dtype=np.uint8)
+    studies = generic_chest_studies(n, seed)
+    images = np.stack([render_phantom(s, size) for s in studies]) if studies else np.zeros((0, size, size), np.uint8)
+    phrases = []
+    for s in studies:
+        positive = [f.lower() for f in FINDINGS if s.labels.get(f) == 1.0]
+        phrases.append(" and ".join(positive) if positive else "no findings" if s.labels.get("No Finding") == 1.0 else None)
+    return images, phrases
 
 
 def _shape_masks(kind: np.ndarray, cy, cx, r, yy, xx) -> np.ndarray:
@@ -74,10 +90,15 @@ def _pick(rng, names, n):
     return rng.integers(0, len(names), n)
 
 
-def make_corpus(n: int, size: int = 64, seed: int = 0, xray_share: float = 0.08):
-    """Return ``(images uint8 (n,size,size,3), captions list[str])``, deterministic in ``seed``."""
+def make_corpus(n: int, size: int = 64, seed: int = 0, xray_share: float = 0.08, finding_share: float = 0.0):
+    """Return ``(images uint8 (n,size,size,3), captions list[str])``, deterministic in ``seed``.
+
+    ``finding_share``: the share of the chest images captioned with their findings and drawn as film negatives
+    (module docstring); the rest of the corpus is the same whatever its value."""
     if n <= 0:
         raise ValueError("make_corpus: n must be positive")
+    if not 0.0 <= float(finding_share) <= 1.0:
+        raise InputError(f"finding_share={finding_share!r}; expected a share in [0, 1]")
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     n_x = int(round(n * xray_share))
@@ -166,10 +187,11 @@ def make_corpus(n: int, size: int = 64, seed: int = 0, xray_share: float = 0.08)
         images[o + j] = np.clip(im, 0, 255).astype(np.uint8)
         captions[o + j] = cap
 
-    # --- generic chest images (captions never mention findings) -----------------------------------
+    # --- generic chest images (captions name findings only under finding_share) --------------------
     o = n_shape + n_scene
     if n_x:
-        chest = _chest_source(n_x, size, int(rng.integers(0, 2**31 - 1))).astype(np.float32) / 255.0
+        chest, findings = _chest_source(n_x, size, int(rng.integers(0, 2**31 - 1)))
+        chest = chest.astype(np.float32) / 255.0
         gamma_kind = rng.integers(0, 3, n_x)  # 0 normal, 1 bright, 2 dark
         gam = np.array([1.0, 0.6, 1.6], np.float32)[gamma_kind] * rng.uniform(0.95, 1.05, n_x)
         chest = chest ** gam[:, None, None]
@@ -196,6 +218,12 @@ def make_corpus(n: int, size: int = 64, seed: int = 0, xray_share: float = 0.08)
             if small[j] and keep[j, 1]:
                 words.append(f"at the {pos_names[pi[j]]} on a black background")
             captions[o + j] = " ".join(words)
+        # its own stream, so that the share leaves every other image and caption as it was
+        drawn = np.random.default_rng([seed, 11]).random(n_x) < float(finding_share)
+        for j in np.flatnonzero(drawn):
+            if findings[j] is not None:
+                images[o + j] = np.clip((1.0 - chest[j]) * 255, 0, 255).astype(np.uint8)[..., None].repeat(3, -1)
+                captions[o + j] = f"a negative of a lung xray with {findings[j]}"
 
     perm = rng.permutation(n)
     return images[perm], [captions[i] for i in perm]

@@ -16,6 +16,8 @@ class FoundationConfig:
     # a quarter of the corpus: with 8% the default foundation drew "a photo of a lung xray" as blobs, and so did the
     # prior-preservation class images of Chambon's U-Net fine-tuning (issue 18)
     xray_share: float = 0.25
+    # the share of those x-rays captioned with their findings, drawn as film negatives (cxrgen.models.corpus)
+    finding_share: float = 0.0
     # tokenizer / text encoder
     vocab_size: int = 1024
     max_length: int = 32
