@@ -90,6 +90,7 @@ rule cheff_machex:
         images=directory(f"{CHEFF_MACHEX}/images"),
     params:
         cheff=CHEFF,
+        settings=cheff_settings("machex"),
         data=config["data"],
         scale=config["scale"],
         seed=config["seed"],
@@ -114,6 +115,7 @@ rule cheff_autoencoder:
         directory(f"{CHEFF_MODELS}/autoencoder"),
     params:
         cheff=CHEFF,
+        settings=cheff_settings("autoencoder", "runtime"),
         checkpoint=f"{CHEFF_MODELS}/autoencoder.partial",
         seed=config["seed"],
     log:
@@ -143,6 +145,7 @@ rule cheff_sdm:
         variant=name_pattern(CHEFF_SDM_VARIANTS),
     params:
         cheff=CHEFF,
+        settings=cheff_settings("sdm", "runtime"),
         checkpoint=lambda w: f"{CHEFF_MODELS}/sdm_{w.variant}.partial",
         seed=config["seed"],
     log:
@@ -168,6 +171,7 @@ rule cheff_sr_base:
         directory(f"{CHEFF_MODELS}/sr_base"),
     params:
         cheff=CHEFF,
+        settings=cheff_settings("sr", "runtime"),
         checkpoint=f"{CHEFF_MODELS}/sr_base.partial",
         seed=config["seed"],
     log:
@@ -195,6 +199,7 @@ rule cheff_sr_fine:
         directory(f"{CHEFF_MODELS}/sr_fine"),
     params:
         cheff=CHEFF,
+        settings=cheff_settings("sr", "runtime"),
         checkpoint=f"{CHEFF_MODELS}/sr_fine.partial",
         seed=config["seed"],
     log:
@@ -250,6 +255,7 @@ rule cheff_reconstruction:
         table2=f"{CHEFF_DIR}/reconstruction/table2.csv",
     params:
         cheff=CHEFF,
+        settings=cheff_settings("sr", "evaluation", "runtime"),
         scale=config["scale"],
         seed=config["seed"],
     log:
@@ -285,6 +291,7 @@ rule cheff_synthesis:
         samples=f"{CHEFF_DIR}/synthesis/samples.npz",
     params:
         cheff=CHEFF,
+        settings=cheff_settings("sdm", "sr", "evaluation", "runtime"),
         classifier=REFERENCE_CLASSIFIER,
         scale=config["scale"],
         seed=config["seed"],
@@ -320,6 +327,7 @@ rule cheff_synthesis_comparison:
         csv=f"{CHEFF_DIR}/synthesis/comparison.csv",
     params:
         cheff=CHEFF,
+        settings=cheff_settings("evaluation", "runtime"),
         sd_names=CHEFF_COMPARED_SD,
         zafar_names=CHEFF_COMPARED_ZAFAR,
         leakage=CHEFF_COMPARISON_LEAKAGE,
@@ -355,6 +363,7 @@ rule cheff_inpainting:
         preservation=f"{CHEFF_DIR}/inpainting/preservation.csv",
     params:
         cheff=CHEFF,
+        settings=cheff_settings("sdm", "evaluation", "runtime"),
         seed=config["seed"],
     log:
         f"{LOGS}/cheff/inpainting.log",
@@ -384,6 +393,7 @@ rule cheff_beta_check:
         per_image=f"{CHEFF_DIR}/beta_check/per_image.csv",
     params:
         cheff=CHEFF,
+        settings=cheff_settings("sdm", "evaluation", "runtime"),
         scale=config["scale"],
         seed=config["seed"],
     log:

@@ -1,5 +1,6 @@
 # Helpers shared by the workflow: config validation, result paths, input functions.
 
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from cxrgen.adapt import methods as adapt_methods
 from cxrgen.data import leakage
 from cxrgen.errors import InputError
 from cxrgen.models.foundation_config import FoundationConfig
+from cxrgen.cheff.config import CheffConfig
 from cxrgen.runs import PAPERS, output_roots
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -333,6 +335,16 @@ def final_outputs():
 
 def all_targets():
     return [*final_outputs(), f"{RESULTS}/README.md"]
+
+
+def cheff_settings(*stages):
+    """The resolved settings (preset plus overrides) of the Cheff ``stages`` that a job depends on, for its params, so
+    that a changed preset default reruns the stage's jobs (the ``cheff`` section itself would not change)."""
+    try:
+        resolved = CheffConfig.from_dict(config["cheff"])
+    except InputError as exc:
+        raise WorkflowError(f"config cheff: {exc}")
+    return {stage: dataclasses.asdict(getattr(resolved, stage)) for stage in stages}
 
 
 def foundation_settings():

@@ -169,6 +169,25 @@ def _file_hashes(root: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
+def test_a_changed_cheff_preset_default_reruns_its_stage(tmp_path):
+    """The Cheff jobs carry their stages' resolved settings as params: a preset default changed in the code (the
+    config itself unchanged) reruns the stage that uses it, and only that stage."""
+    wf = tmp_path
+    for name in ("Snakefile", "config.yaml", "rules", "scripts", "schemas", "configs", "report", "profiles", "envs"):
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, wf / name)
+    run_snakemake("cheff_machex", *SMOKE, cwd=wf)
+    assert "Nothing to be done" in run_snakemake("-n", "cheff_machex", *SMOKE[-2:], cwd=wf).stdout
+    # the workflow puts <workflow>/src first on sys.path: a copy of the package whose smoke MaCheX preset differs
+    shutil.copytree(REPO / "src", wf / "src")
+    config_py = wf / "src" / "cxrgen" / "cheff" / "config.py"
+    text = config_py.read_text()
+    assert '"smoke": dict(max_train=24, max_test=8)' in text
+    config_py.write_text(text.replace('"smoke": dict(max_train=24, max_test=8)', '"smoke": dict(max_train=24, max_test=7)'))
+    plan = run_snakemake("-n", "cheff_machex", *SMOKE[-2:], cwd=wf).stdout
+    assert re.search(r"^rule cheff_machex:", plan, re.M) and not re.search(r"^rule phantom_dataset:", plan, re.M), plan
+
+
+@pytest.mark.slow
 def test_smoke_run_completes_and_is_deterministic(workdir):
     run_snakemake(*SMOKE, cwd=workdir)
     results = workdir / "results" / "smoke"  # the smoke config's run folder
