@@ -148,8 +148,14 @@ def test_corpus_finding_share_captions_findings_on_negatives_and_leaves_the_rest
         named = set(phrase.split(" and ")) if phrase not in (None, "no findings") else set()
         assert named == {f.lower() for f in PHANTOM_FINDINGS if study.labels[f] == 1.0}
         assert (phrase == "no findings") == (study.labels["No Finding"] == 1.0)
+    # the dataset look: the same images, their captions extended by the findings
+    images, caps = make_corpus(300, 32, seed=1, xray_share=0.2, finding_share=0.5, finding_look="dataset")
+    assert np.array_equal(images, base_images)
+    assert all(caps[i].startswith(base_caps[i] + " with ") for i in changed)
     with pytest.raises(InputError, match="finding_share"):
         make_corpus(10, 32, finding_share=1.5)
+    with pytest.raises(InputError, match="finding_look"):
+        make_corpus(10, 32, finding_look="sepia")
 
 
 def test_registry_resolves(tmp_path):

@@ -130,7 +130,7 @@ def foundation_captions(foundation: str | os.PathLike) -> list[str]:
         )
     summary = json.loads(cfg_file.read_text())
     fc = FoundationConfig.from_dict(summary.get("config", summary))
-    _, caps = make_corpus(fc.n_images, fc.image_size, fc.seed, fc.xray_share, fc.finding_share)
+    _, caps = make_corpus(fc.n_images, fc.image_size, fc.seed, fc.xray_share, fc.finding_share, fc.finding_look)
     return caps
 
 

@@ -50,6 +50,7 @@ POSITIONS = {
     "center": (0.5, 0.5),
 }
 SCENES = ("house", "sunset", "tree", "two shapes")
+FINDING_LOOKS = ("negative", "dataset")  # how finding-captioned x-rays are drawn: film negatives, or as the rest
 
 
 def _chest_source(n: int, size: int, seed: int) -> tuple[np.ndarray, list[str | None]]:
@@ -90,7 +91,8 @@ def _pick(rng, names, n):
     return rng.integers(0, len(names), n)
 
 
-def make_corpus(n: int, size: int = 64, seed: int = 0, xray_share: float = 0.08, finding_share: float = 0.0):
+def make_corpus(n: int, size: int = 64, seed: int = 0, xray_share: float = 0.08, finding_share: float = 0.0,
+                finding_look: str = "negative"):
     """Return ``(images uint8 (n,size,size,3), captions list[str])``, deterministic in ``seed``.
 
     ``finding_share``: the share of the chest images captioned with their findings and drawn as film negatives
@@ -99,6 +101,8 @@ def make_corpus(n: int, size: int = 64, seed: int = 0, xray_share: float = 0.08,
         raise ValueError("make_corpus: n must be positive")
     if not 0.0 <= float(finding_share) <= 1.0:
         raise InputError(f"finding_share={finding_share!r}; expected a share in [0, 1]")
+    if finding_look not in FINDING_LOOKS:
+        raise InputError(f"finding_look={finding_look!r}; expected one of {FINDING_LOOKS}")
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     n_x = int(round(n * xray_share))
@@ -221,9 +225,13 @@ def make_corpus(n: int, size: int = 64, seed: int = 0, xray_share: float = 0.08,
         # its own stream, so that the share leaves every other image and caption as it was
         drawn = np.random.default_rng([seed, 11]).random(n_x) < float(finding_share)
         for j in np.flatnonzero(drawn):
-            if findings[j] is not None:
+            if findings[j] is None:
+                continue
+            if finding_look == "negative":
                 images[o + j] = np.clip((1.0 - chest[j]) * 255, 0, 255).astype(np.uint8)[..., None].repeat(3, -1)
                 captions[o + j] = f"a negative of a lung xray with {findings[j]}"
+            else:  # the image as drawn, its caption extended
+                captions[o + j] = f"{captions[o + j]} with {findings[j]}"
 
     perm = rng.permutation(n)
     return images[perm], [captions[i] for i in perm]

@@ -451,7 +451,8 @@ def build_foundation(
 
     # corpus + tokenizer (deterministic, cheap: regenerated on resume)
     t = time.perf_counter()
-    images, captions = make_corpus(cfg.n_images, cfg.image_size, cfg.seed, cfg.xray_share, cfg.finding_share)
+    images, captions = make_corpus(cfg.n_images, cfg.image_size, cfg.seed, cfg.xray_share, cfg.finding_share,
+                                   cfg.finding_look)
     tokenizer = train_clip_tokenizer(corpus_text(captions), cfg.vocab_size, cfg.max_length)
     timings["corpus_tokenizer_s"] = time.perf_counter() - t
     ids = tokenizer(captions, padding="max_length", max_length=cfg.max_length, truncation=True,

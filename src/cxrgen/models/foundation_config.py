@@ -18,6 +18,7 @@ class FoundationConfig:
     xray_share: float = 0.25
     # the share of those x-rays captioned with their findings, drawn as film negatives (cxrgen.models.corpus)
     finding_share: float = 0.0
+    finding_look: str = "negative"  # "negative" or "dataset" (drawn as the other x-rays)
     # tokenizer / text encoder
     vocab_size: int = 1024
     max_length: int = 32
