@@ -4,13 +4,14 @@ Coloured shapes at sizes/positions on coloured backgrounds, a few simple scenes,
 of generic chest images (as LAION holds some X-rays) captioned only with generic visual attributes
 (brightness, size, position), so that later adaptation has something to build on.
 
-Optionally (``finding_share``) a share of those chest images is captioned with its findings ("a negative of a
-lung xray with pleural effusion") and drawn as a film negative: the foundation then knows the findings' words, but
-only in a look unlike the dataset's, as Stable Diffusion knew "pleural effusion" from web images that look unlike a
-clinical radiograph (Chambon et al.: the original model's effusion AUC 0.5, textual inversion's 0.74, which borrows
-that knowledge and supplies the look). Measured on the default (docs/showcase.md): no textual-inversion lift, with
-or without the word "negative" in the caption; a negative also inverts the finding's own signature (an effusion's
-bright lung base turns dark), so it is off (0) in every shipped config.
+Optionally (``finding_share``) a share of those chest images is captioned with its findings. With ``finding_look``
+"negative" they are drawn as film negatives ("a negative of a lung xray with pleural effusion"): the foundation knows
+the findings' words only in a look unlike the dataset's, as Stable Diffusion knew "pleural effusion" from web images
+that look unlike a clinical radiograph (Chambon et al.: the original model's effusion AUC 0.5, textual inversion's
+0.74, which borrows that knowledge and supplies the look). With "dataset" they are drawn as the other x-rays, their
+captions extended ("... lung xray with pleural effusion"). Neither gave a textual-inversion lift (docs/showcase.md;
+a negative also inverts the finding's own signature: an effusion's bright lung base turns dark), so the share is 0
+in every shipped config.
 """
 
 from __future__ import annotations
