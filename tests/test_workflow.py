@@ -34,14 +34,17 @@ def run_snakemake(*args, cwd=REPO, check=True):
 SMOKE = ("--cores", "2", "--max-threads", "1", "--resources", "gpu=2", "--configfile", "configs/smoke.yaml")
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A copy of the workflow (not the package) so runs never touch the repo's results/."""
-    dst = tmp_path_factory.mktemp("wf")
+def copy_workflow(dst: Path) -> Path:
+    """A copy of the workflow (not the package) in ``dst``, so runs never touch the repo's results/."""
     for name in ("Snakefile", "config.yaml", "rules", "scripts", "schemas", "configs", "report", "profiles", "envs"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / name)
     return dst
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return copy_workflow(tmp_path_factory.mktemp("wf"))
 
 
 def test_lint_is_clean():
@@ -172,9 +175,7 @@ def _file_hashes(root: Path) -> dict[str, str]:
 def test_a_changed_cheff_preset_default_reruns_its_stage(tmp_path):
     """The Cheff jobs carry their stages' resolved settings as params: a preset default changed in the code (the
     config itself unchanged) reruns the stage that uses it, and only that stage."""
-    wf = tmp_path
-    for name in ("Snakefile", "config.yaml", "rules", "scripts", "schemas", "configs", "report", "profiles", "envs"):
-        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, wf / name)
+    wf = copy_workflow(tmp_path)
     run_snakemake("cheff_machex", *SMOKE, cwd=wf)
     assert "Nothing to be done" in run_snakemake("-n", "cheff_machex", *SMOKE[-2:], cwd=wf).stdout
     # the workflow puts <workflow>/src first on sys.path: a copy of the package whose smoke MaCheX preset differs

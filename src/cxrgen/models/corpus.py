@@ -96,8 +96,8 @@ def make_corpus(n: int, size: int = 64, seed: int = 0, xray_share: float = 0.08,
                 finding_look: str = "negative"):
     """Return ``(images uint8 (n,size,size,3), captions list[str])``, deterministic in ``seed``.
 
-    ``finding_share``: the share of the chest images captioned with their findings and drawn as film negatives
-    (module docstring); the rest of the corpus is the same whatever its value."""
+    ``finding_share``: the share of the chest images captioned with their findings, drawn as ``finding_look`` says
+    (module docstring); the rest of the corpus is the same whatever their values."""
     if n <= 0:
         raise ValueError("make_corpus: n must be positive")
     if not 0.0 <= float(finding_share) <= 1.0:

@@ -16,9 +16,10 @@ class FoundationConfig:
     # a quarter of the corpus: with 8% the default foundation drew "a photo of a lung xray" as blobs, and so did the
     # prior-preservation class images of Chambon's U-Net fine-tuning (issue 18)
     xray_share: float = 0.25
-    # the share of those x-rays captioned with their findings, drawn as film negatives (cxrgen.models.corpus)
+    # the share of those x-rays captioned with their findings, drawn as film negatives ("negative") or as the other
+    # x-rays ("dataset"); 0 in every shipped config (cxrgen.models.corpus, docs/showcase.md)
     finding_share: float = 0.0
-    finding_look: str = "negative"  # "negative" or "dataset" (drawn as the other x-rays)
+    finding_look: str = "negative"
     # tokenizer / text encoder
     vocab_size: int = 1024
     max_length: int = 32
