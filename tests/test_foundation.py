@@ -249,3 +249,16 @@ def test_latent_standardisation_is_exact():
         z2 = vae.encode(x).latent_dist.mean
         torch.testing.assert_close(z2, (z - mean.view(1, 4, 1, 1)) / std.view(1, 4, 1, 1), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(vae.decode(z2).sample, rec, atol=1e-5, rtol=1e-5)
+
+def test_corpus_washed_xray_look_lowers_the_contrast_of_the_xrays_only():
+    base_images, base_caps = make_corpus(300, 32, seed=1, xray_share=0.2)
+    images, caps = make_corpus(300, 32, seed=1, xray_share=0.2, xray_look="washed")
+    assert caps == base_caps
+    xray = np.array(["lung xray" in c for c in caps])
+    assert np.array_equal(images[~xray], base_images[~xray])
+    full = np.array(["lung xray" in c and "small" not in c for c in caps])
+    # 0.35 + 0.4 x before the captioned gamma: a narrower range and no black in every full-size x-ray
+    assert (images[full].min(axis=(1, 2, 3)) > 20).all()
+    assert np.ptp(images[full].astype(int), axis=(1, 2, 3)).max() < np.ptp(base_images[full].astype(int), axis=(1, 2, 3)).min()
+    with pytest.raises(InputError, match="xray_look"):
+        make_corpus(10, 32, xray_look="sepia")

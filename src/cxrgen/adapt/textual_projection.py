@@ -119,7 +119,7 @@ def load_captions(path: str | os.PathLike, column: str | None = None) -> list[st
 
 def foundation_captions(foundation: str | os.PathLike) -> list[str]:
     """The captions of the miniature foundation's pretraining corpus, regenerated from its ``foundation_config.json``."""
-    from cxrgen.models.corpus import make_corpus
+    from cxrgen.models.corpus import foundation_corpus
     from cxrgen.models.foundation import CONFIG_FILE, FoundationConfig
 
     cfg_file = Path(str(foundation)) / CONFIG_FILE
@@ -130,7 +130,7 @@ def foundation_captions(foundation: str | os.PathLike) -> list[str]:
         )
     summary = json.loads(cfg_file.read_text())
     fc = FoundationConfig.from_dict(summary.get("config", summary))
-    _, caps = make_corpus(fc.n_images, fc.image_size, fc.seed, fc.xray_share, fc.finding_share, fc.finding_look)
+    _, caps = foundation_corpus(fc)
     return caps
 
 

@@ -10,8 +10,10 @@ the findings' words only in a look unlike the dataset's, as Stable Diffusion kne
 that look unlike a clinical radiograph (Chambon et al.: the original model's effusion AUC 0.5, textual inversion's
 0.74, which borrows that knowledge and supplies the look). With "dataset" they are drawn as the other x-rays, their
 captions extended ("... lung xray with pleural effusion"). Neither gave a textual-inversion lift (docs/showcase.md;
-a negative also inverts the finding's own signature: an effusion's bright lung base turns dark), so the share is 0
-in every shipped config.
+a negative also inverts the finding's own signature: an effusion's bright lung base turns dark): the foundation's x-rays
+looked like the dataset's, so the token had no look to supply. ``xray_look`` "washed" draws every corpus x-ray as a
+photographed film (low contrast, grey blacks), a look the reference classifier does not read on real phantoms
+(effusion AUC 0.43 against 0.94 as drawn) that keeps each finding's own signature.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ POSITIONS = {
 }
 SCENES = ("house", "sunset", "tree", "two shapes")
 FINDING_LOOKS = ("negative", "dataset")  # how finding-captioned x-rays are drawn: film negatives, or as the rest
+# how every corpus x-ray is drawn: as the phantom renderer draws the dataset's, or "washed" (a photographed film's low
+# contrast and grey blacks, 0.35 + 0.4 x), a look the reference classifier does not read (docs/showcase.md)
+XRAY_LOOKS = ("dataset", "washed")
 
 
 def _chest_source(n: int, size: int, seed: int) -> tuple[np.ndarray, list[str | None]]:
@@ -93,17 +98,20 @@ def _pick(rng, names, n):
 
 
 def make_corpus(n: int, size: int = 64, seed: int = 0, xray_share: float = 0.08, finding_share: float = 0.0,
-                finding_look: str = "negative"):
+                finding_look: str = "negative", xray_look: str = "dataset"):
     """Return ``(images uint8 (n,size,size,3), captions list[str])``, deterministic in ``seed``.
 
     ``finding_share``: the share of the chest images captioned with their findings, drawn as ``finding_look`` says
-    (module docstring); the rest of the corpus is the same whatever their values."""
+    (module docstring); the rest of the corpus is the same whatever their values. ``xray_look``: how every chest
+    image is drawn (``XRAY_LOOKS``); it changes those images only."""
     if n <= 0:
         raise ValueError("make_corpus: n must be positive")
     if not 0.0 <= float(finding_share) <= 1.0:
         raise InputError(f"finding_share={finding_share!r}; expected a share in [0, 1]")
     if finding_look not in FINDING_LOOKS:
         raise InputError(f"finding_look={finding_look!r}; expected one of {FINDING_LOOKS}")
+    if xray_look not in XRAY_LOOKS:
+        raise InputError(f"xray_look={xray_look!r}; expected one of {XRAY_LOOKS}")
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     n_x = int(round(n * xray_share))
@@ -197,6 +205,8 @@ def make_corpus(n: int, size: int = 64, seed: int = 0, xray_share: float = 0.08,
     if n_x:
         chest, findings = _chest_source(n_x, size, int(rng.integers(0, 2**31 - 1)))
         chest = chest.astype(np.float32) / 255.0
+        if xray_look == "washed":
+            chest = 0.35 + 0.4 * chest
         gamma_kind = rng.integers(0, 3, n_x)  # 0 normal, 1 bright, 2 dark
         gam = np.array([1.0, 0.6, 1.6], np.float32)[gamma_kind] * rng.uniform(0.95, 1.05, n_x)
         chest = chest ** gam[:, None, None]
@@ -236,6 +246,12 @@ def make_corpus(n: int, size: int = 64, seed: int = 0, xray_share: float = 0.08,
 
     perm = rng.permutation(n)
     return images[perm], [captions[i] for i in perm]
+
+
+def foundation_corpus(cfg):
+    """The corpus a :class:`~cxrgen.models.foundation_config.FoundationConfig` pretrains on."""
+    return make_corpus(cfg.n_images, cfg.image_size, cfg.seed, cfg.xray_share, cfg.finding_share, cfg.finding_look,
+                       cfg.xray_look)
 
 
 def corpus_text(captions: list[str]) -> list[str]:

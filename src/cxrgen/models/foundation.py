@@ -30,7 +30,7 @@ from cxrgen.data.shards import SHARD_SIZE, ShardedDataset, ShardWriter, write_sh
 from cxrgen.diffusion import diffusion_loss, make_sampling_scheduler, make_train_scheduler
 from cxrgen.engine import Engine, RuntimeConfig, check_settings
 from cxrgen.io import atomic_path
-from cxrgen.models.corpus import corpus_text, make_corpus
+from cxrgen.models.corpus import corpus_text, foundation_corpus
 from cxrgen.models.foundation_config import FoundationConfig
 from cxrgen.models.tokenizer import train_clip_tokenizer
 
@@ -451,8 +451,7 @@ def build_foundation(
 
     # corpus + tokenizer (deterministic, cheap: regenerated on resume)
     t = time.perf_counter()
-    images, captions = make_corpus(cfg.n_images, cfg.image_size, cfg.seed, cfg.xray_share, cfg.finding_share,
-                                   cfg.finding_look)
+    images, captions = foundation_corpus(cfg)
     tokenizer = train_clip_tokenizer(corpus_text(captions), cfg.vocab_size, cfg.max_length)
     timings["corpus_tokenizer_s"] = time.perf_counter() - t
     ids = tokenizer(captions, padding="max_length", max_length=cfg.max_length, truncation=True,

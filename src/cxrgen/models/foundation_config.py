@@ -20,6 +20,8 @@ class FoundationConfig:
     # x-rays ("dataset"); 0 in every shipped config (cxrgen.models.corpus, docs/showcase.md)
     finding_share: float = 0.0
     finding_look: str = "negative"
+    # how every corpus x-ray is drawn: "dataset" (the phantom renderer's look) or "washed" (cxrgen.models.corpus)
+    xray_look: str = "dataset"
     # tokenizer / text encoder
     vocab_size: int = 1024
     max_length: int = 32
