@@ -1,19 +1,24 @@
 """A generated general-domain captioned image corpus for pretraining the miniature foundation model.
 
-Coloured shapes at sizes/positions on coloured backgrounds, a few simple scenes, and a small share
-of generic chest images (as LAION holds some X-rays) captioned only with generic visual attributes
-(brightness, size, position), so that later adaptation has something to build on.
+Coloured shapes at sizes/positions on coloured backgrounds, a few simple scenes, and a share of generic chest
+images (as LAION holds some X-rays) captioned with generic visual attributes (brightness, size, position), so that
+later adaptation has something to build on.
 
-Optionally (``finding_share``) a share of those chest images is captioned with its findings. With ``finding_look``
-"negative" they are drawn as film negatives ("a negative of a lung xray with pleural effusion"): the foundation knows
-the findings' words only in a look unlike the dataset's, as Stable Diffusion knew "pleural effusion" from web images
-that look unlike a clinical radiograph (Chambon et al.: the original model's effusion AUC 0.5, textual inversion's
-0.74, which borrows that knowledge and supplies the look). With "dataset" they are drawn as the other x-rays, their
-captions extended ("... lung xray with pleural effusion"). Neither gave a textual-inversion lift (docs/showcase.md;
-a negative also inverts the finding's own signature: an effusion's bright lung base turns dark): the foundation's x-rays
-looked like the dataset's, so the token had no look to supply. ``xray_look`` "washed" draws every corpus x-ray as a
-photographed film (low contrast, grey blacks), a look the reference classifier does not read on real phantoms
-(effusion AUC 0.43 against 0.94 as drawn) that keeps each finding's own signature.
+Stable Diffusion knew "pleural effusion" from web images that look unlike a clinical radiograph (Chambon et al.
+Table 5: the original model's effusion AUC 0.51, textual inversion's 0.74, which borrows that knowledge and supplies
+the look). Three options draw that premise; the foundation's defaults (``FoundationConfig``) caption every x-ray with
+its findings, drawn washed:
+
+* ``finding_share``: the share of the chest images whose captions name their findings;
+* ``finding_look``: how those are drawn: "dataset" as the other x-rays, the caption extended ("... lung xray with
+  pleural effusion"), or "negative" as film negatives ("a negative of a lung xray with pleural effusion"; it also
+  inverts the finding's own signature: an effusion's bright lung base turns dark);
+* ``xray_look``: how every chest image is drawn: "dataset" as the phantom renderer draws the dataset's, or "washed"
+  as a photographed film (0.35 + 0.4 x: low contrast, grey blacks), which keeps each finding's signature but which
+  the reference classifier does not read (effusion AUC 0.43 on washed real phantoms, 0.94 as drawn).
+
+With the dataset look neither finding look gave a textual-inversion lift: the foundation's x-rays already looked like
+the dataset's, so a token had no look to supply (docs/showcase.md).
 """
 
 from __future__ import annotations
