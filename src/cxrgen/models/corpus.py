@@ -59,9 +59,7 @@ POSITIONS = {
 }
 SCENES = ("house", "sunset", "tree", "two shapes")
 FINDING_LOOKS = ("negative", "dataset")  # how finding-captioned x-rays are drawn: film negatives, or as the rest
-# how every corpus x-ray is drawn: as the phantom renderer draws the dataset's, or "washed" (a photographed film's low
-# contrast and grey blacks, 0.35 + 0.4 x), a look the reference classifier does not read (docs/showcase.md)
-XRAY_LOOKS = ("dataset", "washed")
+XRAY_LOOKS = ("dataset", "washed")  # how every corpus x-ray is drawn (module docstring)
 
 
 def _chest_source(n: int, size: int, seed: int) -> tuple[np.ndarray, list[str | None]]:
