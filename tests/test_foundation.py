@@ -250,6 +250,7 @@ def test_latent_standardisation_is_exact():
         torch.testing.assert_close(z2, (z - mean.view(1, 4, 1, 1)) / std.view(1, 4, 1, 1), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(vae.decode(z2).sample, rec, atol=1e-5, rtol=1e-5)
 
+
 def test_corpus_washed_xray_look_lowers_the_contrast_of_the_xrays_only():
     base_images, base_caps = make_corpus(300, 32, seed=1, xray_share=0.2)
     images, caps = make_corpus(300, 32, seed=1, xray_share=0.2, xray_look="washed")
