@@ -143,6 +143,33 @@ def test_evaluation_matches_sklearn(trained):
     pd.testing.assert_frame_equal(evaluate_folder(clf, test, list(LABELS), n_boot=50, seed=0), table)
 
 
+def test_cli_scores_a_folder_as_drawn_and_in_the_washed_look(trained, tmp_path, capsys):
+    """``cxrgen evaluate-classifier --look``: the check that chose the foundation corpus's washed x-rays (its images
+    redrawn as the corpus draws them, then scored as evaluate_classifier scores stacked images)."""
+    from cxrgen.cli import main
+    from cxrgen.models.corpus import in_xray_look
+
+    root, _, _, test = trained
+    assert np.allclose(in_xray_look(np.array([0.0, 1.0]), "washed"), [0.35, 0.75])
+    out = tmp_path / "looks.csv"
+    args = ["-q", "evaluate-classifier", str(root / "clf"), str(test), "--label", "Pleural Effusion", "--n-boot", "50"]
+    assert main([*args, "--look", "dataset", "--look", "washed", "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert list(table["look"]) == ["dataset", "washed"] and list(table["label"]) == ["Pleural Effusion"] * 2
+    images, manifest = load_images(test)
+    washed = np.rint(255 * (0.35 + 0.4 * images.astype(np.float32) / 255)).astype(np.uint8)
+    clf = load_reference_classifier(root / "clf")
+    for look, drawn in (("dataset", images), ("washed", washed)):
+        want = evaluate_classifier(clf, drawn, manifest, ["Pleural Effusion"], n_boot=50, seed=0).iloc[0]
+        row = table.set_index("look").loc[look]
+        cols = ["n", "prevalence", "auc", "auc_ci_low", "auc_ci_high", "f1"]  # a CI is NaN below MIN_CLASS_COUNT
+        np.testing.assert_allclose(row[cols].to_numpy(float), want[cols].to_numpy(float))
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2 and printed[1].startswith("Pleural Effusion [washed]: AUC ") and "n=16" in printed[1]
+    assert main([*args[1:], "--label", "Nodule"]) == 2
+    assert "['Nodule'] not among the classifier's labels" in capsys.readouterr().err
+
+
 def test_resume_from_partial_checkpoint(trained, tmp_path, monkeypatch):
     """A run killed after epoch 1 resumes from <out>.partial and ends with the weights of an uninterrupted run."""
     root, _, cfg, test = trained

@@ -4,10 +4,12 @@
     cxrgen sample --foundation results/default/models/foundation -p "0.3*healthy lung xray AND 0.7*pleural effusion" ...
     cxrgen fid real_images/ synthetic_images/ --extractor inception        (and `cxrgen kid`)
     cxrgen chexpert-at-k reports.csv --encoder minilm
+    cxrgen evaluate-classifier results/default/models/reference_classifier TEST_SAMPLE --look dataset --look washed
     cxrgen info results/default/models/cheff/cascade
 
 Each command is a thin layer over the package (``cxrgen.adapt.pipeline``, ``cxrgen.sampling.composable``,
-``cxrgen.sampling.synthetic_sets.generate_set``, ``cxrgen.metrics``, ``cxrgen.text``, ``cxrgen.models.artefacts``).
+``cxrgen.sampling.synthetic_sets.generate_set``, ``cxrgen.metrics``, ``cxrgen.text``, ``cxrgen.classify``,
+``cxrgen.models.artefacts``).
 Bad input (a wrong path, a bad value) ends with exit status 2 and one line naming it.
 """
 
@@ -120,6 +122,36 @@ def cmd_distance(args) -> None:
          f"(dim {r['dim']}), n_boot={r['n_boot']}{note}")
 
 
+# ------------------------------------------------------------------------------------------------ classifier
+def cmd_evaluate_classifier(args) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from cxrgen.classify.reference import evaluate_folder, load_reference_classifier
+    from cxrgen.models.corpus import in_xray_look
+
+    clf = load_reference_classifier(args.classifier)
+    unknown = sorted(set(args.label or []) - set(clf.labels))
+    if unknown:
+        raise InputError(f"--label {unknown} not among the classifier's labels; expected some of {list(clf.labels)}")
+
+    def redraw(look):
+        if look == "dataset":
+            return None
+        return lambda image, _: np.rint(255 * in_xray_look(image.astype(np.float32) / 255, look)).astype(np.uint8)
+
+    tables = [evaluate_folder(clf, args.folder, args.label, args.n_boot, args.seed, transform=redraw(look))
+              .assign(look=look) for look in args.look or ["dataset"]]
+    table = pd.concat(tables, ignore_index=True)
+    if args.out:
+        from cxrgen.io import write_csv_atomic
+
+        write_csv_atomic(table, args.out)
+    for row in table.itertuples():
+        ci = "" if np.isnan(row.auc_ci_low) else f" (95% CI {row.auc_ci_low:.3f}-{row.auc_ci_high:.3f})"
+        _out(f"{row.label} [{row.look}]: AUC {row.auc:.3f}{ci}; n={row.n}, prevalence {row.prevalence:.2f}")
+
+
 # ------------------------------------------------------------------------------------------------ chexpert@k
 def cmd_chexpert_at_k(args) -> None:
     import pandas as pd
@@ -170,6 +202,7 @@ def cmd_info(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from cxrgen.adapt.pipeline import SCHEDULERS
     from cxrgen.metrics.features import available_extractors
+    from cxrgen.models.corpus import XRAY_LOOKS
     from cxrgen.text.chexpert_at_k import SAME_LABEL_RULES
     from cxrgen.text.encoders import METHODS
 
@@ -222,6 +255,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out", help="also write the table as CSV here")
     c.set_defaults(func=cmd_chexpert_at_k)
+
+    e = sub.add_parser("evaluate-classifier", help="per-label AUC with its bootstrap CI of a classifier on a sample "
+                                                   "folder, its images as drawn or redrawn in another look")
+    e.add_argument("classifier", help="reference classifier folder or xrv:<weights>")
+    e.add_argument("folder", help="a materialised sample folder (images + manifest.csv with label columns)")
+    e.add_argument("--label", action="append", help="label to score; repeat (default: every label the manifest has)")
+    e.add_argument("--look", action="append", choices=XRAY_LOOKS,
+                   help="draw the images in this look first (the foundation corpus's xray_look); repeat to compare "
+                        "(default: dataset, as drawn)")
+    e.add_argument("--n-boot", type=int, default=1000)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", help="also write the table as CSV here")
+    e.set_defaults(func=cmd_evaluate_classifier)
 
     i = sub.add_parser("info", help="what a model folder is and how to load it")
     i.add_argument("folder")

@@ -552,11 +552,12 @@ def evaluate_classifier(clf: ReferenceClassifier, images, manifest: pd.DataFrame
 
 
 def evaluate_folder(clf: ReferenceClassifier, folder, labels=None, n_boot: int = 1000, seed: int = 0,
-                    min_class_count: int = MIN_CLASS_COUNT) -> pd.DataFrame:
-    """:func:`evaluate_classifier` on a materialised folder, its images read from disk batch by batch."""
+                    min_class_count: int = MIN_CLASS_COUNT, transform=None) -> pd.DataFrame:
+    """:func:`evaluate_classifier` on a materialised folder, its images read from disk batch by batch;
+    ``transform(uint8 image, index)`` redraws each before the classifier sees it (``SampleFolderDataset``)."""
     from torch.utils.data import DataLoader
 
-    data = SampleFolderDataset(folder)
+    data = SampleFolderDataset(folder, transform)
     probs = np.concatenate([clf.predict_proba(x.numpy()) for x in DataLoader(data, batch_size=64)])
     return evaluate_classifier(clf, data, data.manifest, labels, n_boot, seed, probs=probs,
                                min_class_count=min_class_count)

@@ -62,6 +62,19 @@ FINDING_LOOKS = ("negative", "dataset")  # how finding-captioned x-rays are draw
 XRAY_LOOKS = ("dataset", "washed")  # how every corpus x-ray is drawn (module docstring)
 
 
+def _check_xray_look(look: str) -> None:
+    if look not in XRAY_LOOKS:
+        raise InputError(f"xray_look={look!r}; expected one of {XRAY_LOOKS}")
+
+
+def in_xray_look(images01: np.ndarray, look: str) -> np.ndarray:
+    """Chest images in [0, 1] drawn in ``look`` (``XRAY_LOOKS``): "dataset" returns them as they are, "washed" as a
+    photographed film, 0.35 + 0.4 x. The corpus and ``cxrgen evaluate-classifier --look`` (the check that chose
+    the look) both draw through here."""
+    _check_xray_look(look)
+    return 0.35 + 0.4 * images01 if look == "washed" else images01
+
+
 def _chest_source(n: int, size: int, seed: int) -> tuple[np.ndarray, list[str | None]]:
     """Chest images (n, size, size) uint8 and, per image, the phrase naming its findings ("pleural effusion and
     cardiomegaly", "no findings"; None when it has only uncertain ones)."""
@@ -113,8 +126,7 @@ def make_corpus(n: int, size: int = 64, seed: int = 0, xray_share: float = 0.08,
         raise InputError(f"finding_share={finding_share!r}; expected a share in [0, 1]")
     if finding_look not in FINDING_LOOKS:
         raise InputError(f"finding_look={finding_look!r}; expected one of {FINDING_LOOKS}")
-    if xray_look not in XRAY_LOOKS:
-        raise InputError(f"xray_look={xray_look!r}; expected one of {XRAY_LOOKS}")
+    _check_xray_look(xray_look)
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     n_x = int(round(n * xray_share))
@@ -207,9 +219,7 @@ def make_corpus(n: int, size: int = 64, seed: int = 0, xray_share: float = 0.08,
     o = n_shape + n_scene
     if n_x:
         chest, findings = _chest_source(n_x, size, int(rng.integers(0, 2**31 - 1)))
-        chest = chest.astype(np.float32) / 255.0
-        if xray_look == "washed":
-            chest = 0.35 + 0.4 * chest
+        chest = in_xray_look(chest.astype(np.float32) / 255.0, xray_look)
         gamma_kind = rng.integers(0, 3, n_x)  # 0 normal, 1 bright, 2 dark
         gam = np.array([1.0, 0.6, 1.6], np.float32)[gamma_kind] * rng.uniform(0.95, 1.05, n_x)
         chest = chest ** gam[:, None, None]
