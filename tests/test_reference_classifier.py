@@ -167,7 +167,7 @@ def test_cli_scores_a_folder_as_drawn_and_in_the_washed_look(trained, tmp_path, 
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 2 and printed[1].startswith("Pleural Effusion [washed]: AUC ") and "n=16" in printed[1]
     assert main([*args[1:], "--label", "Nodule"]) == 2
-    assert "['Nodule'] not among the classifier's labels" in capsys.readouterr().err
+    assert "label 'Nodule' is not an output of" in capsys.readouterr().err
 
 
 def test_resume_from_partial_checkpoint(trained, tmp_path, monkeypatch):
