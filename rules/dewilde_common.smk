@@ -33,12 +33,13 @@ for _spec in DW["composability"]["multi"]:  # a token without a learned embeddin
 # the embeddings' trainer settings parse now, as the embedding jobs will parse them, so a typo stops `snakemake -n`
 # instead of the first embedding job
 try:
-    TextualInversionConfig.from_dict(
-        {
-            **class_embedding_settings(DW["textual_inversion"], DW_HEALTHY, DW["vectors"], DW["cases"]),
-            "seed": config["seed"],
-        }
-    )
+    for _label in DW["classes"]:  # an initializer given per class must name each
+        TextualInversionConfig.from_dict(
+            {
+                **class_embedding_settings(DW["textual_inversion"], _label, DW["vectors"], DW["cases"]),
+                "seed": config["seed"],
+            }
+        )
 except InputError as _exc:
     raise WorkflowError(f"config dewilde.textual_inversion: {_exc}")
 for _key in ("sample", "sweep.real_sample", "classifier.val_sample", "classifier.test_sample"):

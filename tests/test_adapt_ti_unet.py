@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
-from cxrgen.adapt.config import TrainConfig
+from cxrgen.adapt.config import TrainConfig, class_embedding_settings
 from cxrgen.adapt.methods import train_from_sample
 from cxrgen.adapt.textual_inversion import (
     OBJECT_TEMPLATES,
@@ -109,6 +109,39 @@ def test_multi_token_initializer_uses_mean_of_pieces(foundation):
     assert torch.equal(after[: before.shape[0]], before)
     with pytest.raises(InputError, match="already in the tokenizer"):
         add_placeholder_tokens(tok, te, "<lung-xray>", 1, "lung")
+
+
+def test_per_vector_initializer_spreads_the_phrase_over_the_rows(foundation):
+    pipe = load_pipeline(foundation)
+    tok, te = pipe.tokenizer, pipe.text_encoder
+    phrase = "lung xray with effusion"
+    pieces = tok.encode(phrase, add_special_tokens=False)
+    before = te.get_input_embeddings().weight.detach().clone()
+    n = 2 * len(pieces) + 1
+    info = add_placeholder_tokens(tok, te, "<effusion>", n, phrase, per_vector=True)
+    after = te.get_input_embeddings().weight.detach()
+    starts = [pieces[i * len(pieces) // n] for i in range(n)]
+    assert starts[0] == pieces[0] and starts[-1] == pieces[-1] and set(starts) == set(pieces)  # in order, none lost
+    for row, piece in zip(info["ids"], starts):
+        assert torch.equal(after[row], before[piece])
+    # fewer rows than tokens: each row averages its run of the phrase, one row the whole phrase
+    info = add_placeholder_tokens(tok, te, "<one>", 1, phrase, per_vector=True)
+    assert torch.allclose(te.get_input_embeddings().weight.detach()[info["ids"][0]], before[pieces].mean(0))
+    info = add_placeholder_tokens(tok, te, "<two>", 2, phrase, per_vector=True)
+    half = len(pieces) // 2
+    rows = te.get_input_embeddings().weight.detach()[info["ids"]]
+    assert torch.allclose(rows[0], before[pieces[:half]].mean(0))
+    assert torch.allclose(rows[1], before[pieces[half:]].mean(0))
+
+
+def test_class_embedding_settings_pick_each_class_initializer():
+    settings = {"steps": 2, "initializer": {"No Finding": "lung", "Pleural Effusion": "lung xray with effusion"}}
+    assert class_embedding_settings(settings, "Pleural Effusion", 8, 5)["initializer"] == "lung xray with effusion"
+    assert class_embedding_settings({"initializer": "lung"}, "Cardiomegaly", 8, 5)["initializer"] == "lung"
+    with pytest.raises(InputError, match="no text for class 'Cardiomegaly'"):
+        class_embedding_settings(settings, "Cardiomegaly", 8, 5)
+    with pytest.raises(InputError, match="init_per_vector"):
+        TextualInversionConfig.from_dict({"init_per_vector": "yes"}).validate()
 
 
 def test_templates_are_diffusers_lists():

@@ -163,7 +163,9 @@ class TextualInversionConfig(TrainConfig):
     token: placeholder, e.g. ``<lung-xray>``. num_vectors: embedding vectors for it (de Wilde et al. sweep
     8-64). template: "object" or "style" prompt templates. initializer: word whose embedding starts every
     vector ("radiology" or "lung" in Chambon et al.; a word of several BPE tokens starts from the mean of their
-    embeddings). classes: few-shot class labels to train on (``train_from_sample`` filters the manifest by
+    embeddings). init_per_vector: the initializer's tokens start the vectors in order instead (each token over
+    its share of the vectors, or each vector from the mean of its share of the tokens; the stable-diffusion-webui's
+    "initialization text"), so a phrase such as "a photo of a lung xray" starts an embedding at that phrase. classes: few-shot class labels to train on (``train_from_sample`` filters the manifest by
     them; None = all images).
 
     Miniature defaults (the embedded workflow; ~1-2 min on 2 CPU cores with the default foundation): 400
@@ -179,6 +181,7 @@ class TextualInversionConfig(TrainConfig):
     num_vectors: int = 1
     template: str = "object"
     initializer: str = "radiology"
+    init_per_vector: bool = False
     classes: tuple[str, ...] | None = None
     #: train on this many of the given images (de Wilde et al.'s training-case sweep, 5-100); a seeded permutation's
     #: prefix, so smaller subsets are nested in larger ones. None = all images.
@@ -199,6 +202,8 @@ class TextualInversionConfig(TrainConfig):
         if not isinstance(self.initializer, str) or not self.initializer.strip():
             raise InputError(f"TextualInversionConfig.initializer={self.initializer!r}; expected a word such as "
                              f"'radiology' or 'lung'")
+        if not isinstance(self.init_per_vector, bool):
+            raise InputError(f"TextualInversionConfig.init_per_vector={self.init_per_vector!r}; expected true or false")
         if self.max_images is not None and not (isinstance(self.max_images, int) and self.max_images >= 1):
             raise InputError(f"TextualInversionConfig.max_images={self.max_images!r}; expected an integer >= 1 or None")
 
@@ -232,9 +237,19 @@ def check_prior_settings(cfg) -> None:
 
 def class_embedding_settings(settings: Mapping, label: str, vectors: int, cases: int) -> dict:
     """Textual-inversion settings of one class embedding (de Wilde et al.): ``settings`` with the class token, its
-    vector count, the class as the only training class and ``cases`` training images."""
-    return {**settings, "token": class_token(label), "num_vectors": int(vectors), "classes": [label],
-            "max_images": int(cases)}
+    vector count, the class as the only training class and ``cases`` training images. An ``initializer`` given as
+    a mapping ``{class: text}`` starts each class's embedding from its own text."""
+    init = settings.get("initializer")
+    if isinstance(init, Mapping):
+        if label not in init:
+            raise InputError(f"textual_inversion.initializer names no text for class {label!r} (it has "
+                             f"{sorted(init)}); expected one entry per embedded class")
+        init = init[label]
+    out = {**settings, "token": class_token(label), "num_vectors": int(vectors), "classes": [label],
+           "max_images": int(cases)}
+    if init is not None:
+        out["initializer"] = init
+    return out
 
 
 @dataclass

@@ -53,12 +53,17 @@ def placeholder_tokens(token: str, num_vectors: int) -> list[str]:
     return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
 
 
-def add_placeholder_tokens(tokenizer, text_encoder, token: str, num_vectors: int, initializer: str) -> dict:
+def add_placeholder_tokens(tokenizer, text_encoder, token: str, num_vectors: int, initializer: str,
+                           per_vector: bool = False) -> dict:
     """Add the placeholder tokens, grow the embedding matrix, initialise the new rows.
 
     Returns ``{"tokens", "ids", "initializer_ids", "initializer_tokens"}``. An initializer word that the
     BPE splits into several tokens initialises every new row with the mean of those tokens' embeddings
     (diffusers' example refuses such words; the mean keeps the start inside the span of the word's pieces).
+    ``per_vector``: the rows start from the initializer's tokens in order instead, row i from the mean of its
+    share ``[i * n // v, (i + 1) * n // v)`` of the n tokens (at least the one at ``i * n // v``): with at least as
+    many rows as tokens each token spans its rows (the webui's "initialization text"), with fewer each row
+    averages a run of the phrase, and one row is the mean of all of it.
     """
     tokens = placeholder_tokens(token, num_vectors)
     vocab = tokenizer.get_vocab()
@@ -76,8 +81,13 @@ def add_placeholder_tokens(tokenizer, text_encoder, token: str, num_vectors: int
     text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     emb = text_encoder.get_input_embeddings().weight
     with torch.no_grad():
-        start = emb[init_ids].mean(dim=0)
-        for i in ids:
+        if per_vector:
+            n, v = len(init_ids), num_vectors
+            starts = torch.stack([emb[init_ids[i * n // v: max((i + 1) * n // v, i * n // v + 1)]].mean(dim=0)
+                                  for i in range(v)])
+        else:
+            starts = emb[init_ids].mean(dim=0).expand(num_vectors, -1).clone()
+        for i, start in zip(ids, starts):
             emb[i] = start
     return {"tokens": tokens, "ids": ids, "initializer_ids": init_ids,
             "initializer_tokens": tokenizer.convert_ids_to_tokens(init_ids)}
@@ -143,7 +153,8 @@ def train_textual_inversion(foundation, images, prompts_or_none, cfg: TextualInv
     pipe = load_pipeline(foundation)
     check_resolution(pipe, cfg.resolution)
     tokenizer, text_encoder, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
-    info = add_placeholder_tokens(tokenizer, text_encoder, cfg.token, cfg.num_vectors, cfg.initializer)
+    info = add_placeholder_tokens(tokenizer, text_encoder, cfg.token, cfg.num_vectors, cfg.initializer,
+                                  cfg.init_per_vector)
     token_string = " ".join(info["tokens"])
     prompts = training_prompts(prompts_or_none, len(pixels), token_string, cfg.token)
 
@@ -212,6 +223,7 @@ def train_textual_inversion(foundation, images, prompts_or_none, cfg: TextualInv
         "template": cfg.template,
         "prompt_source": "templates" if prompts is None else "given",
         "initializer": cfg.initializer,
+        "init_per_vector": cfg.init_per_vector,
         "tokens": info["tokens"],
         "initializer_tokens": info["initializer_tokens"],
         "embeds_file": EMBEDS_FILE,
