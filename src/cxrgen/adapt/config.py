@@ -165,8 +165,9 @@ class TextualInversionConfig(TrainConfig):
     vector ("radiology" or "lung" in Chambon et al.; a word of several BPE tokens starts from the mean of their
     embeddings). init_per_vector: the initializer's tokens start the vectors in order instead (each token over
     its share of the vectors, or each vector from the mean of its share of the tokens; the stable-diffusion-webui's
-    "initialization text"), so a phrase such as "a photo of a lung xray" starts an embedding at that phrase. classes: few-shot class labels to train on (``train_from_sample`` filters the manifest by
-    them; None = all images).
+    "initialization text"), so a phrase such as "a photo of a lung xray" starts an embedding at that phrase.
+    classes: few-shot class labels to train on (``train_from_sample`` filters the manifest by them; None = all
+    images).
 
     Miniature defaults (the embedded workflow; ~1-2 min on 2 CPU cores with the default foundation): 400
     steps, batch 8, lr 5e-3 constant; the miniature foundation's embeddings are small (width 64), so a
