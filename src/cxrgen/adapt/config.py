@@ -240,16 +240,14 @@ def class_embedding_settings(settings: Mapping, label: str, vectors: int, cases:
     """Textual-inversion settings of one class embedding (de Wilde et al.): ``settings`` with the class token, its
     vector count, the class as the only training class and ``cases`` training images. An ``initializer`` given as
     a mapping ``{class: text}`` starts each class's embedding from its own text."""
+    out = {**settings, "token": class_token(label), "num_vectors": int(vectors), "classes": [label],
+           "max_images": int(cases)}
     init = settings.get("initializer")
     if isinstance(init, Mapping):
         if label not in init:
             raise InputError(f"textual_inversion.initializer names no text for class {label!r} (it has "
                              f"{sorted(init)}); expected one entry per embedded class")
-        init = init[label]
-    out = {**settings, "token": class_token(label), "num_vectors": int(vectors), "classes": [label],
-           "max_images": int(cases)}
-    if init is not None:
-        out["initializer"] = init
+        out["initializer"] = init[label]
     return out
 
 

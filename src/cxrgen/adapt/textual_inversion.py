@@ -80,15 +80,12 @@ def add_placeholder_tokens(tokenizer, text_encoder, token: str, num_vectors: int
     # mean_resizing=False: the new rows are overwritten below, skip the covariance fit over the vocabulary
     text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     emb = text_encoder.get_input_embeddings().weight
+    n, v = len(init_ids), num_vectors
+    # the run of initializer tokens each new row averages: all of them, or the row's share of the phrase
+    spans = [(i * n // v, max((i + 1) * n // v, i * n // v + 1)) for i in range(v)] if per_vector else [(0, n)] * v
     with torch.no_grad():
-        if per_vector:
-            n, v = len(init_ids), num_vectors
-            starts = torch.stack([emb[init_ids[i * n // v: max((i + 1) * n // v, i * n // v + 1)]].mean(dim=0)
-                                  for i in range(v)])
-        else:
-            starts = emb[init_ids].mean(dim=0).expand(num_vectors, -1).clone()
-        for i, start in zip(ids, starts):
-            emb[i] = start
+        for row, (first, end) in zip(ids, spans):
+            emb[row] = emb[init_ids[first:end]].mean(dim=0)
     return {"tokens": tokens, "ids": ids, "initializer_ids": init_ids,
             "initializer_tokens": tokenizer.convert_ids_to_tokens(init_ids)}
 
